@@ -1,0 +1,1 @@
+//! The Tencent Cloud IM REST client (placeholder until the client issue lands).
