@@ -1,0 +1,345 @@
+//! Reading a config repository — `attrsync.yaml` and every user file — into validated
+//! [`Settings`] and a [`Desired`] state, with every problem reported as `file:line:column`.
+
+mod settings;
+mod users;
+pub mod yaml;
+
+pub use settings::{Settings, Target, SETTINGS_FILE};
+pub use users::{DeclaredUser, ParsedFile};
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::model::{AttrName, Attrs, Desired, UserId, UserMap};
+use yaml::{Pos, Problem};
+
+/// One problem in one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file, as the user would type it (relative to the config directory when inside it).
+    pub file: PathBuf,
+    /// Where in the file; `None` for problems with the file as a whole.
+    pub pos: Option<Pos>,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    fn at(file: &Path, problem: Problem) -> Self {
+        Self { file: file.to_owned(), pos: Some(problem.pos), message: problem.message, hint: problem.hint }
+    }
+
+    fn whole(file: &Path, message: impl Into<String>, hint: Option<String>) -> Self {
+        Self { file: file.to_owned(), pos: None, message: message.into(), hint }
+    }
+
+    /// `file:line:column`, or just `file`.
+    pub fn location(&self) -> String {
+        match self.pos {
+            Some(pos) => format!("{}:{}:{}", self.file.display(), pos.line, pos.column),
+            None => self.file.display().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location(), self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  help: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a config repository, in file order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.0 {
+            writeln!(f, "{d}")?;
+        }
+        let files: HashSet<&Path> = self.0.iter().map(|d| d.file.as_path()).collect();
+        write!(
+            f,
+            "the config is invalid: {} problem{} in {} file{}; fix them and run again (nothing was planned or sent)",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" },
+            files.len(),
+            if files.len() == 1 { "" } else { "s" },
+        )
+    }
+}
+
+/// A loaded, validated config repository.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The directory holding `attrsync.yaml`.
+    pub root: PathBuf,
+    /// The settings.
+    pub settings: Settings,
+    /// The desired state declared by the user files.
+    pub desired: Desired,
+    /// How many user files were read.
+    pub files: usize,
+}
+
+/// Remembers parsed user files by content, so a reload re-parses only files that changed.
+///
+/// The daemon keeps one across reconciles; a one-shot command can pass a fresh one.
+#[derive(Default)]
+pub struct ParseCache {
+    attributes: Vec<AttrName>,
+    files: HashMap<[u8; 32], Arc<ParsedFile>>,
+    /// Files parsed (not found in the cache) by the last load.
+    pub last_parsed: usize,
+}
+
+impl ParseCache {
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<ParsedFile>> {
+        self.files.get(key).cloned()
+    }
+}
+
+/// Loads `dir/attrsync.yaml` and the user files it points at.
+///
+/// `state_override` replaces `state_dir` (the `--state` flag). All problems are collected;
+/// nothing is returned unless the whole repository is valid.
+pub fn load(dir: &Path, state_override: Option<&Path>, cache: &mut ParseCache) -> Result<Config, Diagnostics> {
+    let settings_path = dir.join(SETTINGS_FILE);
+    let shown_settings = display_path(dir, &settings_path);
+    let mut diagnostics = Vec::new();
+    let settings = match read_text(&settings_path) {
+        Ok(text) => match settings::parse(&text, dir) {
+            Ok(settings) => Some(settings),
+            Err(problems) => {
+                diagnostics.extend(problems.into_iter().map(|p| Diagnostic::at(&shown_settings, p)));
+                None
+            }
+        },
+        Err(ReadError::Missing) => {
+            return Err(Diagnostics(vec![Diagnostic::whole(
+                &shown_settings,
+                "no attrsync.yaml here",
+                Some("run attrsync inside a config repository, or point --dir at one".to_owned()),
+            )]));
+        }
+        Err(err) => {
+            diagnostics.push(err.into_diagnostic(&shown_settings));
+            None
+        }
+    };
+    let users_dir = settings.as_ref().map_or_else(|| dir.join("users"), |s| s.users_dir.clone());
+    let attributes = settings.as_ref().map(|s| s.attributes.clone());
+
+    let mut files = Vec::new();
+    if users_dir.is_dir() {
+        collect_files(&users_dir, &mut files, &mut HashSet::new(), &mut diagnostics, dir);
+        files.sort();
+    } else if settings.is_some() {
+        diagnostics.push(Diagnostic::whole(
+            &display_path(dir, &users_dir),
+            "the users directory does not exist",
+            Some("create it, or set `users_dir` in attrsync.yaml".to_owned()),
+        ));
+    }
+
+    if cache.attributes != attributes.clone().unwrap_or_default() {
+        cache.files.clear();
+        cache.attributes = attributes.clone().unwrap_or_default();
+    }
+    let parsed = parse_files(&files, attributes.as_deref(), cache);
+    let mut declared: Vec<(DeclaredUser, u32)> = Vec::new();
+    for (index, (path, result)) in files.iter().zip(parsed).enumerate() {
+        let shown = display_path(dir, path);
+        match result {
+            Ok(file) => {
+                diagnostics.extend(file.problems.iter().cloned().map(|p| Diagnostic::at(&shown, p)));
+                declared.extend(file.users.iter().cloned().map(|u| (u, index as u32)));
+            }
+            Err(diagnostic) => diagnostics.push(diagnostic.into_diagnostic(&shown)),
+        }
+    }
+    // Each file's users are sorted already; the stable sort merges the runs.
+    declared.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    for pair in declared.windows(2) {
+        let ((first, first_file), (second, second_file)) = (&pair[0], &pair[1]);
+        if first.id == second.id {
+            let first_path = display_path(dir, &files[*first_file as usize]);
+            let second_path = display_path(dir, &files[*second_file as usize]);
+            diagnostics.push(Diagnostic::at(
+                &second_path,
+                Problem::new(second.pos, format!("user `{}` is declared twice", second.id)).hint(format!(
+                    "it is also declared at {}:{}:{}; keep one declaration",
+                    first_path.display(),
+                    first.pos.line,
+                    first.pos.column
+                )),
+            ));
+        }
+    }
+    if !diagnostics.is_empty() {
+        diagnostics.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+        return Err(Diagnostics(diagnostics));
+    }
+    let settings = settings.expect("no diagnostics means the settings parsed");
+    let entries: Vec<(UserId, Attrs)> = declared.into_iter().map(|(u, _)| (u.id, u.attrs)).collect();
+    let desired = UserMap::from_sorted(entries).expect("sorted and checked for duplicates above");
+    let mut settings = settings;
+    if let Some(state) = state_override {
+        settings.state_dir = state.to_owned();
+    }
+    Ok(Config { root: dir.to_owned(), settings, desired, files: files.len() })
+}
+
+enum ReadError {
+    Missing,
+    Io(std::io::Error),
+    NotUtf8 { line: u32, column: u32 },
+}
+
+impl ReadError {
+    fn into_diagnostic(self, shown: &Path) -> Diagnostic {
+        match self {
+            ReadError::Missing => Diagnostic::whole(shown, "the file disappeared while reading", Some("run again".to_owned())),
+            ReadError::Io(err) => Diagnostic::whole(shown, format!("cannot read the file: {err}"), Some("check its permissions".to_owned())),
+            ReadError::NotUtf8 { line, column } => Diagnostic::at(
+                shown,
+                Problem::new(Pos { line, column }, "the file is not valid UTF-8").hint("save it as UTF-8"),
+            ),
+        }
+    }
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>, ReadError> {
+    std::fs::read(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => ReadError::Missing,
+        _ => ReadError::Io(err),
+    })
+}
+
+fn read_text(path: &Path) -> Result<String, ReadError> {
+    to_text(read_bytes(path)?)
+}
+
+fn to_text(bytes: Vec<u8>) -> Result<String, ReadError> {
+    String::from_utf8(bytes).map_err(|err| {
+        let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+        let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = String::from_utf8_lossy(&valid[line_start..]).chars().count() + 1;
+        ReadError::NotUtf8 { line: line as u32, column: column as u32 }
+    })
+}
+
+/// Finds `*.yaml` and `*.yml` below `dir`, skipping hidden entries (editor swap and lock files)
+/// and directories already visited (a symlink loop ends here).
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut HashSet<(u64, u64)>, diagnostics: &mut Vec<Diagnostic>, root: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else { return };
+    if !visited.insert((meta.dev(), meta.ino())) {
+        return;
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) => {
+            diagnostics.push(Diagnostic::whole(&display_path(root, dir), format!("cannot list the directory: {err}"), None));
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        // Follows symlinks; a dangling link is neither a file nor a directory and is skipped.
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_dir() {
+            collect_files(&path, out, visited, diagnostics, root);
+        } else if meta.is_file() && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(path);
+        }
+    }
+}
+
+/// Parses files on every core, reusing cached results for unchanged content.
+fn parse_files(files: &[PathBuf], attributes: Option<&[AttrName]>, cache: &mut ParseCache) -> Vec<Result<Arc<ParsedFile>, ReadError>> {
+    type Slot = Mutex<Option<Result<(Arc<ParsedFile>, [u8; 32], bool), ReadError>>>;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Slot> = files.iter().map(|_| Mutex::new(None)).collect();
+    let cached = &*cache;
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(path) = files.get(i) else { break };
+                let outcome = read_bytes(path).and_then(|bytes| {
+                    let key: [u8; 32] = Sha256::digest(&bytes).into();
+                    if let Some(hit) = cached.get(&key) {
+                        return Ok((hit, key, false));
+                    }
+                    let text = to_text(bytes)?;
+                    Ok((Arc::new(users::parse(&text, attributes)), key, true))
+                });
+                *slots[i].lock().expect("no worker panics") = Some(outcome);
+            });
+        }
+    });
+    // The cache keeps exactly what the current files hold, so it never outgrows the repository.
+    let mut current = HashMap::with_capacity(files.len());
+    cache.last_parsed = 0;
+    let results = slots
+        .into_iter()
+        .map(|slot| {
+            let outcome = slot.into_inner().expect("no worker panics").expect("every file was visited");
+            outcome.map(|(file, key, parsed)| {
+                cache.last_parsed += usize::from(parsed);
+                current.insert(key, Arc::clone(&file));
+                file
+            })
+        })
+        .collect();
+    cache.files = current;
+    results
+}
+
+/// `path` relative to `root` when it is inside it, as users write paths in their repo.
+fn display_path(root: &Path, path: &Path) -> PathBuf {
+    path.strip_prefix(root).map_or_else(|_| path.to_owned(), Path::to_owned)
+}
+
+/// The candidate closest to `word` by edit distance, when it is close enough to be a typo.
+pub(crate) fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < c.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}

@@ -1,0 +1,161 @@
+//! A user file: `defaults:` and `users:`, read into users with their positions.
+
+use crate::model::{AttrName, AttrValue, Attrs, UserId};
+
+use super::yaml::{Fatal, Pos, Problem, Reader, Resolved, Scalar};
+
+/// One user as declared in a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredUser {
+    /// The user id.
+    pub id: UserId,
+    /// Its attributes, file defaults merged in.
+    pub attrs: Attrs,
+    /// Where the id is written.
+    pub pos: Pos,
+}
+
+/// What one user file declares, sorted by user id, and the problems found in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParsedFile {
+    /// The users, sorted by id (ids may repeat when the file has duplicate keys).
+    pub users: Vec<DeclaredUser>,
+    /// Problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+/// Reads a user file. `attributes` is the configured list, or `None` when `attrsync.yaml`
+/// itself is broken (names are then not checked).
+pub fn parse(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
+    let mut reader = Reader::new(text);
+    let mut defaults: Vec<(AttrName, AttrValue)> = Vec::new();
+    let mut users: Vec<(UserId, Vec<(AttrName, AttrValue)>, Pos)> = Vec::new();
+    let _ = read_file(&mut reader, attributes, &mut defaults, &mut users);
+    let mut users: Vec<DeclaredUser> = users
+        .into_iter()
+        .map(|(id, own, pos)| {
+            // Defaults first, so the user's own value wins in `from_pairs`.
+            let mut pairs = Vec::with_capacity(defaults.len() + own.len());
+            pairs.extend(defaults.iter().cloned());
+            pairs.extend(own);
+            DeclaredUser { id, attrs: Attrs::from_pairs(pairs), pos }
+        })
+        .collect();
+    users.sort_by(|a, b| a.id.cmp(&b.id));
+    ParsedFile { users, problems: reader.problems }
+}
+
+type Users = Vec<(UserId, Vec<(AttrName, AttrValue)>, Pos)>;
+
+fn read_file<'a>(
+    r: &mut Reader<'a>,
+    attributes: Option<&[AttrName]>,
+    defaults: &mut Vec<(AttrName, AttrValue)>,
+    users: &mut Users,
+) -> Result<(), Fatal> {
+    if !r.begin()? {
+        return Ok(());
+    }
+    r.mapping("the user file", true, |r, key| {
+        match &*key.text {
+            "defaults" => {
+                r.mapping("`defaults`", true, |r, name| {
+                    if let Some(pair) = attribute(r, name, attributes, "defaults")? {
+                        defaults.push(pair);
+                    }
+                    Ok(())
+                })?;
+            }
+            "users" => {
+                // Duplicate user ids are found after sorting (they may also span files).
+                r.mapping("`users`", false, |r, id| user(r, id, attributes, users))?;
+            }
+            other => {
+                r.problems.push(
+                    Problem::new(key.pos, format!("unknown key `{other}` in a user file"))
+                        .hint("a user file has only `defaults:` and `users:`; declare users under `users:`"),
+                );
+                r.skip_value()?;
+            }
+        }
+        Ok(())
+    })?;
+    r.end()?;
+    Ok(())
+}
+
+fn user<'a>(r: &mut Reader<'a>, key: Scalar<'a>, attributes: Option<&[AttrName]>, users: &mut Users) -> Result<(), Fatal> {
+    let id = match user_id(&key) {
+        Ok(id) => Some(id),
+        Err(problem) => {
+            r.problems.push(problem);
+            None
+        }
+    };
+    let label = format!("user `{}`", key.text);
+    let mut attrs = Vec::new();
+    r.mapping(&label, true, |r, name| {
+        if let Some(pair) = attribute(r, name, attributes, &label)? {
+            attrs.push(pair);
+        }
+        Ok(())
+    })?;
+    if let Some(id) = id {
+        users.push((id, attrs, key.pos));
+    }
+    Ok(())
+}
+
+fn user_id(key: &Scalar<'_>) -> Result<UserId, Problem> {
+    if key.plain {
+        let resolved = Resolved::of_plain(&key.text);
+        if !matches!(resolved, Resolved::Str | Resolved::CanonicalInt) {
+            return Err(Problem::new(key.pos, format!("user id `{}` is read as {} by YAML tools", key.text, resolved.describe()))
+                .hint(format!("quote it: \"{}\"", key.text)));
+        }
+    }
+    UserId::new(&key.text).map_err(|e| Problem::new(key.pos, format!("invalid user id {:?}: {e}", &*key.text)))
+}
+
+fn attribute<'a>(
+    r: &mut Reader<'a>,
+    name: Scalar<'a>,
+    attributes: Option<&[AttrName]>,
+    owner: &str,
+) -> Result<Option<(AttrName, AttrValue)>, Fatal> {
+    let known = match attributes {
+        Some(list) => match list.iter().find(|a| a.as_str() == name.text) {
+            Some(found) => Some(found.clone()),
+            None => {
+                let mut problem = Problem::new(name.pos, format!("unknown attribute `{}` in {owner}", name.text));
+                let listed: Vec<&str> = list.iter().map(AttrName::as_str).collect();
+                problem = match super::closest(&name.text, listed.iter().copied()) {
+                    Some(near) => problem.hint(format!("did you mean `{near}`? attrsync.yaml lists: {}", listed.join(", "))),
+                    None => problem.hint(format!("attrsync.yaml lists: {}; add it to `attributes` if the app has it", listed.join(", "))),
+                };
+                r.problems.push(problem);
+                None
+            }
+        },
+        None => AttrName::new(&name.text).ok(),
+    };
+    let what = format!("`{}` of {owner}", name.text);
+    let Some(value) = r.scalar(&what)? else { return Ok(None) };
+    if value.plain {
+        let resolved = Resolved::of_plain(&value.text);
+        if resolved != Resolved::Str {
+            r.problems.push(
+                Problem::new(value.pos, format!("{what} is `{}`, which YAML reads as {}, not a string", value.text, resolved.describe()))
+                    .hint(format!("quote it: {}: \"{}\"", name.text, value.text)),
+            );
+            return Ok(None);
+        }
+    }
+    match AttrValue::new(&value.text) {
+        Ok(v) => Ok(known.map(|k| (k, v))),
+        Err(e) => {
+            r.problems.push(Problem::new(value.pos, format!("{what}: {e}")));
+            Ok(None)
+        }
+    }
+}

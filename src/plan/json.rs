@@ -1,0 +1,226 @@
+//! The plan as JSON (`format_version` 1): `plan --format json`, and the saved plan file.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Action, AttrChange, AttrName, AttrValue, Change, Plan, Summary, UserId};
+
+/// The plan JSON format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct PlanDoc {
+    format_version: u32,
+    sdkappid: u64,
+    snapshot_serial: u64,
+    desired_digest: String,
+    summary: SummaryDoc,
+    changes: Vec<ChangeDoc>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SummaryDoc {
+    create: usize,
+    update: usize,
+    delete: usize,
+    orphaned: usize,
+    unchanged: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChangeDoc {
+    user: String,
+    action: ActionDoc,
+    attrs: BTreeMap<String, AttrDoc>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ActionDoc {
+    Create,
+    Update,
+    Delete,
+    Orphaned,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AttrDoc {
+    before: Option<String>,
+    after: Option<String>,
+}
+
+/// Serialises a plan as pretty JSON, exactly as DESIGN.md describes.
+pub fn to_json(plan: &Plan) -> String {
+    let doc = PlanDoc {
+        format_version: FORMAT_VERSION,
+        sdkappid: plan.sdkappid,
+        snapshot_serial: plan.snapshot_serial,
+        desired_digest: plan.desired_digest.clone(),
+        summary: SummaryDoc {
+            create: plan.summary.create,
+            update: plan.summary.update,
+            delete: plan.summary.delete,
+            orphaned: plan.summary.orphaned,
+            unchanged: plan.summary.unchanged,
+        },
+        changes: plan
+            .changes
+            .iter()
+            .map(|c| ChangeDoc {
+                user: c.user.as_str().to_owned(),
+                action: match c.action {
+                    Action::Create => ActionDoc::Create,
+                    Action::Update => ActionDoc::Update,
+                    Action::Delete => ActionDoc::Delete,
+                    Action::Orphaned => ActionDoc::Orphaned,
+                },
+                attrs: c
+                    .attrs
+                    .iter()
+                    .map(|a| {
+                        let text = |v: &Option<AttrValue>| v.as_ref().map(|v| v.as_str().to_owned());
+                        (a.name.as_str().to_owned(), AttrDoc { before: text(&a.before), after: text(&a.after) })
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let mut json = serde_json::to_string_pretty(&doc).expect("plan JSON serialises");
+    json.push('\n');
+    json
+}
+
+/// Why a saved plan file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanFileError {
+    /// Not JSON, or not the plan's shape.
+    #[error("the plan file is not a valid attrsync plan: {0}; create it with `attrsync plan --out FILE`")]
+    Malformed(#[from] serde_json::Error),
+    /// Written by a newer or older attrsync.
+    #[error("the plan file has format_version {found}, this attrsync reads {FORMAT_VERSION}; re-run `attrsync plan --out FILE` with this version")]
+    Version {
+        /// The version in the file.
+        found: u32,
+    },
+    /// A value inside breaks a rule the config loader enforces.
+    #[error("the plan file has an invalid entry for user {user:?}: {reason}; it was edited by hand or corrupted, re-create it with `attrsync plan --out FILE`")]
+    Invalid {
+        /// The user whose entry is invalid.
+        user: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Reads a saved plan, checking its version and every id, name and value in it.
+pub fn from_json(text: &str) -> Result<Plan, PlanFileError> {
+    let probe: serde_json::Value = serde_json::from_str(text)?;
+    let found = probe.get("format_version").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    if found != u64::from(FORMAT_VERSION) {
+        return Err(PlanFileError::Version { found: u32::try_from(found).unwrap_or(u32::MAX) });
+    }
+    let doc: PlanDoc = serde_json::from_value(probe)?;
+    let mut changes = Vec::with_capacity(doc.changes.len());
+    for change in doc.changes {
+        let invalid = |reason: String| PlanFileError::Invalid { user: change.user.clone(), reason };
+        let user = UserId::new(&change.user).map_err(|e| invalid(e.to_string()))?;
+        let mut attrs = Vec::with_capacity(change.attrs.len());
+        for (name, attr) in &change.attrs {
+            let value = |v: &Option<String>| -> Result<Option<AttrValue>, PlanFileError> {
+                v.as_deref()
+                    .map(AttrValue::new)
+                    .transpose()
+                    .map_err(|e| invalid(format!("attribute {name}: {e}")))
+            };
+            attrs.push(AttrChange {
+                name: AttrName::new(name).map_err(|e| invalid(e.to_string()))?,
+                before: value(&attr.before)?,
+                after: value(&attr.after)?,
+            });
+        }
+        let action = match change.action {
+            ActionDoc::Create => Action::Create,
+            ActionDoc::Update => Action::Update,
+            ActionDoc::Delete => Action::Delete,
+            ActionDoc::Orphaned => Action::Orphaned,
+        };
+        changes.push(Change { user, action, attrs });
+    }
+    let s = doc.summary;
+    Ok(Plan {
+        sdkappid: doc.sdkappid,
+        snapshot_serial: doc.snapshot_serial,
+        desired_digest: doc.desired_digest,
+        summary: Summary {
+            create: s.create,
+            update: s.update,
+            delete: s.delete,
+            orphaned: s.orphaned,
+            unchanged: s.unchanged,
+        },
+        changes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::testing::*;
+    use crate::plan::{plan, PlanOptions};
+
+    fn sample() -> Plan {
+        plan(
+            &desired(&[("Mary", &[("city", "Boston")]), ("xiaoming", &[("sex", "male")])]),
+            &snapshot(42, &[("Mary", &[("city", "NewYork"), ("tier", "gold")]), ("ghost", &[("city", "Oslo")])]),
+            PlanOptions { sdkappid: 1_400_000_000, prune: true },
+        )
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let value: serde_json::Value = serde_json::from_str(&to_json(&sample())).unwrap();
+        assert_eq!(value["format_version"], 1);
+        assert_eq!(value["sdkappid"], 1_400_000_000u64);
+        assert_eq!(value["snapshot_serial"], 42);
+        assert!(value["desired_digest"].as_str().unwrap().starts_with("sha256:"));
+        assert_eq!(
+            value["summary"],
+            serde_json::json!({"create": 1, "update": 1, "delete": 1, "orphaned": 0, "unchanged": 0})
+        );
+        assert_eq!(
+            value["changes"],
+            serde_json::json!([
+                {"user": "ghost", "action": "delete", "attrs": {"city": {"before": "Oslo", "after": null}}},
+                {"user": "Mary", "action": "update", "attrs": {
+                    "city": {"before": "NewYork", "after": "Boston"},
+                    "tier": {"before": "gold", "after": null}}},
+                {"user": "xiaoming", "action": "create", "attrs": {"sex": {"before": null, "after": "male"}}}
+            ])
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        let plan = sample();
+        assert_eq!(from_json(&to_json(&plan)).unwrap(), plan);
+    }
+
+    #[test]
+    fn tolerates_unknown_fields() {
+        let mut value: serde_json::Value = serde_json::from_str(&to_json(&sample())).unwrap();
+        value["generated_by"] = "a newer attrsync".into();
+        value["changes"][0]["note"] = 1.into();
+        assert!(from_json(&value.to_string()).is_ok());
+    }
+
+    #[test]
+    fn rejects_other_versions_and_bad_values() {
+        assert!(matches!(from_json(r#"{"format_version": 2}"#), Err(PlanFileError::Version { found: 2 })));
+        assert!(matches!(from_json("not json"), Err(PlanFileError::Malformed(_))));
+        let mut value: serde_json::Value = serde_json::from_str(&to_json(&sample())).unwrap();
+        value["changes"][1]["attrs"]["city"]["after"] = "x".repeat(51).into();
+        let err = from_json(&value.to_string()).unwrap_err();
+        assert!(err.to_string().contains("Mary"), "{err}");
+    }
+}

@@ -1,0 +1,182 @@
+//! The plan as Markdown for a pull-request comment: summary table first, deletions first,
+//! per-user details collapsed, and a size cap below what code hosts accept in one comment.
+
+use std::fmt::Write as _;
+
+use similar::TextDiff;
+
+use crate::model::{Action, Change, Plan};
+
+use super::summary_line;
+
+/// Most characters the rendering may have. GitHub rejects comments over 65,536 characters;
+/// the rest is headroom for the footer and for wrappers that add their own text.
+pub const MARKDOWN_LIMIT: usize = 60_000;
+
+/// A hidden marker that CI wrappers can search for to update one sticky comment in place.
+const MARKER: &str = "<!-- attrsync-plan -->";
+
+/// Renders a plan for a pull-request comment, at most [`MARKDOWN_LIMIT`] characters.
+pub fn render_markdown(plan: &Plan) -> String {
+    let s = &plan.summary;
+    let mut out = String::new();
+    let _ = writeln!(out, "{MARKER}\n### attrsync plan\n\n**{}**\n", summary_line(s));
+    out.push_str("| Action | Users |\n|:--|--:|\n");
+    for (label, n) in [
+        ("🗑️ delete", s.delete),
+        ("⚠️ orphaned (left on the server)", s.orphaned),
+        ("➕ create", s.create),
+        ("✏️ update", s.update),
+        ("unchanged", s.unchanged),
+    ] {
+        let _ = writeln!(out, "| {label} | {n} |");
+    }
+    let _ = writeln!(out, "\n<sub>app `{}` · snapshot serial {} · desired `{}`</sub>", plan.sdkappid, plan.snapshot_serial, short_digest(&plan.desired_digest));
+
+    let mut shown = 0;
+    let mut heading = None;
+    for change in &plan.changes {
+        let section = match change.action {
+            Action::Delete => "Deletions",
+            Action::Orphaned => "Orphaned users (not deleted: prune is off)",
+            Action::Create | Action::Update => "Changes",
+        };
+        let mut block = String::new();
+        if heading != Some(section) {
+            let _ = writeln!(block, "\n#### {section}\n");
+        }
+        block.push_str(&details(change));
+        // Keep room for the truncation footer, so the cap holds even when we stop early.
+        if out.len() + block.len() + 300 > MARKDOWN_LIMIT {
+            break;
+        }
+        heading = Some(section);
+        out.push_str(&block);
+        shown += 1;
+    }
+    let left_out = plan.changes.len() - shown;
+    if left_out > 0 {
+        let _ = writeln!(
+            out,
+            "\n> **{left_out} of {} changes are not shown** to keep this comment under {MARKDOWN_LIMIT} characters. \
+             Run `attrsync plan` (or `--format json`) for the full plan.",
+            plan.changes.len()
+        );
+    }
+    out
+}
+
+fn details(change: &Change) -> String {
+    let sign = match change.action {
+        Action::Create => "+",
+        Action::Update => "~",
+        Action::Delete => "-",
+        Action::Orphaned => "?",
+    };
+    let before: String = change
+        .attrs
+        .iter()
+        .filter_map(|a| a.before.as_ref().map(|v| format!("{}: {:?}\n", a.name, v.as_str())))
+        .collect();
+    let after: String = change
+        .attrs
+        .iter()
+        .filter_map(|a| a.after.as_ref().map(|v| format!("{}: {:?}\n", a.name, v.as_str())))
+        .collect();
+    let diff = TextDiff::from_lines(&before, &after);
+    let mut body = String::new();
+    for op in diff.iter_all_changes() {
+        let tag = match op.tag() {
+            similar::ChangeTag::Delete => '-',
+            similar::ChangeTag::Insert => '+',
+            similar::ChangeTag::Equal => ' ',
+        };
+        body.push(tag);
+        body.push_str(op.value());
+    }
+    format!(
+        "<details><summary><code>{sign} {}</code> ({} attribute{})</summary>\n\n```diff\n{body}```\n</details>\n",
+        html_escape(change.user.as_str()),
+        change.attrs.len(),
+        if change.attrs.len() == 1 { "" } else { "s" }
+    )
+}
+
+fn short_digest(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
+
+/// User ids are free text: keep them from opening tags inside the comment.
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::testing::*;
+    use crate::plan::{plan, PlanOptions};
+
+    #[test]
+    fn small_plan() {
+        let p = plan(
+            &desired(&[("Mary", &[("city", "Boston")]), ("<b>", &[("sex", "m")])]),
+            &snapshot(3, &[("Mary", &[("city", "NewYork")]), ("ghost", &[("city", "Oslo")])]),
+            PlanOptions { sdkappid: 1_400_000_000, prune: true },
+        );
+        insta::assert_snapshot!(render_markdown(&p), @r#"
+        <!-- attrsync-plan -->
+        ### attrsync plan
+
+        **Plan: 1 to create, 1 to update, 1 to delete.**
+
+        | Action | Users |
+        |:--|--:|
+        | 🗑️ delete | 1 |
+        | ⚠️ orphaned (left on the server) | 0 |
+        | ➕ create | 1 |
+        | ✏️ update | 1 |
+        | unchanged | 0 |
+
+        <sub>app `1400000000` · snapshot serial 3 · desired `sha256:e0e4fa5a2d6e`</sub>
+
+        #### Deletions
+
+        <details><summary><code>- ghost</code> (1 attribute)</summary>
+
+        ```diff
+        -city: "Oslo"
+        ```
+        </details>
+
+        #### Changes
+
+        <details><summary><code>+ &lt;b&gt;</code> (1 attribute)</summary>
+
+        ```diff
+        +sex: "m"
+        ```
+        </details>
+        <details><summary><code>~ Mary</code> (1 attribute)</summary>
+
+        ```diff
+        -city: "NewYork"
+        +city: "Boston"
+        ```
+        </details>
+        "#);
+    }
+
+    #[test]
+    fn huge_plans_are_capped_and_say_what_was_left_out() {
+        let users: Vec<(String, Vec<(&str, &str)>)> = (0..5000).map(|i| (format!("user{i:05}"), vec![("city", "Somewhere")])).collect();
+        let refs: Vec<(&str, &[(&str, &str)])> = users.iter().map(|(u, a)| (u.as_str(), a.as_slice())).collect();
+        let p = plan(&desired(&refs), &snapshot(0, &[]), PlanOptions::default());
+        let md = render_markdown(&p);
+        assert!(md.len() <= MARKDOWN_LIMIT, "{}", md.len());
+        assert!(md.contains("**Plan: 5000 to create, 0 to update, 0 to delete.**"));
+        let shown = md.matches("<details>").count();
+        assert!(shown > 100);
+        assert!(md.contains(&format!("**{} of 5000 changes are not shown**", 5000 - shown)), "{md}");
+    }
+}

@@ -1,0 +1,238 @@
+//! The human rendering of a plan, in the spirit of `terraform plan`.
+
+use std::fmt::Write as _;
+
+use anstyle::{AnsiColor, Style};
+
+use crate::model::{Action, AttrChange, Plan};
+
+use super::summary_line;
+
+/// Plans with more changes than this open with a summary, so the gist is on the first screen.
+const SUMMARY_FIRST_ABOVE: usize = 20;
+
+/// Whether to colour the text rendering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextStyle {
+    /// ANSI colours, for a terminal.
+    Color,
+    /// No escape codes, for pipes, files and `NO_COLOR`.
+    Plain,
+}
+
+struct Painter {
+    on: bool,
+}
+
+impl Painter {
+    fn paint(&self, style: Style, text: &str) -> String {
+        if self.on {
+            format!("{}{text}{}", style.render(), style.render_reset())
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+fn color(c: AnsiColor) -> Style {
+    Style::new().fg_color(Some(c.into()))
+}
+
+/// Renders a plan for a person: one block per user, `attr: "before" → "after"` per attribute,
+/// the summary line last.
+pub fn render_text(plan: &Plan, style: TextStyle) -> String {
+    let painter = Painter { on: style == TextStyle::Color };
+    let mut out = String::new();
+    let s = &plan.summary;
+    if plan.changes.is_empty() {
+        let _ = writeln!(
+            out,
+            "The snapshot matches the config: {} users, nothing to apply.\n",
+            s.unchanged
+        );
+        out.push_str(&painter.paint(Style::new().bold(), "No changes."));
+        out.push('\n');
+        return out;
+    }
+    if plan.changes.len() > SUMMARY_FIRST_ABOVE {
+        let _ = writeln!(
+            out,
+            "{}",
+            painter.paint(Style::new().bold(), &summary_line(s))
+        );
+        let _ = writeln!(
+            out,
+            "  {} create, {} update, {} delete, {} orphaned, {} unchanged\n",
+            s.create, s.update, s.delete, s.orphaned, s.unchanged
+        );
+    }
+    if s.has_writes() {
+        out.push_str("attrsync will perform the following changes:\n\n");
+    }
+    let mut orphan_note_written = false;
+    for change in &plan.changes {
+        let (sign, colour, verb) = match change.action {
+            Action::Create => ("+", AnsiColor::Green, "will be created"),
+            Action::Update => ("~", AnsiColor::Yellow, "will be updated"),
+            Action::Delete => ("-", AnsiColor::Red, "will be deleted"),
+            Action::Orphaned => ("?", AnsiColor::BrightBlack, "is orphaned"),
+        };
+        if change.action == Action::Orphaned && !orphan_note_written {
+            out.push_str(
+                "Orphaned users were removed from the config; their attributes stay on the \
+                 server until you prune (prune: true or --prune):\n\n",
+            );
+            orphan_note_written = true;
+        }
+        let _ = writeln!(
+            out,
+            "  {} {} {verb}",
+            painter.paint(color(colour), sign),
+            painter.paint(Style::new().bold(), change.user.as_str())
+        );
+        for attr in &change.attrs {
+            out.push_str("      ");
+            out.push_str(&attr_line(attr, change.action, &painter));
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    if s.orphaned > 0 {
+        let _ = writeln!(
+            out,
+            "{} orphaned (left on the server; prune to remove).",
+            plural(s.orphaned, "user")
+        );
+    }
+    out.push_str(&painter.paint(Style::new().bold(), &summary_line(s)));
+    out.push('\n');
+    out
+}
+
+fn attr_line(attr: &AttrChange, action: Action, painter: &Painter) -> String {
+    let name = attr.name.as_str();
+    match (&attr.before, &attr.after) {
+        (Some(before), Some(_)) if action == Action::Orphaned => {
+            format!("  {name}: {:?}", before.as_str())
+        }
+        (Some(before), Some(after)) => format!(
+            "{} {name}: {:?} → {:?}",
+            painter.paint(color(AnsiColor::Yellow), "~"),
+            before.as_str(),
+            after.as_str()
+        ),
+        (None, Some(after)) => format!(
+            "{} {name}: {:?}",
+            painter.paint(color(AnsiColor::Green), "+"),
+            after.as_str()
+        ),
+        (Some(before), None) => format!(
+            "{} {name}: {:?}",
+            painter.paint(color(AnsiColor::Red), "-"),
+            before.as_str()
+        ),
+        (None, None) => format!("  {name}"),
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::testing::*;
+    use crate::plan::{plan, PlanOptions};
+
+    fn sample(prune: bool) -> Plan {
+        plan(
+            &desired(&[
+                ("Mary", &[("city", "Boston"), ("sex", "female")]),
+                ("xiaoming", &[("city", "ShenZhen"), ("tier", "gold")]),
+                ("same", &[("city", "Rome")]),
+            ]),
+            &snapshot(
+                7,
+                &[
+                    ("Mary", &[("city", "NewYork"), ("tier", "free")]),
+                    ("ghost", &[("city", "Oslo")]),
+                    ("same", &[("city", "Rome")]),
+                ],
+            ),
+            PlanOptions { sdkappid: 1_400_000_000, prune },
+        )
+    }
+
+    #[test]
+    fn plain_plan_with_prune() {
+        insta::assert_snapshot!(render_text(&sample(true), TextStyle::Plain), @r#"
+        attrsync will perform the following changes:
+
+          - ghost will be deleted
+              - city: "Oslo"
+
+          ~ Mary will be updated
+              ~ city: "NewYork" → "Boston"
+              + sex: "female"
+              - tier: "free"
+
+          + xiaoming will be created
+              + city: "ShenZhen"
+              + tier: "gold"
+
+        Plan: 1 to create, 1 to update, 1 to delete.
+        "#);
+    }
+
+    #[test]
+    fn plain_plan_with_orphan() {
+        insta::assert_snapshot!(render_text(&sample(false), TextStyle::Plain), @r#"
+        attrsync will perform the following changes:
+
+        Orphaned users were removed from the config; their attributes stay on the server until you prune (prune: true or --prune):
+
+          ? ghost is orphaned
+                city: "Oslo"
+
+          ~ Mary will be updated
+              ~ city: "NewYork" → "Boston"
+              + sex: "female"
+              - tier: "free"
+
+          + xiaoming will be created
+              + city: "ShenZhen"
+              + tier: "gold"
+
+        1 user orphaned (left on the server; prune to remove).
+        Plan: 1 to create, 1 to update, 0 to delete.
+        "#);
+    }
+
+    #[test]
+    fn no_changes() {
+        let p = plan(&desired(&[("a", &[("x", "1")])]), &snapshot(1, &[("a", &[("x", "1")])]), PlanOptions::default());
+        let text = render_text(&p, TextStyle::Plain);
+        assert_eq!(text.lines().last(), Some("No changes."));
+    }
+
+    #[test]
+    fn colour_only_when_asked() {
+        assert!(!render_text(&sample(true), TextStyle::Plain).contains('\x1b'));
+        assert!(render_text(&sample(true), TextStyle::Color).contains("\x1b["));
+    }
+
+    #[test]
+    fn large_plans_open_with_the_summary() {
+        let users: Vec<(String, Vec<(&str, &str)>)> = (0..30).map(|i| (format!("u{i:02}"), vec![("x", "1")])).collect();
+        let refs: Vec<(&str, &[(&str, &str)])> = users.iter().map(|(u, a)| (u.as_str(), a.as_slice())).collect();
+        let p = plan(&desired(&refs), &snapshot(0, &[]), PlanOptions::default());
+        let text = render_text(&p, TextStyle::Plain);
+        assert!(text.starts_with("Plan: 30 to create, 0 to update, 0 to delete.\n"));
+        assert!(text.ends_with("Plan: 30 to create, 0 to update, 0 to delete.\n"));
+    }
+}
