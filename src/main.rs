@@ -1,32 +1,191 @@
 //! The `attrsync` command line: parses arguments, calls one library function per command,
-//! maps the result to an exit code.
+//! maps the result to an exit code. No logic lives here.
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+
+use attrsync::config::Diagnostics;
+use attrsync::ops::{self, Context, PlanFormat, PlanRequest, ValidateFormat};
+
+/// Keep Tencent Cloud IM push user attributes equal to what a config repository declares.
+///
+/// A config repository holds attrsync.yaml (settings) and YAML files under users/ that declare
+/// each user's attributes. `plan` shows what would change against the snapshot of what was last
+/// applied; `apply` sends only the changed users, in batches, within the API's rate limit.
 #[derive(Debug, Parser)]
-#[command(name = "attrsync", version, about)]
+#[command(name = "attrsync", version, propagate_version = true, max_term_width = 100)]
 struct Cli {
+    /// The config repository (the directory holding attrsync.yaml).
+    #[arg(long, global = true, default_value = ".", value_name = "DIR")]
+    dir: PathBuf,
+
+    /// Where the snapshot lives; overrides state_dir in attrsync.yaml.
+    #[arg(long, global = true, value_name = "DIR")]
+    state: Option<PathBuf>,
+
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides both flags.
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+
+    /// Only errors in the log.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+
+    /// How log lines on stderr look.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Check the config repository: every problem, with file:line:column. Exit 0 valid, 1 invalid.
+    Validate {
+        /// Output format: text, json (for tools), github (workflow annotations).
+        #[arg(long, value_enum, default_value_t = ValidateFormat::Text)]
+        format: ValidateFormat,
+    },
+    /// Show what apply would change: the config against the snapshot of what was last applied.
+    Plan {
+        /// Output format: text (people), json (machines), markdown (pull-request comments).
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+        /// Also save the plan as JSON to FILE, for `attrsync apply FILE`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Exit 2 when the plan has changes, 0 when it has none (1 stays an error).
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Plan deletions for users removed from the config (as `prune: true` does).
+        #[arg(long)]
+        prune: bool,
+        /// Allow a config that declares no users while the snapshot holds some.
+        #[arg(long)]
+        allow_empty: bool,
+    },
+    /// Inspect or move the snapshot (what attrsync last saw the server accept).
+    #[command(subcommand)]
+    State(StateCommand),
     /// Run the local Tencent Cloud IM stand-in (for tests and demos).
     Emulator(attrsync::emulator::EmulatorArgs),
 }
 
-fn main() -> std::process::ExitCode {
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// List the users in the snapshot.
+    List,
+    /// Show one user's recorded attributes and when they were applied.
+    Show {
+        /// The user id.
+        user: String,
+    },
+    /// Write the snapshot as JSON Lines: {"user": "...", "attrs": {...}} per line, sorted.
+    Export {
+        /// Write to FILE instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Replace the snapshot with a JSON Lines file (validated first; all or nothing).
+    Import {
+        /// The file written by `state export`.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let result = match cli.command {
-        Command::Emulator(args) => runtime.block_on(attrsync::emulator::run_from_cli(args)),
+    init_logging(&cli);
+    let ctx = Context {
+        dir: cli.dir.clone(),
+        state: cli.state.clone(),
+        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match run(cli.command, &ctx) {
+        Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            report(&err);
+            ExitCode::FAILURE
         }
+    }
+}
+
+fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Validate { format } => {
+            let validation = ops::validate(ctx, format);
+            print!("{}", validation.output);
+            Ok(if validation.valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Plan { format, out, detailed_exitcode, prune, allow_empty } => {
+            let outcome = ops::plan(ctx, &PlanRequest { format, out, prune, allow_empty })?;
+            for warning in &outcome.warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", outcome.output);
+            Ok(if detailed_exitcode && outcome.plan.summary.has_writes() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+        }
+        Command::State(StateCommand::List) => print_ok(ops::state_list(ctx)?),
+        Command::State(StateCommand::Show { user }) => print_ok(ops::state_show(ctx, &user)?),
+        Command::State(StateCommand::Export { out }) => {
+            ops::state_export(ctx, out.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::State(StateCommand::Import { file }) => print_ok(ops::state_import(ctx, &file)?),
+        Command::Emulator(args) => {
+            runtime()?.block_on(attrsync::emulator::run_from_cli(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_ok(text: String) -> anyhow::Result<ExitCode> {
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+}
+
+/// Prints the error once: config diagnostics as they are, anything else as a cause chain.
+fn report(err: &anyhow::Error) {
+    if let Some(diagnostics) = err.downcast_ref::<Diagnostics>() {
+        eprintln!("{diagnostics}");
+    } else {
+        eprintln!("error: {err:#}");
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn,attrsync=info",
+            1 => "info,attrsync=debug",
+            _ => "debug,attrsync=trace",
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match cli.log_format {
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

@@ -99,6 +99,9 @@ pub struct Config {
 /// The daemon keeps one across reconciles; a one-shot command can pass a fresh one.
 #[derive(Default)]
 pub struct ParseCache {
+    /// Keep parsed files for the next load (the daemon); a one-shot command does not, so the
+    /// parsed users can be moved into the desired state instead of copied.
+    retain: bool,
     attributes: Vec<AttrName>,
     files: HashMap<[u8; 32], Arc<ParsedFile>>,
     /// Files parsed (not found in the cache) by the last load.
@@ -106,6 +109,11 @@ pub struct ParseCache {
 }
 
 impl ParseCache {
+    /// A cache that keeps parsed files across loads.
+    pub fn retaining() -> Self {
+        Self { retain: true, ..Self::default() }
+    }
+
     fn get(&self, key: &[u8; 32]) -> Option<Arc<ParsedFile>> {
         self.files.get(key).cloned()
     }
@@ -119,14 +127,19 @@ pub fn load(dir: &Path, state_override: Option<&Path>, cache: &mut ParseCache) -
     let settings_path = dir.join(SETTINGS_FILE);
     let shown_settings = display_path(dir, &settings_path);
     let mut diagnostics = Vec::new();
+    let mut attributes = None;
     let settings = match read_text(&settings_path) {
-        Ok(text) => match settings::parse(&text, dir) {
-            Ok(settings) => Some(settings),
-            Err(problems) => {
-                diagnostics.extend(problems.into_iter().map(|p| Diagnostic::at(&shown_settings, p)));
-                None
+        Ok(text) => {
+            let parsed = settings::parse(&text, dir);
+            attributes = parsed.attributes;
+            match parsed.settings {
+                Ok(settings) => Some(settings),
+                Err(problems) => {
+                    diagnostics.extend(problems.into_iter().map(|p| Diagnostic::at(&shown_settings, p)));
+                    None
+                }
             }
-        },
+        }
         Err(ReadError::Missing) => {
             return Err(Diagnostics(vec![Diagnostic::whole(
                 &shown_settings,
@@ -140,7 +153,6 @@ pub fn load(dir: &Path, state_override: Option<&Path>, cache: &mut ParseCache) -
         }
     };
     let users_dir = settings.as_ref().map_or_else(|| dir.join("users"), |s| s.users_dir.clone());
-    let attributes = settings.as_ref().map(|s| s.attributes.clone());
 
     let mut files = Vec::new();
     if users_dir.is_dir() {
@@ -158,20 +170,26 @@ pub fn load(dir: &Path, state_override: Option<&Path>, cache: &mut ParseCache) -
         cache.files.clear();
         cache.attributes = attributes.clone().unwrap_or_default();
     }
+    let started = std::time::Instant::now();
     let parsed = parse_files(&files, attributes.as_deref(), cache);
+    tracing::debug!(files = files.len(), parsed = cache.last_parsed, elapsed = ?started.elapsed(), "parsed the user files");
     let mut declared: Vec<(DeclaredUser, u32)> = Vec::new();
     for (index, (path, result)) in files.iter().zip(parsed).enumerate() {
         let shown = display_path(dir, path);
         match result {
             Ok(file) => {
                 diagnostics.extend(file.problems.iter().cloned().map(|p| Diagnostic::at(&shown, p)));
-                declared.extend(file.users.iter().cloned().map(|u| (u, index as u32)));
+                match Arc::try_unwrap(file) {
+                    Ok(owned) => declared.extend(owned.users.into_iter().map(|u| (u, index as u32))),
+                    Err(shared) => declared.extend(shared.users.iter().cloned().map(|u| (u, index as u32))),
+                }
             }
             Err(diagnostic) => diagnostics.push(diagnostic.into_diagnostic(&shown)),
         }
     }
     // Each file's users are sorted already; the stable sort merges the runs.
     declared.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    tracing::debug!(users = declared.len(), elapsed = ?started.elapsed(), "merged the user files");
     for pair in declared.windows(2) {
         let ((first, first_file), (second, second_file)) = (&pair[0], &pair[1]);
         if first.id == second.id {
@@ -311,7 +329,9 @@ fn parse_files(files: &[PathBuf], attributes: Option<&[AttrName]>, cache: &mut P
             })
         })
         .collect();
-    cache.files = current;
+    if cache.retain {
+        cache.files = current;
+    }
     results
 }
 

@@ -67,12 +67,26 @@ struct Raw {
     max_deletes: Option<usize>,
     rate_limit: Option<u32>,
     batch_size: Option<usize>,
+    /// `region` or `endpoint` was written, even if invalid: don't also call it missing.
+    target_seen: bool,
+}
+
+/// What reading `attrsync.yaml` gave: the settings if valid, and the attribute list on its own
+/// so that user files can still be checked when some other setting is wrong.
+pub(super) struct Parsed {
+    pub settings: Result<Settings, Vec<Problem>>,
+    pub attributes: Option<Vec<AttrName>>,
 }
 
 /// Reads `attrsync.yaml` from `text`; `root` is the directory it lives in.
-pub(super) fn parse(text: &str, root: &Path) -> Result<Settings, Vec<Problem>> {
-    let mut reader = Reader::new(text);
+pub(super) fn parse(text: &str, root: &Path) -> Parsed {
     let mut raw = Raw::default();
+    let settings = parse_into(text, root, &mut raw);
+    Parsed { settings, attributes: raw.attributes }
+}
+
+fn parse_into(text: &str, root: &Path, raw: &mut Raw) -> Result<Settings, Vec<Problem>> {
+    let mut reader = Reader::new(text);
     let read = (|| {
         if !reader.begin()? {
             reader.problems.push(
@@ -81,7 +95,7 @@ pub(super) fn parse(text: &str, root: &Path) -> Result<Settings, Vec<Problem>> {
             );
             return Ok(());
         }
-        reader.mapping("attrsync.yaml", true, |r, key| read_setting(r, key, &mut raw))?;
+        reader.mapping(&|| "attrsync.yaml".to_owned(), true, |r, key| read_setting(r, key, raw))?;
         reader.end()
     })();
     let mut problems = std::mem::take(&mut reader.problems);
@@ -98,7 +112,7 @@ pub(super) fn parse(text: &str, root: &Path) -> Result<Settings, Vec<Problem>> {
     if raw.attributes.is_none() {
         problems.push(missing("attributes", "list the app's attribute names, e.g. `attributes: [sex, city]`"));
     }
-    let target = match (raw.region, raw.endpoint) {
+    let target = match (raw.region.clone(), raw.endpoint.clone()) {
         (Some(_), Some((_, pos))) => {
             problems.push(Problem::new(pos, "set either `region` or `endpoint`, not both").hint("`endpoint` replaces `region`: remove one of them"));
             None
@@ -106,6 +120,7 @@ pub(super) fn parse(text: &str, root: &Path) -> Result<Settings, Vec<Problem>> {
         (Some((region, _)), None) => Some(Target::Region(region)),
         (None, Some((endpoint, _))) if endpoint == "embedded" => Some(Target::Embedded),
         (None, Some((endpoint, _))) => Some(Target::Endpoint(endpoint.trim_end_matches('/').to_owned())),
+        (None, None) if raw.target_seen => None,
         (None, None) => {
             problems.push(missing("region", "set `region` (china, singapore, seoul, tokyo, frankfurt, silicon-valley, jakarta) or `endpoint`"));
             None
@@ -116,10 +131,10 @@ pub(super) fn parse(text: &str, root: &Path) -> Result<Settings, Vec<Problem>> {
     }
     Ok(Settings {
         sdkappid: raw.sdkappid.expect("checked"),
-        identifier: raw.identifier.expect("checked"),
+        identifier: raw.identifier.clone().expect("checked"),
         target: target.expect("checked"),
-        secret_key_env: raw.secret_key_env.unwrap_or_else(|| "TIM_SECRET_KEY".to_owned()),
-        attributes: raw.attributes.expect("checked"),
+        secret_key_env: raw.secret_key_env.clone().unwrap_or_else(|| "TIM_SECRET_KEY".to_owned()),
+        attributes: raw.attributes.clone().expect("checked"),
         users_dir: root.join(raw.users_dir.as_deref().unwrap_or("users")),
         state_dir: root.join(raw.state_dir.as_deref().unwrap_or("state")),
         prune: raw.prune.unwrap_or(false),
@@ -134,6 +149,7 @@ fn read_setting<'a>(r: &mut Reader<'a>, key: Scalar<'a>, raw: &mut Raw) -> Resul
         "sdkappid" => raw.sdkappid = number(r, "sdkappid", 1, u64::from(u32::MAX) * 4)?,
         "identifier" => raw.identifier = text(r, "identifier")?.map(|(s, _)| s),
         "region" => {
+            raw.target_seen = true;
             if let Some((name, pos)) = text(r, "region")? {
                 match Region::from_name(&name) {
                     Some(region) => raw.region = Some((region, pos)),
@@ -145,6 +161,7 @@ fn read_setting<'a>(r: &mut Reader<'a>, key: Scalar<'a>, raw: &mut Raw) -> Resul
             }
         }
         "endpoint" => {
+            raw.target_seen = true;
             if let Some((url, pos)) = text(r, "endpoint")? {
                 if url == "embedded" || url.starts_with("http://") || url.starts_with("https://") {
                     raw.endpoint = Some((url, pos));
@@ -175,7 +192,7 @@ fn read_setting<'a>(r: &mut Reader<'a>, key: Scalar<'a>, raw: &mut Raw) -> Resul
 }
 
 fn text(r: &mut Reader<'_>, key: &str) -> Result<Option<(String, Pos)>, super::yaml::Fatal> {
-    let Some(s) = r.scalar(&format!("`{key}`"))? else { return Ok(None) };
+    let Some(s) = r.scalar(&|| format!("`{key}`"))? else { return Ok(None) };
     if s.plain && Resolved::of_plain(&s.text) == Resolved::Null || s.text.is_empty() {
         r.problems.push(Problem::new(s.pos, format!("`{key}` is empty")));
         return Ok(None);
@@ -184,7 +201,7 @@ fn text(r: &mut Reader<'_>, key: &str) -> Result<Option<(String, Pos)>, super::y
 }
 
 fn number(r: &mut Reader<'_>, key: &str, min: u64, max: u64) -> Result<Option<u64>, super::yaml::Fatal> {
-    let Some(s) = r.scalar(&format!("`{key}`"))? else { return Ok(None) };
+    let Some(s) = r.scalar(&|| format!("`{key}`"))? else { return Ok(None) };
     match s.text.parse::<u64>() {
         Ok(n) if s.plain && (min..=max).contains(&n) => Ok(Some(n)),
         Ok(_) if s.plain => {
@@ -199,7 +216,7 @@ fn number(r: &mut Reader<'_>, key: &str, min: u64, max: u64) -> Result<Option<u6
 }
 
 fn boolean(r: &mut Reader<'_>, key: &str) -> Result<Option<bool>, super::yaml::Fatal> {
-    let Some(s) = r.scalar(&format!("`{key}`"))? else { return Ok(None) };
+    let Some(s) = r.scalar(&|| format!("`{key}`"))? else { return Ok(None) };
     match (&*s.text, s.plain) {
         ("true", true) => Ok(Some(true)),
         ("false", true) => Ok(Some(false)),
@@ -211,7 +228,7 @@ fn boolean(r: &mut Reader<'_>, key: &str) -> Result<Option<bool>, super::yaml::F
 }
 
 fn attributes(r: &mut Reader<'_>) -> Result<Option<Vec<AttrName>>, super::yaml::Fatal> {
-    let Some(items) = r.scalar_list("`attributes`")? else { return Ok(None) };
+    let Some(items) = r.scalar_list(&|| "`attributes`".to_owned())? else { return Ok(None) };
     let mut names: Vec<AttrName> = Vec::with_capacity(items.len());
     let mut ok = true;
     for item in &items {

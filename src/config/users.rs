@@ -56,11 +56,11 @@ fn read_file<'a>(
     if !r.begin()? {
         return Ok(());
     }
-    r.mapping("the user file", true, |r, key| {
+    r.mapping(&|| "the user file".to_owned(), true, |r, key| {
         match &*key.text {
             "defaults" => {
-                r.mapping("`defaults`", true, |r, name| {
-                    if let Some(pair) = attribute(r, name, attributes, "defaults")? {
+                r.mapping(&|| "`defaults`".to_owned(), true, |r, name| {
+                    if let Some(pair) = attribute(r, name, attributes, &|| "defaults".to_owned())? {
                         defaults.push(pair);
                     }
                     Ok(())
@@ -68,7 +68,7 @@ fn read_file<'a>(
             }
             "users" => {
                 // Duplicate user ids are found after sorting (they may also span files).
-                r.mapping("`users`", false, |r, id| user(r, id, attributes, users))?;
+                r.mapping(&|| "`users`".to_owned(), false, |r, id| user(r, id, attributes, users))?;
             }
             other => {
                 r.problems.push(
@@ -92,8 +92,8 @@ fn user<'a>(r: &mut Reader<'a>, key: Scalar<'a>, attributes: Option<&[AttrName]>
             None
         }
     };
-    let label = format!("user `{}`", key.text);
-    let mut attrs = Vec::new();
+    let label = || format!("user `{}`", key.text);
+    let mut attrs = Vec::with_capacity(attributes.map_or(4, <[AttrName]>::len));
     r.mapping(&label, true, |r, name| {
         if let Some(pair) = attribute(r, name, attributes, &label)? {
             attrs.push(pair);
@@ -121,13 +121,13 @@ fn attribute<'a>(
     r: &mut Reader<'a>,
     name: Scalar<'a>,
     attributes: Option<&[AttrName]>,
-    owner: &str,
+    owner: &dyn Fn() -> String,
 ) -> Result<Option<(AttrName, AttrValue)>, Fatal> {
     let known = match attributes {
         Some(list) => match list.iter().find(|a| a.as_str() == name.text) {
             Some(found) => Some(found.clone()),
             None => {
-                let mut problem = Problem::new(name.pos, format!("unknown attribute `{}` in {owner}", name.text));
+                let mut problem = Problem::new(name.pos, format!("unknown attribute `{}` in {}", name.text, owner()));
                 let listed: Vec<&str> = list.iter().map(AttrName::as_str).collect();
                 problem = match super::closest(&name.text, listed.iter().copied()) {
                     Some(near) => problem.hint(format!("did you mean `{near}`? attrsync.yaml lists: {}", listed.join(", "))),
@@ -139,13 +139,13 @@ fn attribute<'a>(
         },
         None => AttrName::new(&name.text).ok(),
     };
-    let what = format!("`{}` of {owner}", name.text);
+    let what = || format!("`{}` of {}", name.text, owner());
     let Some(value) = r.scalar(&what)? else { return Ok(None) };
     if value.plain {
         let resolved = Resolved::of_plain(&value.text);
         if resolved != Resolved::Str {
             r.problems.push(
-                Problem::new(value.pos, format!("{what} is `{}`, which YAML reads as {}, not a string", value.text, resolved.describe()))
+                Problem::new(value.pos, format!("{} is `{}`, which YAML reads as {}, not a string", what(), value.text, resolved.describe()))
                     .hint(format!("quote it: {}: \"{}\"", name.text, value.text)),
             );
             return Ok(None);
@@ -154,7 +154,7 @@ fn attribute<'a>(
     match AttrValue::new(&value.text) {
         Ok(v) => Ok(known.map(|k| (k, v))),
         Err(e) => {
-            r.problems.push(Problem::new(value.pos, format!("{what}: {e}")));
+            r.problems.push(Problem::new(value.pos, format!("{}: {e}", what())));
             Ok(None)
         }
     }

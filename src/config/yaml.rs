@@ -279,7 +279,7 @@ impl<'a> Reader<'a> {
     /// a mapping.
     pub fn mapping<'r>(
         &'r mut self,
-        what: &str,
+        what: &dyn Fn() -> String,
         track_duplicates: bool,
         mut on_entry: impl FnMut(&mut Self, Scalar<'a>) -> Step<()>,
     ) -> Step<bool> {
@@ -291,7 +291,7 @@ impl<'a> Reader<'a> {
             self.skip_rest(&event)?;
             return Ok(false);
         }
-        let mut seen: Vec<(String, Pos)> = Vec::new();
+        let mut seen: Vec<(Cow<'a, str>, Pos)> = Vec::new();
         loop {
             let (event, span) = self.next()?;
             match event {
@@ -302,20 +302,20 @@ impl<'a> Reader<'a> {
                         if let Some((_, first)) = seen.iter().find(|(k, _)| *k == *key.text) {
                             let first = *first;
                             self.problems.push(
-                                Problem::new(key.pos, format!("duplicate key `{}` in {what}", key.text))
+                                Problem::new(key.pos, format!("duplicate key `{}` in {}", key.text, what()))
                                     .hint(format!("it is first set at line {}; keep one of the two", first.line)),
                             );
                             let (value, _) = self.next()?;
                             self.skip_rest(&value)?;
                             continue;
                         }
-                        seen.push((key.text.clone().into_owned(), key.pos));
+                        seen.push((key.text.clone(), key.pos));
                     }
                     on_entry(self, key)?;
                 }
                 other => {
                     let pos = Pos::of(&span);
-                    self.problems.push(Problem::new(pos, format!("a key in {what} must be a plain string, found {}", describe(&other))));
+                    self.problems.push(Problem::new(pos, format!("a key in {} must be a plain string, found {}", what(), describe(&other))));
                     self.skip_rest(&other)?;
                     let (value, _) = self.next()?;
                     self.skip_rest(&value)?;
@@ -324,19 +324,19 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn not_a_mapping(&self, what: &str, event: &Event<'a>, span: &Span) -> Option<Problem> {
+    fn not_a_mapping(&self, what: &dyn Fn() -> String, event: &Event<'a>, span: &Span) -> Option<Problem> {
         let pos = Pos::of(span);
         Some(match event {
             Event::Alias(_) => alias_problem(pos),
             Event::Scalar(text, ScalarStyle::Plain, _, None) if Resolved::of_plain(text) == Resolved::Null => {
-                Problem::new(pos, format!("{what} is empty, expected a mapping")).hint("write `{}` for an empty mapping")
+                Problem::new(pos, format!("{} is empty, expected a mapping", what())).hint("write `{}` for an empty mapping")
             }
-            other => Problem::new(pos, format!("{what} must be a mapping, found {}", describe(other))),
+            other => Problem::new(pos, format!("{} must be a mapping, found {}", what(), describe(other))),
         })
     }
 
     /// Reads a scalar value. Records a problem and returns `None` for anything else.
-    pub fn scalar(&mut self, what: &str) -> Step<Option<Scalar<'a>>> {
+    pub fn scalar(&mut self, what: &dyn Fn() -> String) -> Step<Option<Scalar<'a>>> {
         let (event, span) = self.next()?;
         match event {
             Event::Scalar(text, style, _, tag) => {
@@ -349,7 +349,7 @@ impl<'a> Reader<'a> {
                     }
                     Some(tag) => {
                         self.problems.push(
-                            Problem::new(pos, format!("{what} has the tag `{tag}`, which attrsync does not use"))
+                            Problem::new(pos, format!("{} has the tag `{tag}`, which attrsync does not use", what()))
                                 .hint("remove the tag and quote the value"),
                         );
                         Ok(None)
@@ -361,7 +361,7 @@ impl<'a> Reader<'a> {
                 Ok(None)
             }
             other => {
-                self.problems.push(Problem::new(Pos::of(&span), format!("{what} must be a single value, found {}", describe(&other))));
+                self.problems.push(Problem::new(Pos::of(&span), format!("{} must be a single value, found {}", what(), describe(&other))));
                 self.skip_rest(&other)?;
                 Ok(None)
             }
@@ -369,11 +369,11 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a list of scalars. Records a problem and returns `None` for anything else.
-    pub fn scalar_list(&mut self, what: &str) -> Step<Option<Vec<Scalar<'a>>>> {
+    pub fn scalar_list(&mut self, what: &dyn Fn() -> String) -> Step<Option<Vec<Scalar<'a>>>> {
         let (event, span) = self.next()?;
         if !matches!(event, Event::SequenceStart(..)) {
             self.problems.push(
-                Problem::new(Pos::of(&span), format!("{what} must be a list, found {}", describe(&event)))
+                Problem::new(Pos::of(&span), format!("{} must be a list, found {}", what(), describe(&event)))
                     .hint("write it as [a, b] or as lines starting with `- `"),
             );
             self.skip_rest(&event)?;
