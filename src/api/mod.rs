@@ -1,1 +1,6 @@
-//! The Tencent Cloud IM REST client (placeholder until the client issue lands).
+//! The Tencent Cloud IM REST client: UserSig, wire types, rate limiter and error classes.
+
+pub mod secret;
+pub mod usersig;
+
+pub use secret::{SecretKey, UserSig};
