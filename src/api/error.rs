@@ -94,7 +94,10 @@ pub enum ApiError {
         endpoint: Endpoint,
     },
     /// Retrying cannot help: configuration, permission or request errors.
-    #[error("{endpoint} failed with error {code} ({meaning}): {check}")]
+    #[error(
+        "{endpoint} failed with error {code} ({meaning}{}): {check}",
+        server_said(info)
+    )]
     Fatal {
         /// The endpoint called.
         endpoint: Endpoint,
@@ -198,6 +201,15 @@ impl ApiError {
     }
 }
 
+/// The server's `ErrorInfo` as a message suffix, when it says anything.
+fn server_said(info: &str) -> String {
+    if info.is_empty() {
+        String::new()
+    } else {
+        format!("; the server said: {info}")
+    }
+}
+
 /// What an error code means and what to check, from REFERENCE.md §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CodeInfo {
@@ -277,10 +289,19 @@ mod tests {
 
     #[test]
     fn fatal_messages_say_what_to_check() {
-        let err = ApiError::from_code(Endpoint::SetAttr, 70009, "sig check failed".into());
+        let err = ApiError::from_code(Endpoint::SetAttr, 70009, String::new());
         assert_eq!(
             err.to_string(),
             "set_attr failed with error 70009 (UserSig verification failed): check that the secret key belongs to this SDKAppID"
+        );
+        let err = ApiError::from_code(
+            Endpoint::SetAttr,
+            90033,
+            "\"mood\" is not registered".into(),
+        );
+        assert_eq!(
+            err.to_string(),
+            "set_attr failed with error 90033 (an attribute is invalid; the server said: \"mood\" is not registered): check that every attribute name is registered on the app (attrsync attributes push) and every value is at most 50 bytes"
         );
     }
 

@@ -100,6 +100,28 @@ impl Answer {
     }
 }
 
+/// A call refused as a whole: an error code and its text, nothing applied.
+#[derive(Debug)]
+struct Rejection {
+    code: u32,
+    info: String,
+}
+
+impl Rejection {
+    fn new(code: u32, info: impl Into<String>) -> Self {
+        Self {
+            code,
+            info: info.into(),
+        }
+    }
+}
+
+impl From<Rejection> for Answer {
+    fn from(rejection: Rejection) -> Self {
+        Answer::fail(rejection.code, rejection.info)
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Mutable> {
         // Counters and the RNG stay usable after a panic elsewhere; they are never half-updated.
@@ -256,8 +278,8 @@ fn choose_fault(rng: &mut fastrand::Rng, settings: &Settings) -> Option<Fault> {
 
 /// Authenticates and executes one API call.
 async fn serve(shared: &Shared, endpoint: Endpoint, uri: &hyper::Uri, body: &[u8]) -> Answer {
-    if let Err(answer) = authenticate(&shared.settings, uri) {
-        return answer;
+    if let Err(rejection) = authenticate(&shared.settings, uri) {
+        return rejection.into();
     }
     let result = match endpoint {
         Endpoint::SetAttr => set_attr(shared, body),
@@ -266,7 +288,7 @@ async fn serve(shared: &Shared, endpoint: Endpoint, uri: &hyper::Uri, body: &[u8
         Endpoint::GetAttrName => get_attr_name(shared, body),
         Endpoint::SetAttrName => set_attr_name(shared, body),
     };
-    let answer = result.unwrap_or_else(|answer| answer);
+    let answer = result.unwrap_or_else(Answer::from);
     if answer.body.is_ok()
         && matches!(
             endpoint,
@@ -282,9 +304,9 @@ async fn serve(shared: &Shared, endpoint: Endpoint, uri: &hyper::Uri, body: &[u8
 }
 
 /// Checks the query string and the UserSig, answering with the server's codes.
-fn authenticate(settings: &Settings, uri: &hyper::Uri) -> Result<(), Answer> {
+fn authenticate(settings: &Settings, uri: &hyper::Uri) -> Result<(), Rejection> {
     let Ok(Query(params)) = Query::<HashMap<String, String>>::try_from_uri(uri) else {
-        return Err(Answer::fail(
+        return Err(Rejection::new(
             60002,
             "HTTP parse error: the query string is malformed",
         ));
@@ -294,7 +316,7 @@ fn authenticate(settings: &Settings, uri: &hyper::Uri) -> Result<(), Answer> {
             .get(name)
             .filter(|value| !value.is_empty())
             .ok_or_else(|| {
-                Answer::fail(
+                Rejection::new(
                     60002,
                     format!("HTTP parse error: missing query parameter {name}"),
                 )
@@ -306,25 +328,25 @@ fn authenticate(settings: &Settings, uri: &hyper::Uri) -> Result<(), Answer> {
     let random = param("random")?;
     let contenttype = param("contenttype")?;
     let Ok(sdkappid) = sdkappid.parse::<u64>() else {
-        return Err(Answer::fail(
+        return Err(Rejection::new(
             60002,
             "HTTP parse error: sdkappid is not a number",
         ));
     };
     if random.parse::<u32>().is_err() {
-        return Err(Answer::fail(
+        return Err(Rejection::new(
             60002,
             "HTTP parse error: random is not a 32-bit unsigned integer",
         ));
     }
     if contenttype != "json" {
-        return Err(Answer::fail(
+        return Err(Rejection::new(
             60002,
             "HTTP parse error: contenttype must be json",
         ));
     }
     if sdkappid != settings.sdkappid {
-        return Err(Answer::fail(
+        return Err(Rejection::new(
             70014,
             "the SDKAppID in the request does not match the one the UserSig was generated with",
         ));
@@ -339,38 +361,38 @@ fn authenticate(settings: &Settings, uri: &hyper::Uri) -> Result<(), Answer> {
     )
     .map_err(|err| match err {
         VerifyError::Undecodable { .. } => {
-            Answer::fail(70003, "UserSig parse failed; it may have been truncated")
+            Rejection::new(70003, "UserSig parse failed; it may have been truncated")
         }
-        VerifyError::SdkAppIdMismatch { .. } => Answer::fail(
+        VerifyError::SdkAppIdMismatch { .. } => Rejection::new(
             70014,
             "the SDKAppID in the request does not match the one the UserSig was generated with",
         ),
-        VerifyError::IdentifierMismatch { .. } => Answer::fail(
+        VerifyError::IdentifierMismatch { .. } => Rejection::new(
             70013,
             "the UserID in the request does not match the one the UserSig was generated with",
         ),
         VerifyError::Expired { .. } => {
-            Answer::fail(70001, "UserSig expired, please generate a new one")
+            Rejection::new(70001, "UserSig expired, please generate a new one")
         }
-        VerifyError::BadSignature => Answer::fail(
+        VerifyError::BadSignature => Rejection::new(
             70009,
             "UserSig verification failed; was it generated with another SDKAppID's key?",
         ),
     })
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
     serde_json::from_slice(body).map_err(|err| {
-        Answer::fail(
+        Rejection::new(
             90001,
             format!("JSON parse failed, check the request body: {err}"),
         )
     })
 }
 
-fn check_account_count(accounts: usize) -> Result<(), Answer> {
+fn check_account_count(accounts: usize) -> Result<(), Rejection> {
     if accounts > MAX_USERS_PER_CALL {
-        return Err(Answer::fail(
+        return Err(Rejection::new(
             90018,
             format!(
                 "the request carries {accounts} accounts, at most {MAX_USERS_PER_CALL} are allowed"
@@ -380,9 +402,9 @@ fn check_account_count(accounts: usize) -> Result<(), Answer> {
     Ok(())
 }
 
-fn check_registered(data: &Data, name: &str) -> Result<(), Answer> {
+fn check_registered(data: &Data, name: &str) -> Result<(), Rejection> {
     if !data.is_registered(name) {
-        return Err(Answer::fail(
+        return Err(Rejection::new(
             90033,
             format!("attribute is invalid: {name:?} is not a registered attribute name"),
         ));
@@ -390,10 +412,10 @@ fn check_registered(data: &Data, name: &str) -> Result<(), Answer> {
     Ok(())
 }
 
-fn persist(shared: &Shared, data: &mut Data, change: Change) -> Result<(), Answer> {
+fn persist(shared: &Shared, data: &mut Data, change: Change) -> Result<(), Rejection> {
     shared.store.apply(data, change).map_err(|err| {
         tracing::error!(%err, "the emulator could not store a change");
-        Answer::fail(91000, "internal service error, please try again")
+        Rejection::new(91000, "internal service error, please try again")
     })
 }
 
@@ -413,7 +435,7 @@ fn with_user_errors(mut body: ApiResponse, errors: Vec<UserError>) -> ApiRespons
     body
 }
 
-fn set_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Answer> {
+fn set_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Rejection> {
     let request: SetAttrRequest = parse(body)?;
     let accounts = request.users.len();
     check_account_count(accounts)?;
@@ -422,7 +444,7 @@ fn set_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Answer> {
         for (name, value) in &user.attrs {
             check_registered(&data, name)?;
             if value.len() > MAX_VALUE_BYTES {
-                return Err(Answer::fail(
+                return Err(Rejection::new(
                     90033,
                     format!("attribute is invalid: the value of {name:?} is {} bytes, at most {MAX_VALUE_BYTES} are allowed", value.len()),
                 ));
@@ -451,7 +473,7 @@ fn set_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Answer> {
     })
 }
 
-fn remove_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Answer> {
+fn remove_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Rejection> {
     let request: RemoveAttrRequest = parse(body)?;
     let accounts = request.users.len();
     check_account_count(accounts)?;
@@ -483,7 +505,7 @@ fn remove_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Answer> {
     })
 }
 
-fn get_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Answer> {
+fn get_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Rejection> {
     let request: GetAttrRequest = parse(body)?;
     let accounts = request.accounts.len();
     check_account_count(accounts)?;
@@ -503,7 +525,7 @@ fn get_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Answer> {
     Ok(Answer { body, accounts })
 }
 
-fn get_attr_name(shared: &Shared, body: &[u8]) -> Result<Answer, Answer> {
+fn get_attr_name(shared: &Shared, body: &[u8]) -> Result<Answer, Rejection> {
     // The body must be a JSON object, even if empty (`{}`).
     let _: serde_json::Map<String, serde_json::Value> = parse(body)?;
     let data = shared.store.lock();
@@ -526,9 +548,9 @@ fn get_attr_name(shared: &Shared, body: &[u8]) -> Result<Answer, Answer> {
     })
 }
 
-fn set_attr_name(shared: &Shared, body: &[u8]) -> Result<Answer, Answer> {
+fn set_attr_name(shared: &Shared, body: &[u8]) -> Result<Answer, Rejection> {
     let request: SetAttrNameRequest = parse(body)?;
-    let invalid = |reason: String| Answer::fail(90033, format!("attribute is invalid: {reason}"));
+    let invalid = |reason: String| Rejection::new(90033, format!("attribute is invalid: {reason}"));
     let types = request.types.unwrap_or_default();
     if let Some(slot) = types.keys().find(|slot| !request.names.contains_key(*slot)) {
         return Err(invalid(format!(
