@@ -13,7 +13,7 @@ use super::secret::{scrub, SecretKey, UserSig};
 use super::usersig;
 use super::wire::{
     BatchOutcome, GetAttrOutcome, GetAttrRequest, RemoveAttrRequest, Response, SetAttrNameRequest,
-    SetAttrRequest, UserAttrNames, UserAttrs, UserError,
+    SetAttrRequest, UserAttrNames, UserAttrs,
 };
 
 /// Lifetime of the admin UserSig the client signs (the docs recommend at least 24 h).
@@ -178,7 +178,7 @@ impl Client {
         };
         let response = self.call(endpoint, &request, users.len()).await?;
         Ok(BatchOutcome {
-            errors: self.user_errors(response.error_list),
+            errors: response.error_list.unwrap_or_default(),
         })
     }
 
@@ -194,7 +194,7 @@ impl Client {
         };
         let response = self.call(endpoint, &request, users.len()).await?;
         Ok(BatchOutcome {
-            errors: self.user_errors(response.error_list),
+            errors: response.error_list.unwrap_or_default(),
         })
     }
 
@@ -216,7 +216,7 @@ impl Client {
                 .into_iter()
                 .map(|user| (user.account, user.attrs))
                 .collect(),
-            errors: self.user_errors(response.error_list),
+            errors: response.error_list.unwrap_or_default(),
         })
     }
 
@@ -340,12 +340,15 @@ impl Client {
                 reason: format!("HTTP {status}"),
             });
         }
-        let response: Response =
+        let mut response: Response =
             serde_json::from_slice(&bytes).map_err(|err| ApiError::UnexpectedResponse {
                 endpoint,
                 reason: format!("the body is not the documented JSON: {err}"),
             })?;
         if response.is_ok() {
+            for error in response.error_list.iter_mut().flatten() {
+                error.info = self.scrub(&error.info, usersig);
+            }
             return Ok(response);
         }
         if response.error_code == 0 {
@@ -385,17 +388,6 @@ impl Client {
             format!("{summary}: {}", chain.join(": "))
         };
         self.scrub(&text, usersig)
-    }
-
-    fn user_errors(&self, list: Option<Vec<UserError>>) -> Vec<UserError> {
-        let usersig = self.current_usersig();
-        list.unwrap_or_default()
-            .into_iter()
-            .map(|error| UserError {
-                info: self.scrub(&error.info, &usersig),
-                ..error
-            })
-            .collect()
     }
 
     fn scrub(&self, text: &str, usersig: &UserSig) -> String {
