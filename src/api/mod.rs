@@ -1,1 +1,25 @@
-//! The Tencent Cloud IM REST client (placeholder until the client issue lands).
+//! The Tencent Cloud IM REST client: UserSig, wire types, rate limiter and error classes.
+//!
+//! - [`usersig`]: UserSig v2 signing and verification, pure functions (REFERENCE.md §4).
+//! - [`Client`]: one HTTP attempt per call to a `v4/timpush/*` endpoint, after waiting for the
+//!   shared [`RateLimiter`]; the UserSig is cached for 24 h and renewed 5 minutes before expiry.
+//! - [`ApiError`]: every failure classified (transient, rate-limited, UserSig expired, fatal) so
+//!   the caller decides what to retry; this module never retries by itself.
+//! - [`SecretKey`] / [`UserSig`]: credentials that print as `***`.
+//! - [`wire`]: the documented JSON shapes, shared with the emulator.
+
+mod client;
+mod error;
+pub mod limiter;
+pub mod secret;
+pub mod usersig;
+pub mod wire;
+
+pub use client::{
+    Client, ClientBuildError, ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+    USERSIG_LIFETIME, USERSIG_RENEW_BEFORE,
+};
+pub use error::{describe, ApiError, CodeInfo, Endpoint, MAX_USERS_PER_CALL};
+pub use limiter::RateLimiter;
+pub use secret::{SecretKey, UserSig};
+pub use wire::{BatchOutcome, GetAttrOutcome, UserAttrNames, UserAttrs, UserError};

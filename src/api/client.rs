@@ -1,0 +1,533 @@
+//! The REST client: one HTTP attempt per method call, signed, rate-limited and classified.
+
+use reqwest::Url;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::error::{ApiError, Endpoint, MAX_USERS_PER_CALL};
+use super::limiter::{RateLimiter, MAX_RATE};
+use super::secret::{scrub, SecretKey, UserSig};
+use super::usersig;
+use super::wire::{
+    BatchOutcome, GetAttrOutcome, GetAttrRequest, RemoveAttrRequest, Response, SetAttrNameRequest,
+    SetAttrRequest, UserAttrNames, UserAttrs,
+};
+
+/// Lifetime of the admin UserSig the client signs (the docs recommend at least 24 h).
+pub const USERSIG_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long before expiry the cached UserSig is replaced, so no call goes out with a UserSig
+/// that expires in flight.
+pub const USERSIG_RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
+
+/// Default time allowed to establish a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default time allowed for a whole call (connect, send, answer).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Idle keep-alive connections are kept this long for reuse.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Everything a [`Client`] needs to talk to one application.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Root of the REST API, e.g. `https://adminapisgp.im.qcloud.com` or `http://127.0.0.1:8080`.
+    pub base_url: String,
+    /// The application's SDKAppID.
+    pub sdkappid: u64,
+    /// An App admin account; every call is made as this identifier.
+    pub identifier: String,
+    /// The application's secret key (signs the UserSig).
+    pub secret_key: SecretKey,
+    /// Calls per second, `1..=100`, shared by all calls of the client.
+    pub rate_limit: u32,
+    /// Time allowed to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for a whole call.
+    pub request_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A config with the documented rate limit (100/s) and the default timeouts (5 s / 30 s).
+    pub fn new(
+        base_url: impl Into<String>,
+        sdkappid: u64,
+        identifier: impl Into<String>,
+        secret_key: SecretKey,
+    ) -> Self {
+        Self {
+            base_url: base_url.into(),
+            sdkappid,
+            identifier: identifier.into(),
+            secret_key,
+            rate_limit: MAX_RATE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Why a [`Client`] could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    /// `base_url` is not an http(s) URL.
+    #[error("the API base URL {base_url:?} is not valid ({reason}); use e.g. https://adminapisgp.im.qcloud.com or http://127.0.0.1:8080")]
+    InvalidBaseUrl {
+        /// The URL as configured.
+        base_url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `rate_limit` is outside `1..=100`.
+    #[error("rate_limit {0} is out of range; use 1 to 100 calls per second")]
+    InvalidRateLimit(u32),
+    /// The secret key is empty.
+    #[error("the secret key is empty; set the environment variable named by secret_key_env")]
+    EmptySecretKey,
+    /// The HTTP stack could not be initialised (e.g. no TLS roots).
+    #[error("could not set up the HTTP client: {0}")]
+    Http(String),
+}
+
+/// The Tencent Cloud IM client for the `v4/timpush/*` attribute APIs.
+///
+/// Cheap to clone: clones share one connection pool, one UserSig cache and one rate limiter.
+/// Every method makes exactly one HTTP attempt after waiting for the limiter; retry policy
+/// belongs to the caller, guided by [`ApiError::is_retryable`].
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base_url: Url,
+    sdkappid: u64,
+    identifier: String,
+    secret_key: SecretKey,
+    request_timeout: Duration,
+    limiter: RateLimiter,
+    usersig: Mutex<Option<CachedUserSig>>,
+}
+
+struct CachedUserSig {
+    usersig: UserSig,
+    /// Unix seconds.
+    expires_at: u64,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.inner.base_url.as_str())
+            .field("sdkappid", &self.inner.sdkappid)
+            .field("identifier", &self.inner.identifier)
+            .field("rate_limit", &self.inner.limiter.rate())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Builds a client; fails on a bad base URL, rate limit or empty key.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientBuildError> {
+        let base_url = parse_base_url(&config.base_url)?;
+        if !(1..=MAX_RATE).contains(&config.rate_limit) {
+            return Err(ClientBuildError::InvalidRateLimit(config.rate_limit));
+        }
+        if config.secret_key.is_empty() {
+            return Err(ClientBuildError::EmptySecretKey);
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("attrsync/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .tcp_keepalive(Duration::from_secs(60))
+            .build()
+            .map_err(|err| ClientBuildError::Http(err.without_url().to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base_url,
+                sdkappid: config.sdkappid,
+                identifier: config.identifier,
+                secret_key: config.secret_key,
+                request_timeout: config.request_timeout,
+                limiter: RateLimiter::new(config.rate_limit),
+                usersig: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Sets (merges) the given attributes of up to 100 users.
+    ///
+    /// `Ok` with a non-empty [`BatchOutcome::errors`] is a partial success: every user not listed
+    /// was accepted. An empty slice returns `Ok` without a call.
+    pub async fn set_attr(&self, users: &[UserAttrs]) -> Result<BatchOutcome, ApiError> {
+        let endpoint = Endpoint::SetAttr;
+        if users.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        check_batch(endpoint, users.len())?;
+        let request = SetAttrRequest {
+            users: users.to_vec(),
+        };
+        let response = self.call(endpoint, &request, users.len()).await?;
+        Ok(BatchOutcome {
+            errors: response.error_list.unwrap_or_default(),
+        })
+    }
+
+    /// Deletes the named attributes of up to 100 users; partial success as for `set_attr`.
+    pub async fn remove_attr(&self, users: &[UserAttrNames]) -> Result<BatchOutcome, ApiError> {
+        let endpoint = Endpoint::RemoveAttr;
+        if users.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        check_batch(endpoint, users.len())?;
+        let request = RemoveAttrRequest {
+            users: users.to_vec(),
+        };
+        let response = self.call(endpoint, &request, users.len()).await?;
+        Ok(BatchOutcome {
+            errors: response.error_list.unwrap_or_default(),
+        })
+    }
+
+    /// Reads the attributes of up to 100 users (a user without attributes maps to `{}`).
+    pub async fn get_attr(&self, accounts: &[String]) -> Result<GetAttrOutcome, ApiError> {
+        let endpoint = Endpoint::GetAttr;
+        if accounts.is_empty() {
+            return Ok(GetAttrOutcome::default());
+        }
+        check_batch(endpoint, accounts.len())?;
+        let request = GetAttrRequest {
+            accounts: accounts.to_vec(),
+        };
+        let response = self.call(endpoint, &request, accounts.len()).await?;
+        Ok(GetAttrOutcome {
+            attrs: response
+                .user_attrs
+                .unwrap_or_default()
+                .into_iter()
+                .map(|user| (user.account, user.attrs))
+                .collect(),
+            errors: response.error_list.unwrap_or_default(),
+        })
+    }
+
+    /// Reads the app's attribute names: slot (0..=9) → name.
+    pub async fn get_attr_name(&self) -> Result<BTreeMap<u8, String>, ApiError> {
+        let endpoint = Endpoint::GetAttrName;
+        // The body must never be empty: the docs ask for `{}` when there is nothing to say.
+        let response = self.call(endpoint, &serde_json::Map::new(), 0).await?;
+        response
+            .attr_names
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(slot, name)| match slot.parse::<u8>() {
+                Ok(slot) => Ok((slot, name)),
+                Err(_) => Err(ApiError::UnexpectedResponse {
+                    endpoint,
+                    reason: format!("attribute slot {slot:?} is not a number"),
+                }),
+            })
+            .collect()
+    }
+
+    /// Registers attribute names: slot (0..=9) → name.
+    pub async fn set_attr_name(&self, names: &BTreeMap<u8, String>) -> Result<(), ApiError> {
+        let request = SetAttrNameRequest {
+            names: names
+                .iter()
+                .map(|(slot, name)| (slot.to_string(), name.clone()))
+                .collect(),
+            types: None,
+        };
+        self.call(Endpoint::SetAttrName, &request, 0).await?;
+        Ok(())
+    }
+
+    /// Replaces the cached UserSig with a freshly signed one (after a 70001 answer).
+    pub fn renew_usersig(&self) {
+        let mut cache = self.lock_usersig();
+        *cache = Some(self.sign_now());
+    }
+
+    /// Calls per second this client allows itself.
+    pub fn rate_limit(&self) -> u32 {
+        self.inner.limiter.rate()
+    }
+
+    /// One attempt: wait for the limiter, sign, send, classify.
+    async fn call(
+        &self,
+        endpoint: Endpoint,
+        body: &impl Serialize,
+        users: usize,
+    ) -> Result<Response, ApiError> {
+        self.inner.limiter.acquire().await;
+        let usersig = self.current_usersig();
+        // A fresh random per attempt: the server documents it as identifying the request.
+        let random = fastrand::u32(..);
+        let mut url = self
+            .inner
+            .base_url
+            .join(&endpoint.path())
+            .expect("a fixed relative path joins any http(s) base URL");
+        url.query_pairs_mut()
+            .append_pair("sdkappid", &self.inner.sdkappid.to_string())
+            .append_pair("identifier", &self.inner.identifier)
+            .append_pair("usersig", usersig.expose())
+            .append_pair("random", &random.to_string())
+            .append_pair("contenttype", "json");
+
+        let started = tokio::time::Instant::now();
+        tracing::debug!(%endpoint, random, users, "calling the IM REST API");
+        let result = self.send(endpoint, url, body, &usersig).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(_) => tracing::debug!(%endpoint, random, elapsed_ms, "call succeeded"),
+            Err(error) => {
+                tracing::debug!(%endpoint, random, elapsed_ms, code = error.code(), %error, "call failed")
+            }
+        }
+        result
+    }
+
+    async fn send(
+        &self,
+        endpoint: Endpoint,
+        url: Url,
+        body: &impl Serialize,
+        usersig: &UserSig,
+    ) -> Result<Response, ApiError> {
+        let transient = |reason: String| ApiError::Transient {
+            endpoint,
+            code: None,
+            reason,
+        };
+        let answer = self
+            .inner
+            .http
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|err| transient(self.describe_transport_error(err, usersig)))?;
+        let status = answer.status();
+        let bytes = answer
+            .bytes()
+            .await
+            .map_err(|err| transient(self.describe_transport_error(err, usersig)))?;
+        if status.is_server_error() {
+            return Err(transient(format!("HTTP {status}")));
+        }
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(ApiError::RateLimited {
+                endpoint,
+                code: status.as_u16().into(),
+                info: format!("HTTP {status}"),
+            });
+        }
+        if status != reqwest::StatusCode::OK {
+            return Err(ApiError::UnexpectedResponse {
+                endpoint,
+                reason: format!("HTTP {status}"),
+            });
+        }
+        let mut response: Response =
+            serde_json::from_slice(&bytes).map_err(|err| ApiError::UnexpectedResponse {
+                endpoint,
+                reason: format!("the body is not the documented JSON: {err}"),
+            })?;
+        if response.is_ok() {
+            for error in response.error_list.iter_mut().flatten() {
+                error.info = self.scrub(&error.info, usersig);
+            }
+            return Ok(response);
+        }
+        if response.error_code == 0 {
+            return Err(ApiError::UnexpectedResponse {
+                endpoint,
+                reason: format!("ActionStatus {:?} with ErrorCode 0", response.action_status),
+            });
+        }
+        let info = self.scrub(&response.error_info, usersig);
+        Err(ApiError::from_code(endpoint, response.error_code, info))
+    }
+
+    /// A transport error as text without the URL (it carries the UserSig) and without secrets.
+    fn describe_transport_error(&self, err: reqwest::Error, usersig: &UserSig) -> String {
+        let summary = if err.is_timeout() {
+            format!(
+                "no answer within {}",
+                humantime::format_duration(self.inner.request_timeout)
+            )
+        } else if err.is_connect() {
+            "could not connect".to_owned()
+        } else if err.is_body() || err.is_decode() {
+            "the answer was cut off".to_owned()
+        } else {
+            "the request failed".to_owned()
+        };
+        let err = err.without_url();
+        let mut chain = Vec::new();
+        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            chain.push(cause.to_string());
+            source = cause.source();
+        }
+        let text = if chain.is_empty() {
+            format!("{summary}: {err}")
+        } else {
+            format!("{summary}: {}", chain.join(": "))
+        };
+        self.scrub(&text, usersig)
+    }
+
+    fn scrub(&self, text: &str, usersig: &UserSig) -> String {
+        scrub(text, &[usersig.expose(), self.inner.secret_key.expose()])
+    }
+
+    /// The cached UserSig, re-signed when less than [`USERSIG_RENEW_BEFORE`] remains.
+    fn current_usersig(&self) -> UserSig {
+        let mut cache = self.lock_usersig();
+        let now = unix_now();
+        match cache.as_ref() {
+            Some(cached) if now + USERSIG_RENEW_BEFORE.as_secs() < cached.expires_at => {
+                cached.usersig.clone()
+            }
+            _ => {
+                let fresh = self.sign_now();
+                let usersig = fresh.usersig.clone();
+                *cache = Some(fresh);
+                usersig
+            }
+        }
+    }
+
+    fn sign_now(&self) -> CachedUserSig {
+        let now = unix_now();
+        let lifetime = USERSIG_LIFETIME.as_secs();
+        CachedUserSig {
+            usersig: UserSig::new(usersig::sign(
+                self.inner.sdkappid,
+                &self.inner.identifier,
+                &self.inner.secret_key,
+                now,
+                lifetime,
+            )),
+            expires_at: now + lifetime,
+        }
+    }
+
+    fn lock_usersig(&self) -> std::sync::MutexGuard<'_, Option<CachedUserSig>> {
+        // A poisoned cache is still a valid cache: it is replaced whole, never half-written.
+        self.inner
+            .usersig
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn check_batch(endpoint: Endpoint, users: usize) -> Result<(), ApiError> {
+    if users > MAX_USERS_PER_CALL {
+        return Err(ApiError::BatchTooLarge { endpoint, users });
+    }
+    Ok(())
+}
+
+fn parse_base_url(base_url: &str) -> Result<Url, ClientBuildError> {
+    let invalid = |reason: &str| ClientBuildError::InvalidBaseUrl {
+        base_url: base_url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut url = Url::parse(base_url).map_err(|err| invalid(&err.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("the scheme must be http or https"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("it must not have a query or fragment"));
+    }
+    // `join` replaces the last path segment unless the path ends in a slash.
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_get_a_trailing_slash_so_paths_append() {
+        let url = parse_base_url("http://127.0.0.1:8080/prefix").unwrap();
+        assert_eq!(
+            url.join("v4/timpush/set_attr").unwrap().as_str(),
+            "http://127.0.0.1:8080/prefix/v4/timpush/set_attr"
+        );
+        let url = parse_base_url("https://adminapisgp.im.qcloud.com").unwrap();
+        assert_eq!(
+            url.join("v4/timpush/get_attr").unwrap().as_str(),
+            "https://adminapisgp.im.qcloud.com/v4/timpush/get_attr"
+        );
+        assert!(parse_base_url("ftp://example.com").is_err());
+        assert!(parse_base_url("adminapisgp.im.qcloud.com").is_err());
+    }
+
+    #[test]
+    fn the_usersig_is_cached_and_renewed_on_demand() {
+        let config = ClientConfig::new(
+            "http://127.0.0.1:1",
+            1_400_000_000,
+            "admin",
+            SecretKey::new("k"),
+        );
+        let client = Client::new(config).unwrap();
+        let first = client.current_usersig();
+        assert_eq!(client.current_usersig(), first);
+        let expires_at = client.lock_usersig().as_ref().unwrap().expires_at;
+        assert!(expires_at >= unix_now() + USERSIG_LIFETIME.as_secs() - 1);
+        // A cache close to expiry is replaced on the next call.
+        client.lock_usersig().as_mut().unwrap().expires_at = unix_now() + 60;
+        client.current_usersig();
+        assert!(client.lock_usersig().as_ref().unwrap().expires_at > unix_now() + 3600);
+        client.renew_usersig();
+        assert!(usersig::verify(
+            client.current_usersig().expose(),
+            1_400_000_000,
+            "admin",
+            &SecretKey::new("k"),
+            unix_now()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn config_and_client_debug_output_hides_the_key() {
+        let config = ClientConfig::new(
+            "http://127.0.0.1:1",
+            1,
+            "admin",
+            SecretKey::new("topsecret"),
+        );
+        let client = Client::new(config.clone()).unwrap();
+        for text in [format!("{config:?}"), format!("{client:?}")] {
+            assert!(!text.contains("topsecret"), "{text}");
+        }
+    }
+}
