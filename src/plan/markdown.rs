@@ -138,7 +138,7 @@ mod tests {
         | ✏️ update | 1 |
         | unchanged | 0 |
 
-        <sub>app `1400000000` · snapshot serial 3 · desired `sha256:e0e4fa5a2d6e`</sub>
+        <sub>app `1400000000` · snapshot serial 3 · desired `sha256:2f51565053e0`</sub>
 
         #### Deletions
 
