@@ -13,6 +13,7 @@
 //!   with every problem reported as `file:line:column`.
 //! - [`state`]: the sled snapshot of what the server last accepted.
 //! - [`api`]: the Tencent Cloud IM REST client (UserSig, rate limiter, error classes).
+//! - [`apply`]: the executor — batches, retries, one snapshot commit per accepted batch.
 //! - [`emulator`]: a local stand-in for the server, used by tests and the quickstart.
 //! - [`ops`]: one function per command, wiring the shells to the core; `main.rs` only
 //!   parses arguments and maps results to exit codes.
@@ -20,6 +21,7 @@
 //! Imports point inward: `model` imports nothing from the crate, `plan` only `model`.
 
 pub mod api;
+pub mod apply;
 pub mod config;
 pub mod emulator;
 pub mod model;

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 use attrsync::config::Diagnostics;
-use attrsync::ops::{self, Context, PlanFormat, PlanRequest, ValidateFormat};
+use attrsync::apply::StopSignal;
+use attrsync::ops::remote::{self, ApplyRequest};
+use attrsync::ops::{self, interrupts, Context, PlanFormat, PlanRequest, ValidateFormat};
 
 /// Keep Tencent Cloud IM push user attributes equal to what a config repository declares.
 ///
@@ -73,12 +75,65 @@ enum Command {
         /// Allow a config that declares no users while the snapshot holds some.
         #[arg(long)]
         allow_empty: bool,
+        /// Read the live attributes from the server (get_attr), show users changed outside
+        /// attrsync, and plan against the live values.
+        #[arg(long)]
+        refresh: bool,
     },
+    /// Send the changes: plans (or reads PLANFILE), asks for confirmation, applies in batches.
+    ///
+    /// Only changed users are sent, in batches of up to batch_size, within rate_limit calls per
+    /// second. Each batch is recorded in the snapshot once the server accepted it, so an
+    /// interrupted apply resumes where it stopped. Exit 0 success, 1 if any user failed,
+    /// 130/143 when interrupted by SIGINT/SIGTERM.
+    Apply {
+        /// A plan saved by `attrsync plan --out FILE`: apply exactly it (no prompt); refused if stale.
+        planfile: Option<PathBuf>,
+        /// Do not ask for confirmation (needed when stdin is not a terminal).
+        #[arg(long)]
+        auto_approve: bool,
+        /// Delete the attributes of users removed from the config (as `prune: true` does).
+        #[arg(long)]
+        prune: bool,
+        /// Allow deleting more users than max_deletes.
+        #[arg(long)]
+        allow_mass_delete: bool,
+        /// Allow a config that declares no users while the snapshot holds some.
+        #[arg(long)]
+        allow_empty: bool,
+        /// Report format: text, or json for machines.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+    },
+    /// Seed the snapshot from the server: read USERS' live attributes (default: every declared user).
+    Import {
+        /// User ids to import; none means every user the config declares.
+        users: Vec<String>,
+    },
+    /// Manage the app's attribute names.
+    #[command(subcommand)]
+    Attributes(AttributesCommand),
     /// Inspect or move the snapshot (what attrsync last saw the server accept).
     #[command(subcommand)]
     State(StateCommand),
     /// Run the local Tencent Cloud IM stand-in (for tests and demos).
     Emulator(attrsync::emulator::EmulatorArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum AttributesCommand {
+    /// Register the names in `attributes` on the app (set_attr_name), in free slots only.
+    Push {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        auto_approve: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,13 +182,37 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
             print!("{}", validation.output);
             Ok(if validation.valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Plan { format, out, detailed_exitcode, prune, allow_empty } => {
-            let outcome = ops::plan(ctx, &PlanRequest { format, out, prune, allow_empty })?;
+        Command::Plan { format, out, detailed_exitcode, prune, allow_empty, refresh } => {
+            let request = PlanRequest { format, out, prune, allow_empty, refresh };
+            let outcome = runtime()?.block_on(ops::plan(ctx, &request))?;
             for warning in &outcome.warnings {
                 eprintln!("warning: {warning}");
             }
             print!("{}", outcome.output);
             Ok(if detailed_exitcode && outcome.plan.summary.has_writes() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+        }
+        Command::Apply { planfile, auto_approve, prune, allow_mass_delete, allow_empty, format } => {
+            let json = matches!(format, ReportFormat::Json);
+            let request = ApplyRequest { plan_file: planfile, auto_approve, prune, allow_mass_delete, allow_empty, json };
+            let runtime = runtime()?;
+            let stop = StopSignal::new();
+            let signal = runtime.block_on(async { interrupts::listen(stop.clone()) });
+            let outcome = runtime.block_on(remote::apply(ctx, &request, &stop))?;
+            let Some(report) = outcome.report else { return Ok(ExitCode::FAILURE) };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.calls > 0 || !report.succeeded() {
+                print!("{}", remote::render_report(&report));
+            }
+            Ok(match signal.received() {
+                Some(code) => ExitCode::from(code),
+                None if report.succeeded() => ExitCode::SUCCESS,
+                None => ExitCode::FAILURE,
+            })
+        }
+        Command::Import { users } => print_ok(runtime()?.block_on(remote::import(ctx, &users))?),
+        Command::Attributes(AttributesCommand::Push { auto_approve }) => {
+            print_ok(runtime()?.block_on(remote::attributes_push(ctx, auto_approve))?)
         }
         Command::State(StateCommand::List) => print_ok(ops::state_list(ctx)?),
         Command::State(StateCommand::Show { user }) => print_ok(ops::state_show(ctx, &user)?),

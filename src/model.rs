@@ -445,6 +445,15 @@ impl Summary {
     }
 }
 
+/// A user whose live attributes differ from the snapshot: changed outside attrsync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drift {
+    /// The user.
+    pub user: UserId,
+    /// Per attribute: `before` is the snapshot's value, `after` the live one.
+    pub attrs: Vec<AttrChange>,
+}
+
 /// The difference between desired state and snapshot, and what it was computed from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {

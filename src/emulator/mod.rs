@@ -269,7 +269,7 @@ impl Emulator {
             Arc::clone(&self.shared),
             shutdown_requested,
         ));
-        tracing::info!(%addr, "emulator listening");
+        tracing::debug!(%addr, "emulator listening");
         Ok(RunningEmulator {
             addr,
             shared: self.shared,

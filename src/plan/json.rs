@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Action, AttrChange, AttrName, AttrValue, Change, Plan, Summary, UserId};
+use crate::model::{Action, AttrChange, AttrName, AttrValue, Change, Drift, Plan, Summary, UserId};
 
 /// The plan JSON format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -87,6 +87,30 @@ pub fn to_json(plan: &Plan) -> String {
             .collect(),
     };
     let mut json = serde_json::to_string_pretty(&doc).expect("plan JSON serialises");
+    json.push('\n');
+    json
+}
+
+/// The plan JSON with a `drift` array (`plan --refresh`): per drifted user, per attribute,
+/// `{"snapshot": …, "live": …}`. Consumers that do not know the field ignore it.
+pub fn to_json_with_drift(plan: &Plan, drift: &[Drift]) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(&to_json(plan)).expect("plan JSON parses");
+    let entries: Vec<serde_json::Value> = drift
+        .iter()
+        .map(|d| {
+            let attrs: serde_json::Map<String, serde_json::Value> = d
+                .attrs
+                .iter()
+                .map(|a| {
+                    let text = |v: &Option<AttrValue>| v.as_ref().map(|v| v.as_str().to_owned());
+                    (a.name.as_str().to_owned(), serde_json::json!({"snapshot": text(&a.before), "live": text(&a.after)}))
+                })
+                .collect();
+            serde_json::json!({"user": d.user.as_str(), "attrs": attrs})
+        })
+        .collect();
+    value["drift"] = serde_json::Value::Array(entries);
+    let mut json = serde_json::to_string_pretty(&value).expect("plan JSON serialises");
     json.push('\n');
     json
 }

@@ -7,13 +7,13 @@ mod json;
 mod markdown;
 mod text;
 
-pub use json::{from_json, to_json, PlanFileError};
+pub use json::{from_json, to_json, to_json_with_drift, PlanFileError};
 pub use markdown::{render_markdown, MARKDOWN_LIMIT};
-pub use text::{render_text, TextStyle};
+pub use text::{render_drift_text, render_text, TextStyle};
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{Action, AttrChange, Attrs, Change, Desired, Plan, Snapshot, Summary};
+use crate::model::{Action, AttrChange, Attrs, Change, Desired, Drift, Plan, Snapshot, SnapshotEntry, Summary, UserMap};
 
 /// Choices that shape a plan beyond desired state and snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,6 +95,34 @@ pub fn plan(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Pla
         summary,
         changes: removals,
     }
+}
+
+/// The users whose `live` attributes differ from the snapshot's, in user-id order.
+pub fn drift(snapshot: &Snapshot, live: &UserMap<Attrs>) -> Vec<Drift> {
+    let empty = Attrs::default();
+    live.iter()
+        .filter_map(|(user, now)| {
+            let recorded = snapshot.users.get(user.as_str()).map_or(&empty, |e| &e.attrs);
+            let attrs = diff_attrs(recorded, now);
+            (!attrs.is_empty()).then(|| Drift { user: user.clone(), attrs })
+        })
+        .collect()
+}
+
+/// A snapshot holding the `live` attributes, to plan against what the server has now.
+///
+/// It keeps the recorded serial, so a plan saved from it still goes stale when the real
+/// snapshot moves.
+pub fn live_snapshot(snapshot: &Snapshot, live: &UserMap<Attrs>) -> Snapshot {
+    let users = live
+        .iter()
+        .filter(|(_, attrs)| !attrs.is_empty())
+        .map(|(user, attrs)| {
+            let applied_at = snapshot.users.get(user.as_str()).map_or(0, |e| e.applied_at);
+            (user.clone(), SnapshotEntry { attrs: attrs.clone(), applied_at })
+        })
+        .collect();
+    Snapshot { users: UserMap::from_sorted(users).expect("live is sorted by user"), serial: snapshot.serial }
 }
 
 /// The attributes that differ between `before` and `after`, sorted by name.
@@ -372,6 +400,23 @@ mod tests {
         assert_ne!(desired_digest(&a), desired_digest(&c));
         assert!(desired_digest(&a).starts_with("sha256:"));
         assert_eq!(desired_digest(&a).len(), 7 + 64);
+    }
+
+    #[test]
+    fn drift_lists_users_changed_outside_attrsync() {
+        let snap = snapshot(4, &[("Mary", &[("city", "NewYork")]), ("Bob", &[("city", "Oslo")])]);
+        let live = desired(&[("Mary", &[("city", "Paris")]), ("Bob", &[("city", "Oslo")]), ("new", &[("sex", "f")])]);
+        let found: Vec<String> = drift(&snap, &live)
+            .iter()
+            .map(|d| format!("{}:{}", d.user, d.attrs.iter().map(|a| format!("{}={:?}>{:?}", a.name, a.before, a.after)).collect::<Vec<_>>().join(",")))
+            .collect();
+        assert_eq!(found, [r#"Mary:city=Some("NewYork")>Some("Paris")"#, r#"new:sex=None>Some("f")"#]);
+        let based = live_snapshot(&snap, &live);
+        assert_eq!(based.serial, 4);
+        assert_eq!(based.users.get("Mary").unwrap().attrs, attrs(&[("city", "Paris")]));
+        // Planning against live values: Mary goes back to what the config says.
+        let p = plan(&desired(&[("Mary", &[("city", "NewYork")])]), &based, PlanOptions::default());
+        assert_eq!(brief(&p), ["orphaned Bob city:Oslo>Oslo", "orphaned new sex:f>f", "update Mary city:Paris>NewYork"]);
     }
 
     #[test]

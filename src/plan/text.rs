@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style};
 
-use crate::model::{Action, AttrChange, Plan};
+use crate::model::{Action, AttrChange, Drift, Plan};
 
 use super::summary_line;
 
@@ -105,6 +105,29 @@ pub fn render_text(plan: &Plan, style: TextStyle) -> String {
         );
     }
     out.push_str(&painter.paint(Style::new().bold(), &summary_line(s)));
+    out.push('\n');
+    out
+}
+
+/// Renders users changed outside attrsync (`plan --refresh`), before the plan itself.
+pub fn render_drift_text(drift: &[Drift], style: TextStyle) -> String {
+    let painter = Painter { on: style == TextStyle::Color };
+    if drift.is_empty() {
+        return "The server matches the snapshot: nothing changed outside attrsync.\n\n".to_owned();
+    }
+    let mut out = format!(
+        "{} changed outside attrsync since the last apply (snapshot → live); the plan below is \
+         computed against the live values:\n\n",
+        plural(drift.len(), "user")
+    );
+    for user in drift {
+        let _ = writeln!(out, "  {} {}", painter.paint(color(AnsiColor::Magenta), "!"), painter.paint(Style::new().bold(), user.user.as_str()));
+        for attr in &user.attrs {
+            out.push_str("      ");
+            out.push_str(&attr_line(attr, Action::Update, &painter));
+            out.push('\n');
+        }
+    }
     out.push('\n');
     out
 }

@@ -1,6 +1,9 @@
 //! One function per command: each loads what it needs through the shells, calls the core,
 //! and returns what the command prints. `main.rs` maps the results to exit codes.
 
+pub mod interrupts;
+pub mod remote;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -29,7 +32,7 @@ impl Context {
         config::load(&self.dir, self.state.as_deref(), &mut ParseCache::default())
     }
 
-    fn text_style(&self) -> TextStyle {
+    pub(crate) fn text_style(&self) -> TextStyle {
         if self.color {
             TextStyle::Color
         } else {
@@ -169,6 +172,8 @@ pub struct PlanRequest {
     pub prune: bool,
     /// `--allow-empty`.
     pub allow_empty: bool,
+    /// `--refresh`: plan against the server's live values instead of the snapshot.
+    pub refresh: bool,
 }
 
 /// What `plan` produced.
@@ -192,8 +197,8 @@ pub fn read_snapshot(config: &Config, command: &str) -> Result<Snapshot> {
     }
 }
 
-/// `attrsync plan`: diffs the config against the snapshot.
-pub fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
+/// `attrsync plan`: diffs the config against the snapshot (or, with `--refresh`, the server).
+pub async fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
     let started = std::time::Instant::now();
     let config = ctx.load_config()?;
     tracing::debug!(users = config.desired.len(), files = config.files, elapsed = ?started.elapsed(), "loaded the config");
@@ -202,9 +207,14 @@ pub fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
     let settings = &config.settings;
     let guards = Guards { max_deletes: settings.max_deletes, allow_mass_delete: false, allow_empty: request.allow_empty };
     plan::check_empty_desired(&config.desired, &snapshot, guards)?;
+    let refreshed = match request.refresh {
+        true => Some(remote::refresh(&config, &snapshot).await?),
+        false => None,
+    };
+    let base = refreshed.as_ref().map_or(&snapshot, |r| &r.live);
     let plan = plan::plan(
         &config.desired,
-        &snapshot,
+        base,
         PlanOptions { sdkappid: settings.sdkappid, prune: settings.prune || request.prune },
     );
     tracing::debug!(changes = plan.changes.len(), elapsed = ?started.elapsed(), "planned");
@@ -216,10 +226,18 @@ pub fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
         write_atomically(path, plan::to_json(&plan).as_bytes())
             .with_context(|| format!("cannot write the plan to {}", path.display()))?;
     }
-    let output = match request.format {
-        PlanFormat::Text => plan::render_text(&plan, ctx.text_style()),
-        PlanFormat::Json => plan::to_json(&plan),
-        PlanFormat::Markdown => plan::render_markdown(&plan),
+    let drift = refreshed.as_ref().map(|r| r.drift.as_slice());
+    let output = match (request.format, drift) {
+        (PlanFormat::Text, None) => plan::render_text(&plan, ctx.text_style()),
+        (PlanFormat::Text, Some(drift)) => {
+            plan::render_drift_text(drift, ctx.text_style()) + &plan::render_text(&plan, ctx.text_style())
+        }
+        (PlanFormat::Json, None) => plan::to_json(&plan),
+        (PlanFormat::Json, Some(drift)) => plan::to_json_with_drift(&plan, drift),
+        (PlanFormat::Markdown, None) => plan::render_markdown(&plan),
+        (PlanFormat::Markdown, Some(drift)) => {
+            plan::render_markdown(&plan) + &format!("\n<sub>refreshed: {} users changed outside attrsync</sub>\n", drift.len())
+        }
     };
     Ok(PlanOutcome { plan, output, warnings })
 }

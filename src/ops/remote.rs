@@ -1,0 +1,416 @@
+//! The commands that talk to the server: `apply`, `plan --refresh`, `import` and
+//! `attributes push`, plus connecting (a real region, an endpoint, or the embedded emulator).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::api::{Client, ClientConfig, SecretKey};
+use crate::apply::{self, ApplyOptions, CallStats, GaveUp, Progress, Report, StopSignal};
+use crate::config::{Config, Settings, Target};
+use crate::emulator::{Emulator, EmulatorConfig, RunningEmulator, DEMO_SECRET_KEY};
+use crate::model::{AttrName, Attrs, Drift, Plan, Snapshot, UserId, UserMap};
+use crate::plan::{self, Guards, PlanOptions};
+use crate::state::{self, Holder, Store};
+
+use super::Context;
+
+/// A client for the configured target, with the embedded emulator kept alive beside it.
+pub struct Connection {
+    /// The REST client.
+    pub client: Client,
+    /// Where the client points (for messages).
+    pub base_url: String,
+    _embedded: Option<RunningEmulator>,
+}
+
+/// Where the embedded emulator keeps its data, under the state directory.
+pub fn embedded_data_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("emulator")
+}
+
+/// Connects to the target in `settings`: reads the secret key from its environment variable
+/// and, for `endpoint: embedded`, starts the emulator in-process.
+pub async fn connect(settings: &Settings) -> Result<Connection> {
+    let key = match std::env::var(&settings.secret_key_env) {
+        Ok(key) if !key.trim().is_empty() => SecretKey::new(key.trim()),
+        _ if settings.target == Target::Embedded => SecretKey::new(DEMO_SECRET_KEY),
+        _ => bail!(
+            "the secret key is not set: export {}=<the app's secret key> (Tencent Cloud IM console → \
+             your app → Basic Configuration), or set secret_key_env in attrsync.yaml to the variable that holds it",
+            settings.secret_key_env
+        ),
+    };
+    let (base_url, embedded) = match &settings.target {
+        Target::Region(region) => (region.base_url(), None),
+        Target::Endpoint(url) => (url.clone(), None),
+        Target::Embedded => {
+            let data_dir = embedded_data_dir(&settings.state_dir);
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("cannot create the embedded emulator's data directory {}", data_dir.display()))?;
+            let config = EmulatorConfig {
+                sdkappid: settings.sdkappid,
+                secret_key: key.clone(),
+                attributes: settings.attributes.iter().map(|a| a.as_str().to_owned()).collect(),
+                data_dir: Some(data_dir),
+                ..EmulatorConfig::default()
+            };
+            let running = Emulator::start(config, "127.0.0.1:0").await.context("cannot start the embedded emulator")?;
+            tracing::debug!(address = %running.addr(), "started the embedded emulator (endpoint: embedded)");
+            (running.base_url(), Some(running))
+        }
+    };
+    let mut config = ClientConfig::new(base_url.clone(), settings.sdkappid, settings.identifier.clone(), key);
+    config.rate_limit = settings.rate_limit;
+    let client = Client::new(config).context("cannot set up the API client")?;
+    Ok(Connection { client, base_url, _embedded: embedded })
+}
+
+/// Checks that every configured attribute name is registered on the app (`get_attr_name`).
+pub async fn preflight(connection: &Connection, settings: &Settings) -> Result<()> {
+    let stop = StopSignal::new();
+    let registered = apply::with_retries(&connection.client, &stop, &CallStats::default(), || connection.client.get_attr_name())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the app's attribute names from {}: {e}", connection.base_url))?;
+    let missing: Vec<&str> = settings
+        .attributes
+        .iter()
+        .map(AttrName::as_str)
+        .filter(|name| !registered.values().any(|r| r == name))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the app has no attribute named {}; register {} with `attrsync attributes push` (or in the console), \
+             then run again (registered now: {})",
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" },
+            if registered.is_empty() { "none".to_owned() } else { registered.values().cloned().collect::<Vec<_>>().join(", ") }
+        );
+    }
+    Ok(())
+}
+
+/// Why a saved plan cannot be applied any more.
+#[derive(Debug, thiserror::Error)]
+#[error("the saved plan is stale: {reasons}; run `attrsync plan --out FILE` again and review the new plan")]
+pub struct StalePlan {
+    reasons: String,
+}
+
+/// The options of `apply`.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyRequest {
+    /// Apply this saved plan instead of planning now.
+    pub plan_file: Option<PathBuf>,
+    /// Skip the confirmation.
+    pub auto_approve: bool,
+    /// `--prune`.
+    pub prune: bool,
+    /// `--allow-mass-delete`.
+    pub allow_mass_delete: bool,
+    /// `--allow-empty`.
+    pub allow_empty: bool,
+    /// Print the report as JSON.
+    pub json: bool,
+}
+
+/// What `apply` did.
+#[derive(Debug)]
+pub struct ApplyOutcome {
+    /// The report, or `None` when nothing was applied (no changes, or not confirmed).
+    pub report: Option<Report>,
+}
+
+/// `attrsync apply`: plans (or reads a saved plan), confirms, and applies.
+pub async fn apply(ctx: &Context, request: &ApplyRequest, stop: &StopSignal) -> Result<ApplyOutcome> {
+    let config = ctx.load_config()?;
+    let settings = &config.settings;
+    std::fs::create_dir_all(&settings.state_dir)
+        .with_context(|| format!("cannot create the state directory {}", settings.state_dir.display()))?;
+    let store = Arc::new(Store::open(&settings.state_dir, settings.sdkappid, &Holder::this_process("apply"))?);
+    let snapshot = store.load()?;
+    let guards = Guards { max_deletes: settings.max_deletes, allow_mass_delete: request.allow_mass_delete, allow_empty: request.allow_empty };
+    let plan = match &request.plan_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the plan file {}", path.display()))?;
+            let plan = plan::from_json(&text)?;
+            check_fresh(&plan, &config, &snapshot)?;
+            plan
+        }
+        None => {
+            plan::check_empty_desired(&config.desired, &snapshot, guards)?;
+            plan::plan(&config.desired, &snapshot, PlanOptions { sdkappid: settings.sdkappid, prune: settings.prune || request.prune })
+        }
+    };
+    plan::check_mass_delete(&plan, guards)?;
+    let mut stdout = std::io::stdout().lock();
+    if !plan.summary.has_writes() {
+        if !request.json {
+            write!(stdout, "{}", plan::render_text(&plan, ctx.text_style()))?;
+        }
+        return Ok(ApplyOutcome { report: Some(Report::default()) });
+    }
+    if request.plan_file.is_none() {
+        if !request.json {
+            write!(stdout, "{}", plan::render_text(&plan, ctx.text_style()))?;
+            stdout.flush()?;
+        }
+        if !request.auto_approve && !confirm()? {
+            writeln!(stdout, "Apply cancelled: nothing was sent.")?;
+            return Ok(ApplyOutcome { report: None });
+        }
+    }
+    drop(stdout);
+    let connection = connect(settings).await?;
+    preflight(&connection, settings).await?;
+    let options = ApplyOptions { batch_size: settings.batch_size, in_flight: apply::IN_FLIGHT };
+    let total = plan.changes.iter().filter(|c| c.action.writes()).count();
+    let progress = ProgressLine::new(total);
+    let report = apply::execute(&plan, &snapshot, &connection.client, &store, options, stop, &|p| progress.update(p)).await;
+    progress.finish();
+    Ok(ApplyOutcome { report: Some(report) })
+}
+
+/// Refuses a saved plan when the snapshot or the config moved since it was made.
+fn check_fresh(plan: &Plan, config: &Config, snapshot: &Snapshot) -> Result<(), StalePlan> {
+    let mut reasons = Vec::new();
+    if plan.sdkappid != config.settings.sdkappid {
+        reasons.push(format!("it is for app {}, attrsync.yaml says {}", plan.sdkappid, config.settings.sdkappid));
+    }
+    if plan.snapshot_serial != snapshot.serial {
+        reasons.push(format!(
+            "the snapshot moved from serial {} to {} (something was applied or imported since)",
+            plan.snapshot_serial, snapshot.serial
+        ));
+    }
+    let digest = plan::desired_digest(&config.desired);
+    if plan.desired_digest != digest {
+        reasons.push("the config's desired state changed since the plan was made".to_owned());
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(StalePlan { reasons: reasons.join("; ") })
+    }
+}
+
+/// Asks on the terminal; refuses without one.
+fn confirm() -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "refusing to apply without confirmation: stdin is not a terminal; re-run with --auto-approve, \
+             or save a plan with `attrsync plan --out FILE` and apply it with `attrsync apply FILE`"
+        );
+    }
+    print!("\nDo you want to apply these changes? Only 'yes' will be accepted: ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
+}
+
+/// A progress bar on a terminal, a plain line every few seconds otherwise.
+struct ProgressLine {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_line: std::sync::Mutex<Instant>,
+    total: usize,
+}
+
+/// How often the plain progress line is printed.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+impl ProgressLine {
+    fn new(total: usize) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} users  {per_sec}  ETA {eta}")
+                    .expect("valid template"),
+            );
+            bar
+        });
+        Self { bar, started: Instant::now(), last_line: std::sync::Mutex::new(Instant::now()), total }
+    }
+
+    fn update(&self, progress: Progress) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(progress.done as u64);
+            return;
+        }
+        let mut last = self.last_line.lock().expect("progress lock");
+        if last.elapsed() >= PLAIN_PROGRESS_EVERY {
+            *last = Instant::now();
+            let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
+            let rate = progress.done as f64 / elapsed;
+            let eta = if rate > 0.0 { (self.total - progress.done) as f64 / rate } else { 0.0 };
+            eprintln!("applied {}/{} users ({rate:.0} users/s, ETA {eta:.0}s)", progress.done, progress.total);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Renders an apply report for people.
+pub fn render_report(report: &Report) -> String {
+    let mut out = String::new();
+    let verdict = if report.interrupted {
+        "Apply interrupted"
+    } else if report.succeeded() {
+        "Apply complete"
+    } else {
+        "Apply finished with errors"
+    };
+    out.push_str(&format!(
+        "{verdict}: {} created, {} updated, {} deleted, {} failed{}.\n",
+        report.created,
+        report.updated,
+        report.deleted,
+        report.failed.len(),
+        if report.skipped > 0 { format!(", {} not attempted", report.skipped) } else { String::new() }
+    ));
+    out.push_str(&format!(
+        "  {} calls, {} retries, {} throttled, {:.2}s\n",
+        report.calls,
+        report.retries,
+        report.throttled,
+        report.elapsed.as_secs_f64()
+    ));
+    if !report.failed.is_empty() {
+        out.push_str("Failed users (not recorded in the snapshot; the next apply retries them):\n");
+        for failed in &report.failed {
+            match failed.code {
+                Some(code) => out.push_str(&format!("  - {}: error {code}: {}\n", failed.user, failed.reason)),
+                None => out.push_str(&format!("  - {}: {}\n", failed.user, failed.reason)),
+            }
+        }
+    }
+    if let Some(error) = &report.error {
+        out.push_str(&format!("Stopped: {error}\n"));
+    }
+    if report.interrupted || report.skipped > 0 {
+        out.push_str("Run `attrsync apply` again to send what is still missing.\n");
+    }
+    out
+}
+
+/// What `plan --refresh` read from the server.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// A snapshot of the live values to plan against.
+    pub live: Snapshot,
+    /// Users that changed outside attrsync.
+    pub drift: Vec<Drift>,
+    /// Calls made.
+    pub calls: usize,
+}
+
+/// Reads the live attributes of every user in desired ∪ snapshot.
+pub async fn refresh(config: &Config, snapshot: &Snapshot) -> Result<Refreshed> {
+    let mut users: Vec<UserId> = config.desired.iter().map(|(u, _)| u.clone()).collect();
+    users.extend(snapshot.users.iter().map(|(u, _)| u.clone()));
+    users.sort();
+    users.dedup();
+    let connection = connect(&config.settings).await?;
+    let stats = CallStats::default();
+    let live = apply::read_live(&connection.client, &users, &config.settings.attributes, &StopSignal::new(), &stats)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the live attributes from {}: {e}", connection.base_url))?;
+    Ok(Refreshed {
+        drift: plan::drift(snapshot, &live),
+        live: plan::live_snapshot(snapshot, &live),
+        calls: stats.calls.into_inner(),
+    })
+}
+
+/// `attrsync import [USERS…]`: records the users' live attributes in the snapshot.
+pub async fn import(ctx: &Context, users: &[String]) -> Result<String> {
+    let config = ctx.load_config()?;
+    let settings = &config.settings;
+    let users: Vec<UserId> = if users.is_empty() {
+        config.desired.iter().map(|(u, _)| u.clone()).collect()
+    } else {
+        users
+            .iter()
+            .map(|u| UserId::new(u).map_err(|e| anyhow::anyhow!("invalid user id {u:?}: {e}")))
+            .collect::<Result<_>>()?
+    };
+    std::fs::create_dir_all(&settings.state_dir)
+        .with_context(|| format!("cannot create the state directory {}", settings.state_dir.display()))?;
+    let store = Store::open(&settings.state_dir, settings.sdkappid, &Holder::this_process("import"))?;
+    let connection = connect(settings).await?;
+    let stats = CallStats::default();
+    let live: UserMap<Attrs> = apply::read_live(&connection.client, &users, &settings.attributes, &StopSignal::new(), &stats)
+        .await
+        .map_err(|e: GaveUp| anyhow::anyhow!("cannot read the live attributes from {}: {e}", connection.base_url))?;
+    let now = state::now_unix();
+    let mut with_attrs = 0;
+    let writes: Vec<state::Write> = live
+        .iter()
+        .map(|(user, attrs)| {
+            with_attrs += usize::from(!attrs.is_empty());
+            (user.clone(), Some(attrs.clone()))
+        })
+        .collect();
+    for chunk in writes.chunks(10_000) {
+        store.commit_batch(chunk, now)?;
+    }
+    Ok(format!(
+        "Imported {} users from the server ({with_attrs} with attributes, {} without) in {} calls; the snapshot is at serial {}.\n",
+        live.len(),
+        live.len() - with_attrs,
+        stats.calls.into_inner(),
+        store.serial()?
+    ))
+}
+
+/// `attrsync attributes push`: registers the configured names in free slots.
+pub async fn attributes_push(ctx: &Context, auto_approve: bool) -> Result<String> {
+    let config = ctx.load_config()?;
+    let settings = &config.settings;
+    let connection = connect(settings).await?;
+    let stop = StopSignal::new();
+    let stats = CallStats::default();
+    let registered = apply::with_retries(&connection.client, &stop, &stats, || connection.client.get_attr_name())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the app's attribute names: {e}"))?;
+    let missing: Vec<&AttrName> = settings.attributes.iter().filter(|a| !registered.values().any(|r| r == a.as_str())).collect();
+    if missing.is_empty() {
+        return Ok(format!("All {} attributes are registered on the app. Nothing to do.\n", settings.attributes.len()));
+    }
+    let free: Vec<u8> = (0..crate::model::MAX_ATTRIBUTES as u8).filter(|slot| !registered.contains_key(slot)).collect();
+    if free.len() < missing.len() {
+        bail!(
+            "the app has {} free attribute slots but {} names to register ({}); free slots in the console first \
+             (attrsync never changes a registered slot)",
+            free.len(),
+            missing.len(),
+            missing.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let additions: BTreeMap<u8, String> = free.iter().zip(&missing).map(|(slot, name)| (*slot, name.as_str().to_owned())).collect();
+    let mut preview = String::from("attrsync will register these attribute names (existing slots are left as they are):\n");
+    for (slot, name) in &additions {
+        preview.push_str(&format!("  + slot {slot}: {name}\n"));
+    }
+    print!("{preview}");
+    if !auto_approve && !confirm()? {
+        return Ok("Cancelled: nothing was registered.\n".to_owned());
+    }
+    // Send the registered slots unchanged with the new ones: whether the API merges or replaces
+    // a partial map is not documented (REFERENCE.md §6), and the full map is right either way.
+    let mut full = registered.clone();
+    full.extend(additions.clone());
+    apply::with_retries(&connection.client, &stop, &stats, || connection.client.set_attr_name(&full))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot register the attribute names: {e}"))?;
+    Ok(format!("Registered {} attribute names.\n", additions.len()))
+}
