@@ -1,0 +1,410 @@
+//! `attrsync apply`, end to end: the real binary against the emulator over HTTP on loopback,
+//! with a real sled snapshot. Each test is one scenario a user relies on.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use attrsync::emulator::{Emulator, EmulatorConfig, FailMode, RunningEmulator, StateReport, DEMO_SECRET_KEY};
+use common::{Output, Repo};
+
+/// An emulator running in this test process, on its own runtime.
+struct Server {
+    runtime: tokio::runtime::Runtime,
+    emulator: Option<RunningEmulator>,
+}
+
+impl Server {
+    fn start(config: EmulatorConfig) -> Server {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let emulator = runtime.block_on(Emulator::start(config, "127.0.0.1:0")).expect("start the emulator");
+        Server { runtime, emulator: Some(emulator) }
+    }
+
+    fn default() -> Server {
+        Server::start(EmulatorConfig { attributes: vec!["sex".into(), "city".into(), "tier".into()], ..EmulatorConfig::default() })
+    }
+
+    fn url(&self) -> String {
+        self.emulator.as_ref().unwrap().base_url()
+    }
+
+    fn state(&self) -> StateReport {
+        self.emulator.as_ref().unwrap().state()
+    }
+
+    fn users(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.state().users
+    }
+
+    /// Calls of `endpoint` so far.
+    fn calls(&self, endpoint: &str) -> u64 {
+        self.state().calls.get(endpoint).map_or(0, |c| c.total)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(emulator) = self.emulator.take() {
+            self.runtime.block_on(emulator.shutdown());
+        }
+    }
+}
+
+/// A repo pointing at `server`, with `extra` settings appended.
+fn config_repo(server: &Server, extra: &str, files: &[(&str, &str)]) -> Repo {
+    let settings = format!(
+        "sdkappid: 1400000000\nidentifier: administrator\nendpoint: {}\nattributes: [sex, city, tier]\n{extra}",
+        server.url()
+    );
+    let repo = Repo::new(&[("attrsync.yaml", &settings)]);
+    repo.mkdir("users");
+    for (path, content) in files {
+        repo.write(path, content);
+    }
+    repo
+}
+
+/// Runs `attrsync ARGS` with the emulator's key.
+fn run(repo: &Repo, args: &[&str]) -> Output {
+    let mut command = repo.command(args);
+    command.env("TIM_SECRET_KEY", DEMO_SECRET_KEY);
+    common::run(command)
+}
+
+fn apply(repo: &Repo, extra: &[&str]) -> Output {
+    let mut args = vec!["apply", "--auto-approve"];
+    args.extend_from_slice(extra);
+    run(repo, &args)
+}
+
+/// The snapshot, as `state export` writes it: user → attributes.
+fn snapshot(repo: &Repo) -> BTreeMap<String, BTreeMap<String, String>> {
+    let out = run(repo, &["state", "export"]);
+    out.success();
+    out.stdout
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            let attrs = value["attrs"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect();
+            (value["user"].as_str().unwrap().to_owned(), attrs)
+        })
+        .collect()
+}
+
+fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// Asserts the invariant: every user the snapshot records has those attributes on the server.
+#[track_caller]
+fn assert_snapshot_is_accepted(repo: &Repo, server: &Server) {
+    let live = server.users();
+    for (user, recorded) in snapshot(repo) {
+        let on_server = live.get(&user).cloned().unwrap_or_default();
+        for (name, value) in &recorded {
+            assert_eq!(on_server.get(name), Some(value), "the snapshot claims {user}.{name}={value} but the server has {on_server:?}");
+        }
+    }
+}
+
+/// `count` users, one line each, in a flow mapping.
+fn many_users(count: usize) -> String {
+    let mut text = String::from("users:\n");
+    for i in 0..count {
+        text.push_str(&format!("  u{i:05}: {{sex: {}, city: C{}}}\n", if i % 2 == 0 { "female" } else { "male" }, i % 7));
+    }
+    text
+}
+
+const MARY: &str = "users:\n  Mary: {sex: female, city: NewYork, tier: gold}\n  xiaoming: {sex: male, city: ShenZhen}\n";
+
+#[test]
+fn first_apply_creates_everyone_and_the_second_sends_nothing() {
+    let server = Server::default();
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    let out = apply(&repo, &[]);
+    out.success();
+    assert!(out.stdout.contains("Plan: 2 to create, 0 to update, 0 to delete."), "{}", out.stdout);
+    assert!(out.stdout.contains("Apply complete: 2 created, 0 updated, 0 deleted, 0 failed."), "{}", out.stdout);
+    assert_eq!(server.users()["Mary"], attrs(&[("sex", "female"), ("city", "NewYork"), ("tier", "gold")]));
+    assert_eq!(server.users()["xiaoming"], attrs(&[("sex", "male"), ("city", "ShenZhen")]));
+    assert_eq!(snapshot(&repo), server.users());
+
+    let calls = server.calls("set_attr") + server.calls("remove_attr");
+    let again = apply(&repo, &[]);
+    again.success();
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    assert_eq!(server.calls("set_attr") + server.calls("remove_attr"), calls, "a no-change apply sends nothing");
+}
+
+#[test]
+fn one_edited_attribute_is_one_call_carrying_one_user() {
+    let server = Server::default();
+    let repo = config_repo(&server, "", &[("users/a.yaml", &many_users(250))]);
+    apply(&repo, &[]).success();
+    assert_eq!(server.calls("set_attr"), 3, "250 users in batches of 100");
+    repo.write("users/a.yaml", many_users(250).replace("u00123: {sex: male, city: C4}", "u00123: {sex: male, city: Paris}"));
+    let out = apply(&repo, &[]);
+    out.success();
+    assert!(out.stdout.contains("~ city: \"C4\" → \"Paris\""), "{}", out.stdout);
+    let state = server.state();
+    let last = state.log.last().unwrap();
+    assert_eq!((last.endpoint.as_str(), last.accounts), ("set_attr", 1));
+    assert_eq!(state.calls["set_attr"].total, 4);
+    assert_eq!(state.users["u00123"]["city"], "Paris");
+}
+
+#[test]
+fn a_removed_attribute_is_sent_with_remove_attr() {
+    let server = Server::default();
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    apply(&repo, &[]).success();
+    repo.write("users/a.yaml", MARY.replace(", tier: gold", ""));
+    let out = apply(&repo, &[]);
+    out.success();
+    assert!(out.stdout.contains("- tier: \"gold\""), "{}", out.stdout);
+    assert_eq!(server.calls("remove_attr"), 1);
+    assert_eq!(server.calls("set_attr"), 1, "nothing to set: only the removal is sent");
+    assert_eq!(server.users()["Mary"], attrs(&[("sex", "female"), ("city", "NewYork")]));
+    assert_eq!(snapshot(&repo)["Mary"], attrs(&[("sex", "female"), ("city", "NewYork")]));
+}
+
+#[test]
+fn a_removed_user_is_orphaned_then_pruned() {
+    let server = Server::default();
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    apply(&repo, &[]).success();
+    repo.write("users/a.yaml", "users:\n  Mary: {sex: female, city: NewYork, tier: gold}\n");
+
+    let out = apply(&repo, &[]);
+    out.success();
+    assert!(out.stdout.contains("? xiaoming is orphaned"), "{}", out.stdout);
+    assert!(out.stdout.contains("No changes."), "{}", out.stdout);
+    assert_eq!(server.calls("remove_attr"), 0, "without prune an orphan is left alone");
+    assert!(server.users().contains_key("xiaoming"));
+
+    let out = apply(&repo, &["--prune"]);
+    out.success();
+    assert!(out.stdout.contains("- xiaoming will be deleted"), "{}", out.stdout);
+    assert!(out.stdout.contains("0 created, 0 updated, 1 deleted"), "{}", out.stdout);
+    assert!(!server.users().contains_key("xiaoming"), "{:?}", server.users());
+    assert!(!snapshot(&repo).contains_key("xiaoming"));
+}
+
+#[test]
+fn a_mass_delete_is_refused_unless_allowed() {
+    let server = Server::default();
+    let repo = config_repo(&server, "max_deletes: 2\n", &[("users/a.yaml", &many_users(5)), ("users/b.yaml", MARY)]);
+    apply(&repo, &[]).success();
+    repo.remove("users/a.yaml");
+    let before = server.calls("remove_attr");
+    let out = apply(&repo, &["--prune"]);
+    out.expect_code(1);
+    assert!(out.stderr.contains("the plan deletes 5 users, more than max_deletes (2)"), "{}", out.stderr);
+    assert!(out.stderr.contains("--allow-mass-delete"), "{}", out.stderr);
+    assert_eq!(server.calls("remove_attr"), before, "nothing was sent");
+    assert_eq!(snapshot(&repo).len(), 7);
+
+    apply(&repo, &["--prune", "--allow-mass-delete"]).success();
+    assert_eq!(server.users().len(), 2);
+}
+
+#[test]
+fn an_emptied_config_is_refused_unless_allowed() {
+    let server = Server::default();
+    let repo = config_repo(&server, "prune: true\n", &[("users/a.yaml", MARY)]);
+    apply(&repo, &[]).success();
+    repo.remove("users/a.yaml");
+    let out = apply(&repo, &[]);
+    out.expect_code(1);
+    assert!(out.stderr.contains("declares no users but the snapshot holds 2"), "{}", out.stderr);
+    apply(&repo, &["--allow-empty"]).success();
+    assert!(server.users().is_empty());
+}
+
+#[test]
+fn twenty_percent_faults_converge() {
+    let server = Server::start(EmulatorConfig {
+        attributes: vec!["sex".into(), "city".into(), "tier".into()],
+        fail_rate: 0.2,
+        fail_mode: FailMode::Mixed,
+        seed: 7,
+        ..EmulatorConfig::default()
+    });
+    let repo = config_repo(&server, "batch_size: 20\n", &[("users/a.yaml", &many_users(600))]);
+    let out = apply(&repo, &[]);
+    out.success();
+    assert!(out.stdout.contains("600 created"), "{}", out.stdout);
+    let state = server.state();
+    assert!(state.calls["set_attr"].injected > 0, "faults were injected: {:?}", state.calls["set_attr"]);
+    assert_eq!(state.users.len(), 600);
+    assert_eq!(snapshot(&repo), state.users, "the snapshot equals the server");
+    assert!(apply(&repo, &[]).success().stdout.contains("No changes."));
+}
+
+#[test]
+fn users_in_the_error_list_are_reported_and_not_recorded() {
+    let server = Server::start(EmulatorConfig {
+        attributes: vec!["sex".into(), "city".into(), "tier".into()],
+        unknown_users: vec!["ghost".into()],
+        ..EmulatorConfig::default()
+    });
+    let repo = config_repo(&server, "", &[("users/a.yaml", &format!("{MARY}  ghost: {{sex: male}}\n"))]);
+    let out = apply(&repo, &[]);
+    out.expect_code(1);
+    assert!(out.stdout.contains("Apply finished with errors: 2 created, 0 updated, 0 deleted, 1 failed."), "{}", out.stdout);
+    assert!(out.stdout.contains("- ghost: error 70107"), "{}", out.stdout);
+    let recorded = snapshot(&repo);
+    assert!(recorded.contains_key("Mary") && !recorded.contains_key("ghost"), "{recorded:?}");
+
+    let json = apply(&repo, &["--format", "json"]);
+    json.expect_code(1);
+    let report = json.json();
+    assert_eq!(report["failed"][0]["user"], "ghost");
+    assert_eq!(report["failed"][0]["code"], 70107);
+    assert_eq!(report["created"], 0, "only ghost is still planned");
+}
+
+#[test]
+fn a_missing_attribute_name_fails_preflight_before_any_write() {
+    let server = Server::start(EmulatorConfig { attributes: vec!["sex".into(), "city".into()], ..EmulatorConfig::default() });
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    let out = apply(&repo, &[]);
+    out.expect_code(1);
+    assert!(out.stderr.contains("the app has no attribute named tier"), "{}", out.stderr);
+    assert!(out.stderr.contains("attrsync attributes push"), "{}", out.stderr);
+    assert_eq!(server.calls("set_attr"), 0);
+
+    let push = run(&repo, &["attributes", "push", "--auto-approve"]);
+    push.success();
+    assert!(push.stdout.contains("+ slot 2: tier"), "{}", push.stdout);
+    assert_eq!(server.state().attr_names["0"], "sex", "existing slots are untouched");
+    apply(&repo, &[]).success();
+    assert_eq!(server.users()["Mary"]["tier"], "gold");
+}
+
+#[test]
+fn a_saved_plan_is_applied_exactly_and_refused_once_stale() {
+    let server = Server::default();
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    run(&repo, &["plan", "--out", "tfplan.json"]).success();
+    let out = run(&repo, &["apply", "tfplan.json"]);
+    out.success();
+    assert!(out.stdout.contains("2 created"), "{}", out.stdout);
+
+    run(&repo, &["plan", "--out", "second.json"]).success();
+    repo.write("users/a.yaml", MARY.replace("gold", "platinum"));
+    let stale = run(&repo, &["apply", "second.json"]);
+    stale.expect_code(1);
+    assert!(stale.stderr.contains("the saved plan is stale"), "{}", stale.stderr);
+    assert!(stale.stderr.contains("desired state changed"), "{}", stale.stderr);
+
+    run(&repo, &["plan", "--out", "third.json"]).success();
+    apply(&repo, &[]).success();
+    let moved = run(&repo, &["apply", "third.json"]);
+    moved.expect_code(1);
+    assert!(moved.stderr.contains("the snapshot moved from serial 1 to 2"), "{}", moved.stderr);
+}
+
+#[test]
+fn apply_without_a_terminal_needs_auto_approve() {
+    let server = Server::default();
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    let out = run(&repo, &["apply"]);
+    out.expect_code(1);
+    assert!(out.stderr.contains("stdin is not a terminal"), "{}", out.stderr);
+    assert_eq!(server.calls("set_attr"), 0);
+}
+
+#[test]
+fn refresh_shows_drift_and_plans_against_live_values() {
+    let server = Server::default();
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    apply(&repo, &[]).success();
+    // Someone changes Mary on the server behind attrsync's back.
+    let client_repo = config_repo(&server, "", &[("users/a.yaml", "users:\n  Mary: {city: Paris}\n")]);
+    apply(&client_repo, &[]).success();
+
+    let plain = run(&repo, &["plan"]);
+    assert!(plain.stdout.contains("No changes."), "without --refresh the snapshot is trusted");
+    let out = run(&repo, &["plan", "--refresh"]);
+    out.success();
+    assert!(out.stdout.contains("1 user changed outside attrsync"), "{}", out.stdout);
+    assert!(out.stdout.contains("~ city: \"NewYork\" → \"Paris\""), "{}", out.stdout);
+    assert!(out.stdout.contains("Plan: 0 to create, 1 to update, 0 to delete."), "{}", out.stdout);
+    let json = run(&repo, &["plan", "--refresh", "--format", "json"]).json();
+    assert_eq!(json["drift"][0]["user"], "Mary");
+    assert_eq!(json["drift"][0]["attrs"]["city"], serde_json::json!({"snapshot": "NewYork", "live": "Paris"}));
+}
+
+#[test]
+fn import_seeds_the_snapshot_from_the_server() {
+    let server = Server::default();
+    let writer = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    apply(&writer, &[]).success();
+    let fresh = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    let out = run(&fresh, &["import"]);
+    out.success();
+    assert!(out.stdout.contains("Imported 2 users"), "{}", out.stdout);
+    assert_eq!(snapshot(&fresh), server.users());
+    assert!(run(&fresh, &["plan"]).stdout.contains("No changes."));
+}
+
+/// Starts `attrsync apply` in the background and waits until the server has seen `calls`
+/// set_attr calls, so a signal lands mid-apply.
+fn start_slow_apply(repo: &Repo, server: &Server, calls: u64) -> std::process::Child {
+    let mut command: Command = repo.command(&["apply", "--auto-approve"]);
+    command.env("TIM_SECRET_KEY", DEMO_SECRET_KEY).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.calls("set_attr") < calls {
+        assert!(Instant::now() < deadline, "the apply did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+fn slow_repo(server: &Server) -> Repo {
+    // 5 calls a second and 10 users a call: 400 users take about 8 s.
+    config_repo(server, "rate_limit: 5\nbatch_size: 10\n", &[("users/a.yaml", &many_users(400))])
+}
+
+#[test]
+fn sigterm_mid_apply_finishes_in_flight_batches_and_exits_143() {
+    let server = Server::default();
+    let repo = slow_repo(&server);
+    let child = start_slow_apply(&repo, &server, 3);
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("Apply interrupted"), "{stdout}");
+    assert!(stdout.contains("not attempted"), "{stdout}");
+    let recorded = snapshot(&repo);
+    assert!(!recorded.is_empty() && recorded.len() < 400, "{} recorded", recorded.len());
+    assert_eq!(recorded, server.users(), "every accepted batch was recorded, nothing else");
+}
+
+#[test]
+fn kill_9_mid_apply_then_apply_again_converges() {
+    let server = Server::default();
+    let repo = slow_repo(&server);
+    let mut child = start_slow_apply(&repo, &server, 4);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_snapshot_is_accepted(&repo, &server);
+    let before = server.calls("set_attr");
+    let recorded = snapshot(&repo).len() as u64;
+    // Speed up the rest: the resumed apply sends only what is missing.
+    repo.write("attrsync.yaml", repo.read("attrsync.yaml").replace("rate_limit: 5", "rate_limit: 100"));
+    let out = apply(&repo, &[]);
+    out.success();
+    let resent = server.calls("set_attr") - before;
+    let missing = (400 - recorded).div_ceil(10);
+    assert!(resent <= missing + 16, "resent {resent} calls for {missing} missing batches");
+    assert_eq!(snapshot(&repo), server.users());
+    assert_eq!(server.users().len(), 400);
+}
