@@ -363,3 +363,4 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     row[b.len()]
 }
+#[cfg(test)] mod tests;

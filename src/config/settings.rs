@@ -69,6 +69,8 @@ struct Raw {
     batch_size: Option<usize>,
     /// `region` or `endpoint` was written, even if invalid: don't also call it missing.
     target_seen: bool,
+    /// Every key written, valid or not: an invalid required setting is not also "required".
+    written: Vec<String>,
 }
 
 /// What reading `attrsync.yaml` gave: the settings if valid, and the attribute list on its own
@@ -95,7 +97,10 @@ fn parse_into(text: &str, root: &Path, raw: &mut Raw) -> Result<Settings, Vec<Pr
             );
             return Ok(());
         }
-        reader.mapping(&|| "attrsync.yaml".to_owned(), true, |r, key| read_setting(r, key, raw))?;
+        reader.mapping(&|| "attrsync.yaml".to_owned(), true, |r, key| {
+            raw.written.push(key.text.to_string());
+            read_setting(r, key, raw)
+        })?;
         reader.end()
     })();
     let mut problems = std::mem::take(&mut reader.problems);
@@ -103,18 +108,25 @@ fn parse_into(text: &str, root: &Path, raw: &mut Raw) -> Result<Settings, Vec<Pr
         return Err(problems);
     }
     let missing = |key: &str, hint: &str| Problem::new(Pos { line: 1, column: 1 }, format!("`{key}` is required in attrsync.yaml")).hint(hint.to_owned());
-    if raw.sdkappid.is_none() {
+    let absent = |key: &str| !raw.written.iter().any(|k| k == key);
+    if raw.sdkappid.is_none() && absent("sdkappid") {
         problems.push(missing("sdkappid", "set it to your app's SDKAppID, e.g. `sdkappid: 1400000000`"));
     }
-    if raw.identifier.is_none() {
+    if raw.identifier.is_none() && absent("identifier") {
         problems.push(missing("identifier", "set it to an App admin account, e.g. `identifier: administrator`"));
     }
-    if raw.attributes.is_none() {
+    if raw.attributes.is_none() && absent("attributes") {
         problems.push(missing("attributes", "list the app's attribute names, e.g. `attributes: [sex, city]`"));
     }
-    let target = match (raw.region.clone(), raw.endpoint.clone()) {
+    let both = |pos| Problem::new(pos, "set either `region` or `endpoint`, not both").hint("`endpoint` replaces `region`: remove one of them");
+    let target = match (raw.region, raw.endpoint.clone()) {
         (Some(_), Some((_, pos))) => {
-            problems.push(Problem::new(pos, "set either `region` or `endpoint`, not both").hint("`endpoint` replaces `region`: remove one of them"));
+            problems.push(both(pos));
+            None
+        }
+        // An invalid region is still a region written next to the endpoint.
+        (None, Some((_, pos))) if !absent("region") => {
+            problems.push(both(pos));
             None
         }
         (Some((region, _)), None) => Some(Target::Region(region)),

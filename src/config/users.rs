@@ -29,7 +29,7 @@ pub struct ParsedFile {
 pub fn parse(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
     let mut reader = Reader::new(text);
     let mut defaults: Vec<(AttrName, AttrValue)> = Vec::new();
-    let mut users: Vec<(UserId, Vec<(AttrName, AttrValue)>, Pos)> = Vec::new();
+    let mut users: Users = Vec::new();
     let _ = read_file(&mut reader, attributes, &mut defaults, &mut users);
     let mut users: Vec<DeclaredUser> = users
         .into_iter()
@@ -71,10 +71,11 @@ fn read_file<'a>(
                 r.mapping(&|| "`users`".to_owned(), false, |r, id| user(r, id, attributes, users))?;
             }
             other => {
-                r.problems.push(
-                    Problem::new(key.pos, format!("unknown key `{other}` in a user file"))
-                        .hint("a user file has only `defaults:` and `users:`; declare users under `users:`"),
-                );
+                let problem = Problem::new(key.pos, format!("unknown key `{other}` in a user file"));
+                r.problems.push(match super::closest(other, ["defaults", "users"].into_iter()) {
+                    Some(near) => problem.hint(format!("did you mean `{near}`? a user file has only `defaults:` and `users:`")),
+                    None => problem.hint("a user file has only `defaults:` and `users:`; declare users under `users:`"),
+                });
                 r.skip_value()?;
             }
         }

@@ -348,6 +348,8 @@ impl<'a> Reader<'a> {
                         Ok(Some(Scalar { text, pos, plain: false }))
                     }
                     Some(tag) => {
+                        // The parser expands `!!int` to its full handle; name it as written.
+                        let tag = if tag.is_yaml_core_schema() { format!("!!{}", tag.suffix) } else { tag.to_string() };
                         self.problems.push(
                             Problem::new(pos, format!("{} has the tag `{tag}`, which attrsync does not use", what()))
                                 .hint("remove the tag and quote the value"),

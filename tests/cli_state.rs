@@ -1,0 +1,286 @@
+//! `attrsync state list | show | export | import` through the real binary against real sled
+//! snapshots: the JSON Lines round trip, all-or-nothing validated imports, and the serial.
+
+mod common;
+
+use attrsync::model::{AttrName, AttrValue, Attrs, UserId};
+use attrsync::state::{Holder, Store};
+use common::{Repo, SDKAPPID};
+
+/// Three users, one with non-ASCII text, in the order `state export` writes them.
+const EXPORT: &str = "\
+{\"user\":\"Mary\",\"attrs\":{\"city\":\"NewYork\",\"sex\":\"female\"}}
+{\"user\":\"xiaoming\",\"attrs\":{\"city\":\"ShenZhen\",\"tier\":\"gold\"}}
+{\"user\":\"小明\",\"attrs\":{\"city\":\"東京\"}}
+";
+
+fn attrs(pairs: &[(&str, &str)]) -> Attrs {
+    Attrs::from_pairs(
+        pairs
+            .iter()
+            .map(|(n, v)| (AttrName::new(n).unwrap(), AttrValue::new(v).unwrap()))
+            .collect(),
+    )
+}
+
+/// A repository whose snapshot holds the users of [`EXPORT`] (written in another order).
+fn imported() -> Repo {
+    let repo = Repo::with_users(&[]);
+    let shuffled: Vec<&str> = EXPORT.lines().rev().collect();
+    repo.write("snapshot.jsonl", shuffled.join("\n"));
+    let out = repo.run(&["state", "import", "snapshot.jsonl"]);
+    assert_eq!(
+        out.success().stdout,
+        "Imported 3 users into the snapshot (serial 1).\n"
+    );
+    repo
+}
+
+#[test]
+fn a_repository_without_a_snapshot_lists_and_exports_nothing() {
+    let repo = Repo::with_users(&[]);
+    assert_eq!(repo.run(&["state", "list"]).success().stdout, "");
+    assert_eq!(repo.run(&["state", "export"]).success().stdout, "");
+    assert!(
+        !repo.path("state").exists(),
+        "reading must not create a snapshot"
+    );
+}
+
+#[test]
+fn list_shows_every_user_sorted() {
+    assert_eq!(
+        imported().run(&["state", "list"]).success().stdout,
+        "Mary\nxiaoming\n小明\n"
+    );
+}
+
+#[test]
+fn export_writes_sorted_json_lines_to_stdout_or_a_file() {
+    let repo = imported();
+    assert_eq!(repo.run(&["state", "export"]).success().stdout, EXPORT);
+    let out = repo.run(&["state", "export", "--out", "backup.jsonl"]);
+    assert_eq!(out.success().stdout, "");
+    assert_eq!(repo.read("backup.jsonl"), EXPORT);
+}
+
+#[test]
+fn export_then_import_into_another_repository_round_trips() {
+    let source = imported();
+    source
+        .run(&["state", "export", "--out", "backup.jsonl"])
+        .success();
+
+    let target = Repo::with_users(&[]);
+    let backup = source.path("backup.jsonl");
+    target
+        .run(&["state", "import", backup.to_str().unwrap()])
+        .success();
+    assert_eq!(target.run(&["state", "export"]).success().stdout, EXPORT);
+    assert_eq!(
+        target
+            .run(&["plan", "--format", "json", "--allow-empty"])
+            .json()["changes"],
+        source
+            .run(&["plan", "--format", "json", "--allow-empty"])
+            .json()["changes"],
+    );
+}
+
+#[test]
+fn show_prints_one_users_attributes_and_when_they_were_applied() {
+    let repo = Repo::with_users(&[]);
+    let store = Store::open(&repo.path("state"), SDKAPPID, &Holder::this_process("test")).unwrap();
+    let mary = UserId::new("Mary").unwrap();
+    store
+        .commit_batch(
+            &[(mary, Some(attrs(&[("sex", "female"), ("city", "Boston")])))],
+            1_700_000_000,
+        )
+        .unwrap();
+    drop(store);
+    insta::assert_snapshot!(repo.run(&["state", "show", "Mary"]).success().stdout, @r#"
+    user: Mary
+    applied_at: 2023-11-14T22:13:20Z
+    attrs:
+      city: "Boston"
+      sex: "female"
+    "#);
+}
+
+#[test]
+fn show_of_an_unknown_user_exits_1_and_says_where_to_look() {
+    for repo in [Repo::with_users(&[]), imported()] {
+        let out = repo.run(&["state", "show", "nobody"]);
+        out.expect_code(1);
+        assert_eq!(out.stdout, "");
+        assert_eq!(
+            out.stderr,
+            "error: user \"nobody\" is not in the snapshot; `attrsync state list` shows who is\n"
+        );
+    }
+}
+
+#[test]
+fn import_replaces_the_snapshot_and_users_not_in_the_file_disappear() {
+    let repo = imported();
+    repo.write("next.jsonl", "{\"user\":\"Mary\",\"attrs\":{\"city\":\"Boston\"}}\n\n{\"user\":\"Zoe\",\"attrs\":{\"tier\":\"free\"}}\n");
+    let out = repo.run(&["state", "import", "next.jsonl"]);
+    assert_eq!(
+        out.success().stdout,
+        "Imported 2 users into the snapshot (serial 2).\n"
+    );
+    assert_eq!(
+        repo.run(&["state", "export"]).success().stdout,
+        "{\"user\":\"Mary\",\"attrs\":{\"city\":\"Boston\"}}\n{\"user\":\"Zoe\",\"attrs\":{\"tier\":\"free\"}}\n"
+    );
+}
+
+#[test]
+fn importing_an_empty_file_empties_the_snapshot() {
+    let repo = imported();
+    repo.write("empty.jsonl", "");
+    assert_eq!(
+        repo.run(&["state", "import", "empty.jsonl"])
+            .success()
+            .stdout,
+        "Imported 0 users into the snapshot (serial 2).\n"
+    );
+    assert_eq!(repo.run(&["state", "list"]).success().stdout, "");
+}
+
+#[test]
+fn import_reports_every_bad_line_and_imports_nothing() {
+    let repo = imported();
+    let before = repo.run(&["state", "export"]).success().stdout.clone();
+    let fifty_one = "中".repeat(17);
+    repo.write(
+        "bad.jsonl",
+        format!(
+            "{{\"user\":\"a\",\"attrs\":{{\"city\":\"Rome\"}}}}\n\
+             not json\n\
+             {{\"user\":\"a\",\"attrs\":{{}}}}\n\
+             {{\"user\":\"c\",\"attrs\":{{\"colour\":\"red\",\"tier\":1}}}}\n\
+             {{\"user\":\"d\",\"attrs\":{{\"city\":\"{fifty_one}\"}}}}\n\
+             {{\"user\":\"\",\"attrs\":{{}}}}\n\
+             {{\"user\":\"e\",\"attrs\":{{}},\"extra\":true}}\n\
+             {{\"user\":\"f\",\"attrs\":{{\"sex\":null}}}}\n"
+        ),
+    );
+    let out = repo.run(&["state", "import", "bad.jsonl"]);
+    out.expect_code(1);
+    assert_eq!(out.stdout, "");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    let expected: [(&str, &str); 9] = [
+        (
+            "error: bad.jsonl:2: ",
+            "not a {\"user\": …, \"attrs\": {…}} object",
+        ),
+        ("bad.jsonl:3: ", "user a appears twice (first on line 1)"),
+        (
+            "bad.jsonl:4: ",
+            "user c: unknown attribute \"colour\"; attrsync.yaml lists sex, city, tier",
+        ),
+        (
+            "bad.jsonl:4: ",
+            "user c: attribute tier must be a string, found 1",
+        ),
+        (
+            "bad.jsonl:5: ",
+            "user d: attribute city: value is 51 bytes long, at most 50 are allowed",
+        ),
+        ("bad.jsonl:6: ", "user \"\": a user id must not be empty"),
+        ("bad.jsonl:7: ", "unknown field `extra`"),
+        (
+            "bad.jsonl:8: ",
+            "user f: attribute sex must be a string, found null",
+        ),
+        (
+            "the import file bad.jsonl is invalid: 8 problems; nothing was imported",
+            "",
+        ),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{}", out.stderr);
+    for (line, (prefix, words)) in lines.iter().zip(expected) {
+        assert!(
+            line.starts_with(prefix) && line.contains(words),
+            "expected {prefix}…{words}…, got {line}"
+        );
+    }
+    assert_eq!(
+        repo.run(&["state", "export"]).success().stdout,
+        before,
+        "the snapshot is unchanged"
+    );
+    assert_eq!(
+        repo.serial(),
+        1,
+        "a refused import does not move the serial"
+    );
+}
+
+#[test]
+fn import_of_a_missing_file_is_a_clear_error() {
+    let out = Repo::with_users(&[]).run(&["state", "import", "missing.jsonl"]);
+    out.expect_code(1);
+    assert!(
+        out.stderr.starts_with("error: cannot read missing.jsonl: "),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_serial_grows_with_every_committed_write() {
+    let repo = Repo::with_users(&[]);
+    assert_eq!(repo.serial(), 0, "no snapshot yet");
+    repo.seed(&[("Mary", &[("city", "Boston")])]);
+    assert_eq!(repo.serial(), 1);
+    repo.seed(&[("Mary", &[("city", "Boston")])]);
+    assert_eq!(
+        repo.serial(),
+        2,
+        "an import grows it even when the content is the same"
+    );
+    let store = Store::open(&repo.path("state"), SDKAPPID, &Holder::this_process("test")).unwrap();
+    assert_eq!(
+        store
+            .commit_batch(
+                &[(UserId::new("Bob").unwrap(), Some(attrs(&[("sex", "male")])))],
+                1
+            )
+            .unwrap(),
+        3
+    );
+    drop(store);
+    assert_eq!(repo.serial(), 3);
+    assert_eq!(repo.run(&["state", "list"]).success().stdout, "Bob\nMary\n");
+}
+
+#[test]
+fn import_into_a_snapshot_in_use_is_refused_and_changes_nothing() {
+    let repo = imported();
+    repo.write("next.jsonl", "");
+    let store = Store::open(
+        &repo.path("state"),
+        SDKAPPID,
+        &Holder {
+            pid: 4242,
+            command: "watch".into(),
+            listen: None,
+        },
+    )
+    .unwrap();
+    let out = repo.run(&["state", "import", "next.jsonl"]);
+    drop(store);
+    out.expect_code(1);
+    assert_eq!(
+        out.stderr,
+        "error: the snapshot at ./state is in use by another attrsync process (pid 4242, `attrsync watch`); wait for it to \
+         finish, or stop it, then run again\n"
+    );
+    assert_eq!(
+        repo.run(&["state", "list"]).success().stdout,
+        "Mary\nxiaoming\n小明\n"
+    );
+}

@@ -1,0 +1,225 @@
+//! A config repository in a temporary directory, and the real `attrsync` binary run against it.
+//!
+//! Every `tests/cli_*.rs` file includes this module with `mod common;` and uses a subset of it.
+
+// Each test crate compiles its own copy of this module and uses only some of the helpers.
+#![allow(dead_code)]
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The `attrsync.yaml` most tests use: one app, three attributes, everything else default.
+pub const SETTINGS: &str = "\
+sdkappid: 1400000000
+identifier: administrator
+region: singapore
+attributes: [sex, city, tier]
+";
+
+/// The app id in [`SETTINGS`].
+pub const SDKAPPID: u64 = 1_400_000_000;
+
+/// How long one run of the binary may take before the test fails. Every command here is
+/// offline and finishes in milliseconds; the limit only turns a hang into a failure.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Output {
+    /// The exit code.
+    pub code: i32,
+    /// Everything written to stdout.
+    pub stdout: String,
+    /// Everything written to stderr.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Panics with both streams unless the run exited with `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit code {code}\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the run succeeded.
+    #[track_caller]
+    pub fn success(&self) -> &Self {
+        self.expect_code(0)
+    }
+
+    /// stdout parsed as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// A config repository on disk, deleted when dropped.
+pub struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    /// A repository holding `files`, each `(path relative to the repository, content)`.
+    pub fn new(files: &[(&str, &str)]) -> Repo {
+        let repo = Repo {
+            dir: tempfile::tempdir().expect("create a temporary directory"),
+        };
+        for (path, content) in files {
+            repo.write(path, content);
+        }
+        repo
+    }
+
+    /// A repository with [`SETTINGS`], an empty `users/` and then `files`.
+    pub fn with_users(files: &[(&str, &str)]) -> Repo {
+        let repo = Repo::new(&[("attrsync.yaml", SETTINGS)]);
+        repo.mkdir("users");
+        for (path, content) in files {
+            repo.write(path, content);
+        }
+        repo
+    }
+
+    /// The repository's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `rel` inside the repository.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir().join(rel)
+    }
+
+    /// Writes (or overwrites) a file, creating its parent directories.
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> &Self {
+        let path = self.path(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+        }
+        std::fs::write(&path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        self
+    }
+
+    /// Creates a directory (and its parents).
+    pub fn mkdir(&self, rel: &str) -> &Self {
+        std::fs::create_dir_all(self.path(rel)).unwrap_or_else(|e| panic!("create {rel}: {e}"));
+        self
+    }
+
+    /// Removes a file.
+    pub fn remove(&self, rel: &str) -> &Self {
+        std::fs::remove_file(self.path(rel)).unwrap_or_else(|e| panic!("remove {rel}: {e}"));
+        self
+    }
+
+    /// Reads a file as text.
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    /// A `Command` for the binary, run inside the repository with `NO_COLOR=1` and no
+    /// inherited logging or secret settings; for tests that need to add to it.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_attrsync"));
+        command
+            .args(args)
+            .current_dir(self.dir())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .env_remove("TIM_SECRET_KEY");
+        command
+    }
+
+    /// Runs `attrsync ARGS` inside the repository; fails the test if it runs over [`TIMEOUT`].
+    pub fn run(&self, args: &[&str]) -> Output {
+        run(self.command(args))
+    }
+
+    /// Replaces the snapshot with `users` through `attrsync state import`.
+    #[track_caller]
+    pub fn seed(&self, users: &[(&str, &[(&str, &str)])]) {
+        let lines: String = users
+            .iter()
+            .map(|(user, attrs)| {
+                let attrs: serde_json::Map<String, serde_json::Value> = attrs
+                    .iter()
+                    .map(|(name, value)| ((*name).to_owned(), (*value).into()))
+                    .collect();
+                format!("{}\n", serde_json::json!({ "user": user, "attrs": attrs }))
+            })
+            .collect();
+        self.write("seed.jsonl", lines);
+        self.run(&["state", "import", "seed.jsonl"]).success();
+        self.remove("seed.jsonl");
+    }
+
+    /// The snapshot's serial, as `plan --format json` reports it.
+    #[track_caller]
+    pub fn serial(&self) -> u64 {
+        let plan = self.run(&["plan", "--format", "json", "--allow-empty"]);
+        plan.success().json()["snapshot_serial"]
+            .as_u64()
+            .expect("snapshot_serial is a number")
+    }
+}
+
+/// Runs `command` with piped output, killing it and failing the test after [`TIMEOUT`].
+#[track_caller]
+pub fn run(mut command: Command) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the attrsync binary");
+    // One thread per pipe; both report when their pipe closes, which happens when the process
+    // exits, so waiting for both (with a deadline) is waiting for the process.
+    let (done, finished) = mpsc::channel();
+    let pipes: [(bool, Box<dyn std::io::Read + Send>); 2] = [
+        (true, Box::new(child.stdout.take().expect("piped stdout"))),
+        (false, Box::new(child.stderr.take().expect("piped stderr"))),
+    ];
+    for (is_stdout, mut pipe) in pipes {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            let _ = done.send((is_stdout, bytes));
+        });
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        match finished.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((true, bytes)) => stdout = bytes,
+            Ok((false, bytes)) => stderr = bytes,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "attrsync {:?} did not finish within {TIMEOUT:?}",
+                    command.get_args().collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+    let status = child.wait().expect("wait for attrsync");
+    Output {
+        code: status
+            .code()
+            .expect("attrsync exited normally, not by a signal"),
+        stdout: String::from_utf8(stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
+    }
+}
