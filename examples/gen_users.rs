@@ -7,7 +7,9 @@
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
-const CITIES: [&str; 8] = ["NewYork", "ShenZhen", "Boston", "Paris", "Tokyo", "Berlin", "Lagos", "Lima"];
+const CITIES: [&str; 8] = [
+    "NewYork", "ShenZhen", "Boston", "Paris", "Tokyo", "Berlin", "Lagos", "Lima",
+];
 const TIERS: [&str; 3] = ["free", "gold", "platinum"];
 
 fn main() -> std::io::Result<()> {
@@ -33,7 +35,9 @@ fn main() -> std::io::Result<()> {
     let per_file = users.div_ceil(files.max(1));
     let mut user = 0;
     for file in 0..files {
-        let mut w = BufWriter::new(std::fs::File::create(users_dir.join(format!("part-{file:03}.yaml")))?);
+        let mut w = BufWriter::new(std::fs::File::create(
+            users_dir.join(format!("part-{file:03}.yaml")),
+        )?);
         writeln!(w, "defaults:\n  tier: free\nusers:")?;
         for _ in 0..per_file {
             if user == users {
@@ -42,13 +46,22 @@ fn main() -> std::io::Result<()> {
             let sex = if user % 2 == 0 { "female" } else { "male" };
             let city = CITIES[(user % 8) as usize];
             let tier = TIERS[(user % 3) as usize];
-            writeln!(w, "  user{user:08}: {{sex: {sex}, city: {city}, tier: {tier}}}")?;
-            writeln!(snapshot, r#"{{"user":"user{user:08}","attrs":{{"city":"{city}","sex":"{sex}","tier":"{tier}"}}}}"#)?;
+            writeln!(
+                w,
+                "  user{user:08}: {{sex: {sex}, city: {city}, tier: {tier}}}"
+            )?;
+            writeln!(
+                snapshot,
+                r#"{{"user":"user{user:08}","attrs":{{"city":"{city}","sex":"{sex}","tier":"{tier}"}}}}"#
+            )?;
             user += 1;
         }
         w.flush()?;
     }
     snapshot.flush()?;
-    eprintln!("wrote {user} users in {files} files under {}", out.display());
+    eprintln!(
+        "wrote {user} users in {files} files under {}",
+        out.display()
+    );
     Ok(())
 }

@@ -163,7 +163,11 @@ pub async fn execute(
                 Action::Delete | Action::Orphaned => None,
                 Action::Create => Some(Attrs::default().with_changes(&change.attrs)),
                 Action::Update => {
-                    let before = snapshot.users.get(change.user.as_str()).map(|e| e.attrs.clone()).unwrap_or_default();
+                    let before = snapshot
+                        .users
+                        .get(change.user.as_str())
+                        .map(|e| e.attrs.clone())
+                        .unwrap_or_default();
                     Some(before.with_changes(&change.attrs))
                 }
             };
@@ -190,7 +194,9 @@ pub async fn execute(
             if shared.stop.is_stopped() || shared.fatal.load(Ordering::SeqCst) {
                 break;
             }
-            let Some(batch) = queue.lock().expect("queue lock").pop_front() else { break };
+            let Some(batch) = queue.lock().expect("queue lock").pop_front() else {
+                break;
+            };
             shared.run_batch(batch).await;
         }
     };
@@ -203,7 +209,12 @@ pub async fn execute(
     report.calls = shared.stats.calls.into_inner();
     report.retries = shared.stats.retries.into_inner();
     report.throttled = shared.stats.throttled.into_inner();
-    let left: usize = queue.into_inner().expect("queue lock").iter().map(|b| b.len()).sum();
+    let left: usize = queue
+        .into_inner()
+        .expect("queue lock")
+        .iter()
+        .map(|b| b.len())
+        .sum();
     report.skipped += left;
     report.interrupted = stop.is_stopped();
     report.elapsed = started.elapsed();
@@ -277,7 +288,12 @@ pub enum GaveUp {
 /// Runs one call with the retry policy: exponential backoff with full jitter for transient and
 /// rate-limited failures (at most [`MAX_ATTEMPTS`] attempts), one re-sign for an expired
 /// UserSig, none for fatal errors. `send` makes one attempt (the client's limiter paces it).
-pub async fn with_retries<T, F, Fut>(client: &Client, stop: &StopSignal, stats: &CallStats, mut send: F) -> Result<T, GaveUp>
+pub async fn with_retries<T, F, Fut>(
+    client: &Client,
+    stop: &StopSignal,
+    stats: &CallStats,
+    mut send: F,
+) -> Result<T, GaveUp>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
@@ -325,7 +341,11 @@ fn refused_users(outcome: crate::api::BatchOutcome) -> Vec<FailedUser> {
         .errors
         .into_iter()
         .map(|e| FailedUser {
-            reason: if e.info.is_empty() { crate::api::describe(e.code).meaning.to_owned() } else { e.info },
+            reason: if e.info.is_empty() {
+                crate::api::describe(e.code).meaning.to_owned()
+            } else {
+                e.info
+            },
             user: e.account,
             code: Some(e.code),
         })
@@ -344,12 +364,17 @@ impl Shared<'_> {
             match self.send(part).await {
                 Ok(refused) => self.commit(part, refused).await,
                 Err(GaveUp::InvalidAttribute(_)) if part.len() > 1 => {
-                    tracing::debug!(users = part.len(), "a batch was answered 90033: splitting it to find the invalid users");
+                    tracing::debug!(
+                        users = part.len(),
+                        "a batch was answered 90033: splitting it to find the invalid users"
+                    );
                     let (left, right) = part.split_at(part.len() / 2);
                     pending.push(right);
                     pending.push(left);
                 }
-                Err(GaveUp::InvalidAttribute(error) | GaveUp::Exhausted(error)) => self.fail_all(part, &error),
+                Err(GaveUp::InvalidAttribute(error) | GaveUp::Exhausted(error)) => {
+                    self.fail_all(part, &error)
+                }
                 Err(GaveUp::Fatal(error)) => {
                     if !self.fatal.swap(true, Ordering::SeqCst) {
                         self.lock().error = Some(error.to_string());
@@ -367,25 +392,44 @@ impl Shared<'_> {
         let sets: Vec<UserAttrs> = part
             .iter()
             .filter_map(|item| {
-                let attrs: std::collections::BTreeMap<String, String> =
-                    item.change.to_set().map(|(n, v)| (n.as_str().to_owned(), v.as_str().to_owned())).collect();
-                (!attrs.is_empty()).then(|| UserAttrs { account: item.change.user.as_str().to_owned(), attrs })
+                let attrs: std::collections::BTreeMap<String, String> = item
+                    .change
+                    .to_set()
+                    .map(|(n, v)| (n.as_str().to_owned(), v.as_str().to_owned()))
+                    .collect();
+                (!attrs.is_empty()).then(|| UserAttrs {
+                    account: item.change.user.as_str().to_owned(),
+                    attrs,
+                })
             })
             .collect();
         if !sets.is_empty() {
-            let outcome = with_retries(self.client, self.stop, &self.stats, || self.client.set_attr(&sets)).await?;
+            let outcome = with_retries(self.client, self.stop, &self.stats, || {
+                self.client.set_attr(&sets)
+            })
+            .await?;
             refused.extend(refused_users(outcome));
         }
         let removes: Vec<UserAttrNames> = part
             .iter()
             .filter(|item| !refused.iter().any(|f| f.user == item.change.user.as_str()))
             .filter_map(|item| {
-                let names: Vec<String> = item.change.to_remove().map(|n| n.as_str().to_owned()).collect();
-                (!names.is_empty()).then(|| UserAttrNames { account: item.change.user.as_str().to_owned(), names })
+                let names: Vec<String> = item
+                    .change
+                    .to_remove()
+                    .map(|n| n.as_str().to_owned())
+                    .collect();
+                (!names.is_empty()).then(|| UserAttrNames {
+                    account: item.change.user.as_str().to_owned(),
+                    names,
+                })
             })
             .collect();
         if !removes.is_empty() {
-            let outcome = with_retries(self.client, self.stop, &self.stats, || self.client.remove_attr(&removes)).await?;
+            let outcome = with_retries(self.client, self.stop, &self.stats, || {
+                self.client.remove_attr(&removes)
+            })
+            .await?;
             refused.extend(refused_users(outcome));
         }
         Ok(refused)
@@ -440,7 +484,11 @@ impl Shared<'_> {
     fn fail_all(&self, part: &[Item<'_>], error: &ApiError) {
         let mut report = self.lock();
         for item in part {
-            report.failed.push(FailedUser { user: item.change.user.as_str().to_owned(), code: error.code(), reason: error.to_string() });
+            report.failed.push(FailedUser {
+                user: item.change.user.as_str().to_owned(),
+                code: error.code(),
+                reason: error.to_string(),
+            });
         }
         drop(report);
         self.progress(part.len());
@@ -448,7 +496,10 @@ impl Shared<'_> {
 
     fn progress(&self, users: usize) {
         let done = self.done.fetch_add(users, Ordering::SeqCst) + users;
-        (self.on_progress)(Progress { done, total: self.total });
+        (self.on_progress)(Progress {
+            done,
+            total: self.total,
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Report> {
@@ -467,15 +518,19 @@ pub async fn read_live(
     stats: &CallStats,
 ) -> Result<crate::model::UserMap<Attrs>, GaveUp> {
     use crate::model::{AttrValue, UserMap};
-    let queue: Mutex<VecDeque<&[crate::model::UserId]>> = Mutex::new(users.chunks(crate::model::MAX_BATCH_SIZE).collect());
-    let found: Mutex<Vec<(crate::model::UserId, Attrs)>> = Mutex::new(Vec::with_capacity(users.len()));
+    let queue: Mutex<VecDeque<&[crate::model::UserId]>> =
+        Mutex::new(users.chunks(crate::model::MAX_BATCH_SIZE).collect());
+    let found: Mutex<Vec<(crate::model::UserId, Attrs)>> =
+        Mutex::new(Vec::with_capacity(users.len()));
     let failure: Mutex<Option<GaveUp>> = Mutex::new(None);
     let worker = || async {
         loop {
             if stop.is_stopped() || failure.lock().expect("failure lock").is_some() {
                 break;
             }
-            let Some(chunk) = queue.lock().expect("queue lock").pop_front() else { break };
+            let Some(chunk) = queue.lock().expect("queue lock").pop_front() else {
+                break;
+            };
             let accounts: Vec<String> = chunk.iter().map(|u| u.as_str().to_owned()).collect();
             match with_retries(client, stop, stats, || client.get_attr(&accounts)).await {
                 Ok(outcome) => {
@@ -515,7 +570,9 @@ pub async fn read_live(
 
 /// Exponential backoff with full jitter: a random wait in `[0, min(cap, base × 2^(attempt-1))]`.
 pub fn backoff(attempt: u32) -> Duration {
-    let ceiling = BACKOFF_BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(BACKOFF_CAP);
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP);
     ceiling.mul_f64(fastrand::f64())
 }
 
@@ -526,11 +583,16 @@ mod tests {
     #[test]
     fn backoff_is_bounded_and_grows() {
         for attempt in 1..=20 {
-            let ceiling = BACKOFF_BASE.saturating_mul(1 << (attempt - 1).min(16)).min(BACKOFF_CAP);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(BACKOFF_CAP);
             for _ in 0..50 {
                 assert!(backoff(attempt) <= ceiling);
             }
         }
-        assert!(BACKOFF_BASE * (1 << (MAX_ATTEMPTS - 1)) >= BACKOFF_CAP, "the cap is reachable within the attempts");
+        assert!(
+            BACKOFF_BASE * (1 << (MAX_ATTEMPTS - 1)) >= BACKOFF_CAP,
+            "the cap is reachable within the attempts"
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
-use attrsync::config::Diagnostics;
 use attrsync::apply::StopSignal;
+use attrsync::config::Diagnostics;
 use attrsync::ops::remote::{self, ApplyRequest};
 use attrsync::ops::{self, interrupts, Context, PlanFormat, PlanRequest, ValidateFormat};
 
@@ -18,7 +18,12 @@ use attrsync::ops::{self, interrupts, Context, PlanFormat, PlanRequest, Validate
 /// each user's attributes. `plan` shows what would change against the snapshot of what was last
 /// applied; `apply` sends only the changed users, in batches, within the API's rate limit.
 #[derive(Debug, Parser)]
-#[command(name = "attrsync", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "attrsync",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     /// The config repository (the directory holding attrsync.yaml).
     #[arg(long, global = true, default_value = ".", value_name = "DIR")]
@@ -164,7 +169,8 @@ fn main() -> ExitCode {
     let ctx = Context {
         dir: cli.dir.clone(),
         state: cli.state.clone(),
-        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        color: std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
     };
     match run(cli.command, &ctx) {
         Ok(code) => code,
@@ -180,25 +186,62 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
         Command::Validate { format } => {
             let validation = ops::validate(ctx, format);
             print!("{}", validation.output);
-            Ok(if validation.valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if validation.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Plan { format, out, detailed_exitcode, prune, allow_empty, refresh } => {
-            let request = PlanRequest { format, out, prune, allow_empty, refresh };
+        Command::Plan {
+            format,
+            out,
+            detailed_exitcode,
+            prune,
+            allow_empty,
+            refresh,
+        } => {
+            let request = PlanRequest {
+                format,
+                out,
+                prune,
+                allow_empty,
+                refresh,
+            };
             let outcome = runtime()?.block_on(ops::plan(ctx, &request))?;
             for warning in &outcome.warnings {
                 eprintln!("warning: {warning}");
             }
             print!("{}", outcome.output);
-            Ok(if detailed_exitcode && outcome.plan.summary.has_writes() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+            Ok(if detailed_exitcode && outcome.plan.summary.has_writes() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        Command::Apply { planfile, auto_approve, prune, allow_mass_delete, allow_empty, format } => {
+        Command::Apply {
+            planfile,
+            auto_approve,
+            prune,
+            allow_mass_delete,
+            allow_empty,
+            format,
+        } => {
             let json = matches!(format, ReportFormat::Json);
-            let request = ApplyRequest { plan_file: planfile, auto_approve, prune, allow_mass_delete, allow_empty, json };
+            let request = ApplyRequest {
+                plan_file: planfile,
+                auto_approve,
+                prune,
+                allow_mass_delete,
+                allow_empty,
+                json,
+            };
             let runtime = runtime()?;
             let stop = StopSignal::new();
             let signal = runtime.block_on(async { interrupts::listen(stop.clone()) });
             let outcome = runtime.block_on(remote::apply(ctx, &request, &stop))?;
-            let Some(report) = outcome.report else { return Ok(ExitCode::FAILURE) };
+            let Some(report) = outcome.report else {
+                return Ok(ExitCode::FAILURE);
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if report.calls > 0 || !report.succeeded() {
@@ -261,8 +304,12 @@ fn init_logging(cli: &Cli) {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
     match cli.log_format {
         LogFormat::Text => builder.with_ansi(ansi).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -37,7 +37,9 @@ impl UserId {
             )));
         }
         if raw.chars().any(char::is_control) {
-            return Err(InvalidValue::new("a user id must not contain control characters"));
+            return Err(InvalidValue::new(
+                "a user id must not contain control characters",
+            ));
         }
         Ok(Self(raw.into()))
     }
@@ -327,7 +329,11 @@ impl Region {
         (Region::Seoul, "seoul", "adminapikr.im.qcloud.com"),
         (Region::Tokyo, "tokyo", "adminapijpn.im.qcloud.com"),
         (Region::Frankfurt, "frankfurt", "adminapiger.im.qcloud.com"),
-        (Region::SiliconValley, "silicon-valley", "adminapiusa.im.qcloud.com"),
+        (
+            Region::SiliconValley,
+            "silicon-valley",
+            "adminapiusa.im.qcloud.com",
+        ),
         (Region::Jakarta, "jakarta", "adminapiidn.im.qcloud.com"),
     ];
 
@@ -341,12 +347,18 @@ impl Region {
 
     /// The name used in `attrsync.yaml`.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(r, ..)| *r == self).map_or("", |e| e.1)
+        Self::ALL
+            .iter()
+            .find(|(r, ..)| *r == self)
+            .map_or("", |e| e.1)
     }
 
     /// The base URL of the REST API in this region.
     pub fn base_url(self) -> String {
-        let host = Self::ALL.iter().find(|(r, ..)| *r == self).map_or("", |e| e.2);
+        let host = Self::ALL
+            .iter()
+            .find(|(r, ..)| *r == self)
+            .map_or("", |e| e.2);
         format!("https://{host}")
     }
 }
@@ -408,10 +420,12 @@ pub struct Change {
 impl Change {
     /// Attributes to send with `set_attr` (added or changed).
     pub fn to_set(&self) -> impl Iterator<Item = (&AttrName, &AttrValue)> {
-        self.attrs.iter().filter_map(|c| match (&c.before, &c.after) {
-            (before, Some(after)) if before.as_ref() != Some(after) => Some((&c.name, after)),
-            _ => None,
-        })
+        self.attrs
+            .iter()
+            .filter_map(|c| match (&c.before, &c.after) {
+                (before, Some(after)) if before.as_ref() != Some(after) => Some((&c.name, after)),
+                _ => None,
+            })
     }
 
     /// Attribute names to send with `remove_attr` (removed).
@@ -507,7 +521,10 @@ mod tests {
             (name("city"), value("Paris")),
             (name("tier"), value("gold")),
         ]);
-        let pairs: Vec<_> = attrs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let pairs: Vec<_> = attrs
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         assert_eq!(pairs, [("city", "Paris"), ("tier", "gold")]);
         assert_eq!(attrs.get("tier").map(AttrValue::as_str), Some("gold"));
         assert_eq!(attrs.get("sex"), None);
@@ -515,13 +532,31 @@ mod tests {
 
     #[test]
     fn with_changes_sets_and_removes() {
-        let attrs = Attrs::from_pairs(vec![(name("city"), value("Paris")), (name("sex"), value("f"))]);
-        let changed = attrs.with_changes(&[
-            AttrChange { name: name("city"), before: Some(value("Paris")), after: Some(value("Rome")) },
-            AttrChange { name: name("sex"), before: Some(value("f")), after: None },
-            AttrChange { name: name("tier"), before: None, after: Some(value("gold")) },
+        let attrs = Attrs::from_pairs(vec![
+            (name("city"), value("Paris")),
+            (name("sex"), value("f")),
         ]);
-        let pairs: Vec<_> = changed.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let changed = attrs.with_changes(&[
+            AttrChange {
+                name: name("city"),
+                before: Some(value("Paris")),
+                after: Some(value("Rome")),
+            },
+            AttrChange {
+                name: name("sex"),
+                before: Some(value("f")),
+                after: None,
+            },
+            AttrChange {
+                name: name("tier"),
+                before: None,
+                after: Some(value("gold")),
+            },
+        ]);
+        let pairs: Vec<_> = changed
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         assert_eq!(pairs, [("city", "Rome"), ("tier", "gold")]);
     }
 
@@ -530,8 +565,12 @@ mod tests {
         let id = |s: &str| UserId::new(s).unwrap();
         let map = UserMap::from_unsorted(vec![(id("b"), 1), (id("a"), 2)]).unwrap();
         assert_eq!(map.get("a"), Some(&2));
-        assert_eq!(map.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        let err = UserMap::from_unsorted(vec![(id("b"), 1), (id("b"), 2), (id("b"), 3)]).unwrap_err();
+        assert_eq!(
+            map.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let err =
+            UserMap::from_unsorted(vec![(id("b"), 1), (id("b"), 2), (id("b"), 3)]).unwrap_err();
         assert_eq!(err, [id("b")]);
         assert!(UserMap::from_sorted(vec![(id("b"), 1), (id("a"), 2)]).is_none());
     }
@@ -542,7 +581,10 @@ mod tests {
             assert_eq!(Region::from_name(name), Some(region));
             assert_eq!(region.name(), name);
         }
-        assert_eq!(Region::Singapore.base_url(), "https://adminapisgp.im.qcloud.com");
+        assert_eq!(
+            Region::Singapore.base_url(),
+            "https://adminapisgp.im.qcloud.com"
+        );
         assert_eq!(Region::from_name("mars"), None);
     }
 }

@@ -101,13 +101,19 @@ pub struct Holder {
 impl Holder {
     /// This process, running `command`.
     pub fn this_process(command: &str) -> Self {
-        Self { pid: std::process::id(), command: command.to_owned(), listen: None }
+        Self {
+            pid: std::process::id(),
+            command: command.to_owned(),
+            listen: None,
+        }
     }
 
     fn describe(&self) -> String {
         let mut text = format!(" (pid {}, `attrsync {}`", self.pid, self.command);
         if let Some(listen) = &self.listen {
-            text.push_str(&format!(", listening on {listen}: GET http://{listen}/plan shows its current plan"));
+            text.push_str(&format!(
+                ", listening on {listen}: GET http://{listen}/plan shows its current plan"
+            ));
         }
         text.push(')');
         text
@@ -130,15 +136,25 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
 impl Store {
     /// Opens (creating if needed) the snapshot at `dir` for app `sdkappid`.
     pub fn open(dir: &Path, sdkappid: u64, holder: &Holder) -> Result<Store, StateError> {
-        let store_err = |doing, source| StateError::Store { doing, dir: dir.to_owned(), source };
-        let db = match sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open() {
+        let store_err = |doing, source| StateError::Store {
+            doing,
+            dir: dir.to_owned(),
+            source,
+        };
+        let db = match sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
             Ok(db) => db,
             Err(sled::Error::Io(err)) if err.to_string().contains("could not acquire lock") => {
                 let holder = std::fs::read(dir.join(HOLDER_FILE))
@@ -146,10 +162,16 @@ impl Store {
                     .and_then(|bytes| serde_json::from_slice::<Holder>(&bytes).ok())
                     .map(|h| h.describe())
                     .unwrap_or_default();
-                return Err(StateError::Locked { dir: dir.to_owned(), holder });
+                return Err(StateError::Locked {
+                    dir: dir.to_owned(),
+                    holder,
+                });
             }
             Err(sled::Error::Corruption { .. }) => {
-                return Err(StateError::Corrupt { dir: dir.to_owned(), what: "sled reported corruption at open".to_owned() })
+                return Err(StateError::Corrupt {
+                    dir: dir.to_owned(),
+                    what: "sled reported corruption at open".to_owned(),
+                })
             }
             Err(err) => return Err(store_err("open", err)),
         };
@@ -159,28 +181,49 @@ impl Store {
                 None => Ok(None),
                 Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
                     .map(|b| Some(u64::from_le_bytes(b)))
-                    .map_err(|_| StateError::Corrupt { dir: dir.to_owned(), what: format!("meta key {}", String::from_utf8_lossy(key)) }),
+                    .map_err(|_| StateError::Corrupt {
+                        dir: dir.to_owned(),
+                        what: format!("meta key {}", String::from_utf8_lossy(key)),
+                    }),
             }
         };
         match read_u64(KEY_FORMAT)? {
             None => {
-                meta.insert(KEY_FORMAT, &FORMAT_VERSION.to_le_bytes()).map_err(|e| store_err("initialise", e))?;
-                meta.insert(KEY_SDKAPPID, &sdkappid.to_le_bytes()).map_err(|e| store_err("initialise", e))?;
-                meta.insert(KEY_SERIAL, &0u64.to_le_bytes()).map_err(|e| store_err("initialise", e))?;
-                meta.insert(KEY_USERS_TREE, b"users.0".as_slice()).map_err(|e| store_err("initialise", e))?;
+                meta.insert(KEY_FORMAT, &FORMAT_VERSION.to_le_bytes())
+                    .map_err(|e| store_err("initialise", e))?;
+                meta.insert(KEY_SDKAPPID, &sdkappid.to_le_bytes())
+                    .map_err(|e| store_err("initialise", e))?;
+                meta.insert(KEY_SERIAL, &0u64.to_le_bytes())
+                    .map_err(|e| store_err("initialise", e))?;
+                meta.insert(KEY_USERS_TREE, b"users.0".as_slice())
+                    .map_err(|e| store_err("initialise", e))?;
                 db.flush().map_err(|e| store_err("initialise", e))?;
             }
             Some(FORMAT_VERSION) => {}
-            Some(found) => return Err(StateError::Version { dir: dir.to_owned(), found }),
+            Some(found) => {
+                return Err(StateError::Version {
+                    dir: dir.to_owned(),
+                    found,
+                })
+            }
         }
         match read_u64(KEY_SDKAPPID)? {
             Some(found) if found != sdkappid => {
-                return Err(StateError::OtherApp { dir: dir.to_owned(), found, expected: sdkappid })
+                return Err(StateError::OtherApp {
+                    dir: dir.to_owned(),
+                    found,
+                    expected: sdkappid,
+                })
             }
             _ => {}
         }
-        let users_name = meta.get(KEY_USERS_TREE).map_err(|e| store_err("read", e))?.unwrap_or_else(|| "users.0".into());
-        let users = db.open_tree(&users_name).map_err(|e| store_err("open", e))?;
+        let users_name = meta
+            .get(KEY_USERS_TREE)
+            .map_err(|e| store_err("read", e))?
+            .unwrap_or_else(|| "users.0".into());
+        let users = db
+            .open_tree(&users_name)
+            .map_err(|e| store_err("open", e))?;
         // A crash during `replace_all` can leave an unreferenced tree behind: drop it.
         for name in db.tree_names() {
             if name.starts_with(b"users.") && name != users_name {
@@ -190,11 +233,21 @@ impl Store {
         let holder_json = serde_json::to_vec(holder).expect("holder serialises");
         // Best effort: the file only improves the message another process shows.
         let _ = std::fs::write(dir.join(HOLDER_FILE), holder_json);
-        Ok(Store { dir: dir.to_owned(), db, meta, users, commit_lock: std::sync::Mutex::new(()) })
+        Ok(Store {
+            dir: dir.to_owned(),
+            db,
+            meta,
+            users,
+            commit_lock: std::sync::Mutex::new(()),
+        })
     }
 
     /// Opens the snapshot at `dir` if one exists; `None` (and nothing created) otherwise.
-    pub fn open_existing(dir: &Path, sdkappid: u64, holder: &Holder) -> Result<Option<Store>, StateError> {
+    pub fn open_existing(
+        dir: &Path,
+        sdkappid: u64,
+        holder: &Holder,
+    ) -> Result<Option<Store>, StateError> {
         if dir.join("db").exists() || dir.join("conf").exists() {
             Self::open(dir, sdkappid, holder).map(Some)
         } else {
@@ -209,17 +262,26 @@ impl Store {
 
     /// Updates the holder record (e.g. once the daemon knows its listen address).
     pub fn set_holder(&self, holder: &Holder) {
-        let _ = std::fs::write(self.dir.join(HOLDER_FILE), serde_json::to_vec(holder).expect("holder serialises"));
+        let _ = std::fs::write(
+            self.dir.join(HOLDER_FILE),
+            serde_json::to_vec(holder).expect("holder serialises"),
+        );
     }
 
     fn err(&self, doing: &'static str) -> impl Fn(sled::Error) -> StateError + '_ {
-        move |source| StateError::Store { doing, dir: self.dir.clone(), source }
+        move |source| StateError::Store {
+            doing,
+            dir: self.dir.clone(),
+            source,
+        }
     }
 
     /// The serial of the last committed write.
     pub fn serial(&self) -> Result<u64, StateError> {
         let bytes = self.meta.get(KEY_SERIAL).map_err(self.err("read"))?;
-        Ok(bytes.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_le_bytes))
+        Ok(bytes
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map_or(0, u64::from_le_bytes))
     }
 
     /// Reads the whole snapshot.
@@ -228,19 +290,31 @@ impl Store {
         let mut users = Vec::new();
         for item in self.users.iter() {
             let (_, chunk) = item.map_err(self.err("read"))?;
-            for (id, entry) in decode_chunk(&chunk).ok_or_else(|| self.corrupt("a chunk of users"))? {
+            for (id, entry) in
+                decode_chunk(&chunk).ok_or_else(|| self.corrupt("a chunk of users"))?
+            {
                 let user = decode_user(id).ok_or_else(|| self.corrupt("a user id"))?;
-                let entry = decode_entry(entry, &mut names).ok_or_else(|| self.corrupt(&format!("the record of user {user}")))?;
+                let entry = decode_entry(entry, &mut names)
+                    .ok_or_else(|| self.corrupt(&format!("the record of user {user}")))?;
                 users.push((user, entry));
             }
         }
         let users = UserMap::from_sorted(users).ok_or_else(|| self.corrupt("user order"))?;
-        Ok(Snapshot { users, serial: self.serial()? })
+        Ok(Snapshot {
+            users,
+            serial: self.serial()?,
+        })
     }
 
     /// One user's entry.
     pub fn get(&self, user: &str) -> Result<Option<SnapshotEntry>, StateError> {
-        let Some((_, chunk)) = self.users.range(..=user.as_bytes()).next_back().transpose().map_err(self.err("read"))? else {
+        let Some((_, chunk)) = self
+            .users
+            .range(..=user.as_bytes())
+            .next_back()
+            .transpose()
+            .map_err(self.err("read"))?
+        else {
             return Ok(None);
         };
         let records = decode_chunk(&chunk).ok_or_else(|| self.corrupt("a chunk of users"))?;
@@ -253,28 +327,49 @@ impl Store {
     }
 
     fn corrupt(&self, what: &str) -> StateError {
-        StateError::Corrupt { dir: self.dir.clone(), what: what.to_owned() }
+        StateError::Corrupt {
+            dir: self.dir.clone(),
+            what: what.to_owned(),
+        }
     }
 
     /// Records one accepted batch atomically and durably; returns the new serial.
     ///
     /// A user written with `None` or with no attributes is forgotten. The serial grows by one.
     pub fn commit_batch(&self, writes: &[Write], applied_at: u64) -> Result<u64, StateError> {
-        let _guard = self.commit_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut writes: Vec<(&[u8], Option<Vec<u8>>)> = writes
             .iter()
             .map(|(user, attrs)| {
-                let record = attrs.as_ref().filter(|a| !a.is_empty()).map(|a| encode_entry(a, applied_at));
+                let record = attrs
+                    .as_ref()
+                    .filter(|a| !a.is_empty())
+                    .map(|a| encode_entry(a, applied_at));
                 (user.as_str().as_bytes(), record)
             })
             .collect();
         writes.sort_by(|a, b| a.0.cmp(b.0));
         // Which chunk each write lands in: the last chunk starting at or before the user, or
         // the first chunk for a user before all of them.
-        let first_key = self.users.first().map_err(self.err("read"))?.map(|(k, _)| k);
-        let mut groups: Vec<(Option<sled::IVec>, Vec<(&[u8], Option<Vec<u8>>)>)> = Vec::new();
+        let first_key = self
+            .users
+            .first()
+            .map_err(self.err("read"))?
+            .map(|(k, _)| k);
+        // (the chunk's key, or None when the tree is empty) → the writes that land in it.
+        type Group<'w> = (Option<sled::IVec>, Vec<(&'w [u8], Option<Vec<u8>>)>);
+        let mut groups: Vec<Group<'_>> = Vec::new();
         for (user, record) in writes {
-            let key = match self.users.range(..=user).next_back().transpose().map_err(self.err("read"))? {
+            let key = match self
+                .users
+                .range(..=user)
+                .next_back()
+                .transpose()
+                .map_err(self.err("read"))?
+            {
                 Some((key, _)) => Some(key),
                 None => first_key.clone(),
             };
@@ -299,7 +394,10 @@ impl Store {
                 None => Vec::new(),
             };
             for (user, record) in members {
-                match (records.binary_search_by(|(id, _)| id.as_slice().cmp(user)), record) {
+                match (
+                    records.binary_search_by(|(id, _)| id.as_slice().cmp(user)),
+                    record,
+                ) {
                     (Ok(i), Some(record)) => records[i].1 = record,
                     (Ok(i), None) => {
                         records.remove(i);
@@ -311,7 +409,11 @@ impl Store {
             if let Some(key) = key.filter(|_| old.is_some()) {
                 removals.push(key);
             }
-            let pieces = if records.len() > CHUNK_SPLIT_ABOVE { records.len().div_ceil(CHUNK_USERS) } else { 1 };
+            let pieces = if records.len() > CHUNK_SPLIT_ABOVE {
+                records.len().div_ceil(CHUNK_USERS)
+            } else {
+                1
+            };
             let per_piece = records.len().div_ceil(pieces.max(1)).max(1);
             for piece in records.chunks(per_piece) {
                 inserts.push((piece[0].0.clone(), encode_chunk(piece)));
@@ -334,7 +436,11 @@ impl Store {
                 Ok::<u64, ConflictableTransactionError<()>>(serial)
             })
             .map_err(|e| match e {
-                TransactionError::Storage(source) => StateError::Store { doing: "commit to", dir: self.dir.clone(), source },
+                TransactionError::Storage(source) => StateError::Store {
+                    doing: "commit to",
+                    dir: self.dir.clone(),
+                    source,
+                },
                 TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
             })?;
         self.db.flush().map_err(self.err("flush"))?;
@@ -345,16 +451,33 @@ impl Store {
     ///
     /// The new content goes to a fresh tree first; one small transaction then switches the
     /// snapshot over, so a crash leaves either the old or the new snapshot, never a mix.
-    pub fn replace_all(&mut self, users: &UserMap<Attrs>, applied_at: u64) -> Result<u64, StateError> {
-        let current = self.meta.get(KEY_USERS_TREE).map_err(self.err("read"))?.unwrap_or_else(|| "users.0".into());
-        let generation: u64 = std::str::from_utf8(&current).ok().and_then(|s| s.strip_prefix("users.")).and_then(|n| n.parse().ok()).unwrap_or(0);
+    pub fn replace_all(
+        &mut self,
+        users: &UserMap<Attrs>,
+        applied_at: u64,
+    ) -> Result<u64, StateError> {
+        let current = self
+            .meta
+            .get(KEY_USERS_TREE)
+            .map_err(self.err("read"))?
+            .unwrap_or_else(|| "users.0".into());
+        let generation: u64 = std::str::from_utf8(&current)
+            .ok()
+            .and_then(|s| s.strip_prefix("users."))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         let next_name = format!("users.{}", generation + 1);
         let next = self.db.open_tree(&next_name).map_err(self.err("write"))?;
         next.clear().map_err(self.err("write"))?;
         let records: Vec<(Vec<u8>, Vec<u8>)> = users
             .iter()
             .filter(|(_, a)| !a.is_empty())
-            .map(|(user, attrs)| (user.as_str().as_bytes().to_vec(), encode_entry(attrs, applied_at)))
+            .map(|(user, attrs)| {
+                (
+                    user.as_str().as_bytes().to_vec(),
+                    encode_entry(attrs, applied_at),
+                )
+            })
             .collect();
         let mut batch = sled::Batch::default();
         for piece in records.chunks(CHUNK_USERS) {
@@ -384,7 +507,9 @@ impl Drop for Store {
 
 /// Seconds since the Unix epoch, for `applied_at`.
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Record layout, version 1: `[1][applied_at: u64 LE][n: u8]` then n × `[len: u8][name][len: u8][value]`.
@@ -405,7 +530,12 @@ fn encode_entry(attrs: &Attrs, applied_at: u64) -> Vec<u8> {
 
 /// Chunk layout: `[1][count: u32 LE]` then count × `[id len: u8][id][record len: u16 LE][record]`.
 fn encode_chunk(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + records.iter().map(|(id, r)| 3 + id.len() + r.len()).sum::<usize>());
+    let mut out = Vec::with_capacity(
+        5 + records
+            .iter()
+            .map(|(id, r)| 3 + id.len() + r.len())
+            .sum::<usize>(),
+    );
     out.push(1);
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
     for (id, record) in records {
@@ -429,7 +559,8 @@ fn decode_chunk(chunk: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     for _ in 0..count {
         let id = take_field(&mut cursor)?;
         let (len, tail) = cursor.split_at_checked(2)?;
-        let (record, tail) = tail.split_at_checked(u16::from_le_bytes(len.try_into().ok()?) as usize)?;
+        let (record, tail) =
+            tail.split_at_checked(u16::from_le_bytes(len.try_into().ok()?) as usize)?;
         cursor = tail;
         records.push((id, record));
     }
@@ -469,7 +600,10 @@ fn decode_entry(bytes: &[u8], names: &mut NameInterner) -> Option<SnapshotEntry>
         let value = AttrValue::new(std::str::from_utf8(take_field(&mut cursor)?).ok()?).ok()?;
         pairs.push((name, value));
     }
-    cursor.is_empty().then(|| SnapshotEntry { attrs: Attrs::from_pairs(pairs), applied_at })
+    cursor.is_empty().then(|| SnapshotEntry {
+        attrs: Attrs::from_pairs(pairs),
+        applied_at,
+    })
 }
 
 /// Splits one length-prefixed field off the front of `cursor`.
@@ -493,7 +627,11 @@ pub fn export(snapshot: &Snapshot, out: &mut impl std::io::Write) -> std::io::Re
     for (user, entry) in snapshot.users.iter() {
         let line = Line {
             user: user.as_str().to_owned(),
-            attrs: entry.attrs.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_str().into())).collect(),
+            attrs: entry
+                .attrs
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_str().into()))
+                .collect(),
         };
         serde_json::to_writer(&mut *out, &line)?;
         out.write_all(b"\n")?;
@@ -512,7 +650,10 @@ pub struct ImportProblem {
 
 /// Reads JSON Lines written by [`export`], validating ids, names (against `attributes`) and
 /// values like the YAML loader does. Returns every problem, not just the first.
-pub fn parse_import(text: &str, attributes: &[AttrName]) -> Result<UserMap<Attrs>, Vec<ImportProblem>> {
+pub fn parse_import(
+    text: &str,
+    attributes: &[AttrName],
+) -> Result<UserMap<Attrs>, Vec<ImportProblem>> {
     let mut problems = Vec::new();
     let mut entries = Vec::new();
     let mut lines_of: HashMap<UserId, usize> = HashMap::new();
@@ -525,7 +666,9 @@ pub fn parse_import(text: &str, attributes: &[AttrName]) -> Result<UserMap<Attrs
         let parsed: Line = match serde_json::from_str(raw) {
             Ok(parsed) => parsed,
             Err(err) => {
-                problem(format!("not a {{\"user\": …, \"attrs\": {{…}}}} object: {err}"));
+                problem(format!(
+                    "not a {{\"user\": …, \"attrs\": {{…}}}} object: {err}"
+                ));
                 continue;
             }
         };
@@ -544,11 +687,20 @@ pub fn parse_import(text: &str, attributes: &[AttrName]) -> Result<UserMap<Attrs
         let mut pairs = Vec::new();
         for (name, value) in &parsed.attrs {
             let Some(known) = attributes.iter().find(|a| a.as_str() == name) else {
-                problem(format!("user {user}: unknown attribute {name:?}; attrsync.yaml lists {}", attributes.iter().map(AttrName::as_str).collect::<Vec<_>>().join(", ")));
+                problem(format!(
+                    "user {user}: unknown attribute {name:?}; attrsync.yaml lists {}",
+                    attributes
+                        .iter()
+                        .map(AttrName::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
                 continue;
             };
             let Some(text) = value.as_str() else {
-                problem(format!("user {user}: attribute {name} must be a string, found {value}"));
+                problem(format!(
+                    "user {user}: attribute {name} must be a string, found {value}"
+                ));
                 continue;
             };
             match AttrValue::new(text) {
@@ -569,7 +721,12 @@ mod tests {
     use super::*;
 
     fn attrs(pairs: &[(&str, &str)]) -> Attrs {
-        Attrs::from_pairs(pairs.iter().map(|(n, v)| (AttrName::new(n).unwrap(), AttrValue::new(v).unwrap())).collect())
+        Attrs::from_pairs(
+            pairs
+                .iter()
+                .map(|(n, v)| (AttrName::new(n).unwrap(), AttrValue::new(v).unwrap()))
+                .collect(),
+        )
     }
 
     fn id(s: &str) -> UserId {
@@ -581,7 +738,13 @@ mod tests {
         let a = attrs(&[("city", "東京"), ("sex", "female")]);
         let bytes = encode_entry(&a, 42);
         let entry = decode_entry(&bytes, &mut NameInterner::default()).unwrap();
-        assert_eq!(entry, SnapshotEntry { attrs: a, applied_at: 42 });
+        assert_eq!(
+            entry,
+            SnapshotEntry {
+                attrs: a,
+                applied_at: 42
+            }
+        );
         assert!(decode_entry(&bytes[..bytes.len() - 1], &mut NameInterner::default()).is_none());
         assert!(decode_entry(&[], &mut NameInterner::default()).is_none());
     }
@@ -594,7 +757,13 @@ mod tests {
             let store = Store::open(dir.path(), 7, &holder).unwrap();
             assert_eq!(store.serial().unwrap(), 0);
             let serial = store
-                .commit_batch(&[(id("b"), Some(attrs(&[("x", "1")]))), (id("a"), Some(attrs(&[("x", "2")])))], 100)
+                .commit_batch(
+                    &[
+                        (id("b"), Some(attrs(&[("x", "1")]))),
+                        (id("a"), Some(attrs(&[("x", "2")]))),
+                    ],
+                    100,
+                )
                 .unwrap();
             assert_eq!(serial, 1);
             assert_eq!(store.commit_batch(&[(id("b"), None)], 101).unwrap(), 2);
@@ -602,7 +771,14 @@ mod tests {
         let store = Store::open(dir.path(), 7, &holder).unwrap();
         let snapshot = store.load().unwrap();
         assert_eq!(snapshot.serial, 2);
-        assert_eq!(snapshot.users.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            snapshot
+                .users
+                .iter()
+                .map(|(u, _)| u.as_str())
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
         assert_eq!(store.get("a").unwrap().unwrap().applied_at, 100);
     }
 
@@ -628,12 +804,30 @@ mod tests {
         }
         store.commit_batch(&removed, 2).unwrap();
         let snapshot = store.load().unwrap();
-        let got: Vec<(String, String)> = snapshot.users.iter().map(|(u, e)| (u.to_string(), e.attrs.get("x").unwrap().to_string())).collect();
+        let got: Vec<(String, String)> = snapshot
+            .users
+            .iter()
+            .map(|(u, e)| (u.to_string(), e.attrs.get("x").unwrap().to_string()))
+            .collect();
         let want: Vec<(String, String)> = expected.into_iter().collect();
         assert_eq!(got, want);
         assert_eq!(snapshot.serial, 11);
-        assert!(store.users.len() > 1000 / CHUNK_SPLIT_ABOVE, "chunks were split: {}", store.users.len());
-        assert_eq!(store.get("u0001").unwrap().unwrap().attrs.get("x").unwrap().as_str(), "1");
+        assert!(
+            store.users.len() > 1000 / CHUNK_SPLIT_ABOVE,
+            "chunks were split: {}",
+            store.users.len()
+        );
+        assert_eq!(
+            store
+                .get("u0001")
+                .unwrap()
+                .unwrap()
+                .attrs
+                .get("x")
+                .unwrap()
+                .as_str(),
+            "1"
+        );
         assert!(store.get("u0000").unwrap().is_none());
         assert!(store.get("a").unwrap().is_none());
     }
@@ -643,14 +837,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path(), 7, &Holder::default()).unwrap());
         let err = Store::open(dir.path(), 8, &Holder::default()).unwrap_err();
-        assert!(matches!(err, StateError::OtherApp { found: 7, expected: 8, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                StateError::OtherApp {
+                    found: 7,
+                    expected: 8,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn open_existing_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
-        assert!(Store::open_existing(&path, 1, &Holder::default()).unwrap().is_none());
+        assert!(Store::open_existing(&path, 1, &Holder::default())
+            .unwrap()
+            .is_none());
         assert!(!path.exists());
     }
 
@@ -658,23 +864,65 @@ mod tests {
     fn replace_all_swaps_the_whole_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path(), 7, &Holder::default()).unwrap();
-        store.commit_batch(&[(id("old"), Some(attrs(&[("x", "1")])))], 1).unwrap();
-        let new = UserMap::from_unsorted(vec![(id("n1"), attrs(&[("x", "2")])), (id("n2"), attrs(&[("x", "3")]))]).unwrap();
+        store
+            .commit_batch(&[(id("old"), Some(attrs(&[("x", "1")])))], 1)
+            .unwrap();
+        let new = UserMap::from_unsorted(vec![
+            (id("n1"), attrs(&[("x", "2")])),
+            (id("n2"), attrs(&[("x", "3")])),
+        ])
+        .unwrap();
         assert_eq!(store.replace_all(&new, 5).unwrap(), 2);
         let snapshot = store.load().unwrap();
-        assert_eq!(snapshot.users.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);
+        assert_eq!(
+            snapshot
+                .users
+                .iter()
+                .map(|(u, _)| u.as_str())
+                .collect::<Vec<_>>(),
+            ["n1", "n2"]
+        );
         drop(store);
         let store = Store::open(dir.path(), 7, &Holder::default()).unwrap();
         assert_eq!(store.load().unwrap().users.len(), 2);
-        assert_eq!(store.db.tree_names().iter().filter(|n| n.starts_with(b"users.")).count(), 1);
+        assert_eq!(
+            store
+                .db
+                .tree_names()
+                .iter()
+                .filter(|n| n.starts_with(b"users."))
+                .count(),
+            1
+        );
     }
 
     #[test]
     fn export_then_import_round_trips() {
-        let names = vec![AttrName::new("city").unwrap(), AttrName::new("sex").unwrap()];
-        let users = UserMap::from_unsorted(vec![(id("b"), attrs(&[("city", "Oslo")])), (id("a"), attrs(&[("sex", "f"), ("city", "Rome")]))]).unwrap();
+        let names = vec![
+            AttrName::new("city").unwrap(),
+            AttrName::new("sex").unwrap(),
+        ];
+        let users = UserMap::from_unsorted(vec![
+            (id("b"), attrs(&[("city", "Oslo")])),
+            (id("a"), attrs(&[("sex", "f"), ("city", "Rome")])),
+        ])
+        .unwrap();
         let snapshot = Snapshot {
-            users: UserMap::from_sorted(users.iter().map(|(u, a)| (u.clone(), SnapshotEntry { attrs: a.clone(), applied_at: 1 })).collect()).unwrap(),
+            users: UserMap::from_sorted(
+                users
+                    .iter()
+                    .map(|(u, a)| {
+                        (
+                            u.clone(),
+                            SnapshotEntry {
+                                attrs: a.clone(),
+                                applied_at: 1,
+                            },
+                        )
+                    })
+                    .collect(),
+            )
+            .unwrap(),
             serial: 3,
         };
         let mut out = Vec::new();
@@ -691,6 +939,8 @@ mod tests {
         let problems = parse_import(text, &names).unwrap_err();
         let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, [2, 3, 4, 4]);
-        assert!(problems[1].message.contains("appears twice (first on line 1)"));
+        assert!(problems[1]
+            .message
+            .contains("appears twice (first on line 1)"));
     }
 }

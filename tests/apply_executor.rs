@@ -16,7 +16,10 @@ fn desired(users: &[(String, Vec<(&str, &str)>)]) -> Desired {
         users
             .iter()
             .map(|(user, pairs)| {
-                let attrs = pairs.iter().map(|(n, v)| (AttrName::new(n).unwrap(), AttrValue::new(v).unwrap())).collect();
+                let attrs = pairs
+                    .iter()
+                    .map(|(n, v)| (AttrName::new(n).unwrap(), AttrValue::new(v).unwrap()))
+                    .collect();
                 (UserId::new(user).unwrap(), Attrs::from_pairs(attrs))
             })
             .collect(),
@@ -29,17 +32,30 @@ async fn emulator(config: EmulatorConfig) -> RunningEmulator {
 }
 
 fn client(server: &RunningEmulator) -> Client {
-    Client::new(ClientConfig::new(server.base_url(), 1_400_000_000, "administrator", SecretKey::new(DEMO_SECRET_KEY))).unwrap()
+    Client::new(ClientConfig::new(
+        server.base_url(),
+        1_400_000_000,
+        "administrator",
+        SecretKey::new(DEMO_SECRET_KEY),
+    ))
+    .unwrap()
 }
 
 fn options() -> ApplyOptions {
-    ApplyOptions { batch_size: 100, in_flight: 4 }
+    ApplyOptions {
+        batch_size: 100,
+        in_flight: 4,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_attribute_batches_are_split_to_isolate_the_offending_users() {
     // The app knows sex and city only: users with a tier are refused with 90033.
-    let server = emulator(EmulatorConfig { attributes: vec!["sex".into(), "city".into()], ..EmulatorConfig::default() }).await;
+    let server = emulator(EmulatorConfig {
+        attributes: vec!["sex".into(), "city".into()],
+        ..EmulatorConfig::default()
+    })
+    .await;
     let users: Vec<(String, Vec<(&str, &str)>)> = (0..64)
         .map(|i| {
             let mut attrs = vec![("sex", "female"), ("city", "Rome")];
@@ -53,14 +69,38 @@ async fn invalid_attribute_batches_are_split_to_isolate_the_offending_users() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), 1_400_000_000, &Holder::default()).unwrap());
     let snapshot = Snapshot::default();
-    let plan = plan::plan(&desired, &snapshot, PlanOptions { sdkappid: 1_400_000_000, prune: false });
+    let plan = plan::plan(
+        &desired,
+        &snapshot,
+        PlanOptions {
+            sdkappid: 1_400_000_000,
+            prune: false,
+        },
+    );
 
-    let report = apply::execute(&plan, &snapshot, &client(&server), &store, options(), &StopSignal::new(), &|_| {}).await;
+    let report = apply::execute(
+        &plan,
+        &snapshot,
+        &client(&server),
+        &store,
+        options(),
+        &StopSignal::new(),
+        &|_| {},
+    )
+    .await;
 
-    let failed: Vec<(&str, Option<u32>)> = report.failed.iter().map(|f| (f.user.as_str(), f.code)).collect();
+    let failed: Vec<(&str, Option<u32>)> = report
+        .failed
+        .iter()
+        .map(|f| (f.user.as_str(), f.code))
+        .collect();
     assert_eq!(failed, [("u05", Some(90033)), ("u41", Some(90033))]);
     assert_eq!(report.created, 62);
-    assert!(report.error.is_none(), "90033 is not fatal for the run: {:?}", report.error);
+    assert!(
+        report.error.is_none(),
+        "90033 is not fatal for the run: {:?}",
+        report.error
+    );
     // Bisection costs about 1 + 2·k·log2(n) calls for k invalid users among n: 25 here, far
     // fewer than one call per user.
     assert!(report.calls <= 1 + 2 * 2 * 6, "{} calls", report.calls);
@@ -79,34 +119,74 @@ async fn an_expired_usersig_is_renewed_once_then_the_run_stops() {
         ..EmulatorConfig::default()
     })
     .await;
-    let users: Vec<(String, Vec<(&str, &str)>)> = (0..250).map(|i| (format!("u{i:03}"), vec![("sex", "male")])).collect();
+    let users: Vec<(String, Vec<(&str, &str)>)> = (0..250)
+        .map(|i| (format!("u{i:03}"), vec![("sex", "male")]))
+        .collect();
     let desired = desired(&users);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), 1_400_000_000, &Holder::default()).unwrap());
     let snapshot = Snapshot::default();
     let plan = plan::plan(&desired, &snapshot, PlanOptions::default());
 
-    let report = apply::execute(&plan, &snapshot, &client(&server), &store, ApplyOptions { batch_size: 100, in_flight: 1 }, &StopSignal::new(), &|_| {}).await;
+    let report = apply::execute(
+        &plan,
+        &snapshot,
+        &client(&server),
+        &store,
+        ApplyOptions {
+            batch_size: 100,
+            in_flight: 1,
+        },
+        &StopSignal::new(),
+        &|_| {},
+    )
+    .await;
 
     assert_eq!(report.calls, 2, "one call, one re-signed retry, then stop");
     assert_eq!(report.retries, 1);
-    assert!(report.error.as_deref().unwrap_or_default().contains("70001"), "{:?}", report.error);
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("70001"),
+        "{:?}",
+        report.error
+    );
     assert_eq!(report.failed.len(), 100, "the batch that failed");
-    assert_eq!(report.skipped, 150, "the batches never dispatched after the fatal error");
+    assert_eq!(
+        report.skipped, 150,
+        "the batches never dispatched after the fatal error"
+    );
     assert!(store.load().unwrap().users.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_before_the_start_sends_nothing() {
-    let server = emulator(EmulatorConfig { attributes: vec!["sex".into()], ..EmulatorConfig::default() }).await;
-    let users: Vec<(String, Vec<(&str, &str)>)> = (0..10).map(|i| (format!("u{i}"), vec![("sex", "male")])).collect();
+    let server = emulator(EmulatorConfig {
+        attributes: vec!["sex".into()],
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let users: Vec<(String, Vec<(&str, &str)>)> = (0..10)
+        .map(|i| (format!("u{i}"), vec![("sex", "male")]))
+        .collect();
     let desired = desired(&users);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), 1_400_000_000, &Holder::default()).unwrap());
     let plan = plan::plan(&desired, &Snapshot::default(), PlanOptions::default());
     let stop = StopSignal::new();
     stop.stop();
-    let report = apply::execute(&plan, &Snapshot::default(), &client(&server), &store, options(), &stop, &|_| {}).await;
+    let report = apply::execute(
+        &plan,
+        &Snapshot::default(),
+        &client(&server),
+        &store,
+        options(),
+        &stop,
+        &|_| {},
+    )
+    .await;
     assert_eq!((report.calls, report.skipped, report.applied()), (0, 10, 0));
     assert!(report.interrupted);
     assert_eq!(server.state().calls["set_attr"].total, 0);

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use attrsync::emulator::{Emulator, EmulatorConfig, FailMode, RunningEmulator, StateReport, DEMO_SECRET_KEY};
+use attrsync::emulator::{
+    Emulator, EmulatorConfig, FailMode, RunningEmulator, StateReport, DEMO_SECRET_KEY,
+};
 use common::{Output, Repo};
 
 /// An emulator running in this test process, on its own runtime.
@@ -18,13 +20,25 @@ struct Server {
 
 impl Server {
     fn start(config: EmulatorConfig) -> Server {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let emulator = runtime.block_on(Emulator::start(config, "127.0.0.1:0")).expect("start the emulator");
-        Server { runtime, emulator: Some(emulator) }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let emulator = runtime
+            .block_on(Emulator::start(config, "127.0.0.1:0"))
+            .expect("start the emulator");
+        Server {
+            runtime,
+            emulator: Some(emulator),
+        }
     }
 
     fn default() -> Server {
-        Server::start(EmulatorConfig { attributes: vec!["sex".into(), "city".into(), "tier".into()], ..EmulatorConfig::default() })
+        Server::start(EmulatorConfig {
+            attributes: vec!["sex".into(), "city".into(), "tier".into()],
+            ..EmulatorConfig::default()
+        })
     }
 
     fn url(&self) -> String {
@@ -88,14 +102,22 @@ fn snapshot(repo: &Repo) -> BTreeMap<String, BTreeMap<String, String>> {
         .lines()
         .map(|line| {
             let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            let attrs = value["attrs"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect();
+            let attrs = value["attrs"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
             (value["user"].as_str().unwrap().to_owned(), attrs)
         })
         .collect()
 }
 
 fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// Asserts the invariant: every user the snapshot records has those attributes on the server.
@@ -105,7 +127,11 @@ fn assert_snapshot_is_accepted(repo: &Repo, server: &Server) {
     for (user, recorded) in snapshot(repo) {
         let on_server = live.get(&user).cloned().unwrap_or_default();
         for (name, value) in &recorded {
-            assert_eq!(on_server.get(name), Some(value), "the snapshot claims {user}.{name}={value} but the server has {on_server:?}");
+            assert_eq!(
+                on_server.get(name),
+                Some(value),
+                "the snapshot claims {user}.{name}={value} but the server has {on_server:?}"
+            );
         }
     }
 }
@@ -114,7 +140,11 @@ fn assert_snapshot_is_accepted(repo: &Repo, server: &Server) {
 fn many_users(count: usize) -> String {
     let mut text = String::from("users:\n");
     for i in 0..count {
-        text.push_str(&format!("  u{i:05}: {{sex: {}, city: C{}}}\n", if i % 2 == 0 { "female" } else { "male" }, i % 7));
+        text.push_str(&format!(
+            "  u{i:05}: {{sex: {}, city: C{}}}\n",
+            if i % 2 == 0 { "female" } else { "male" },
+            i % 7
+        ));
     }
     text
 }
@@ -127,17 +157,37 @@ fn first_apply_creates_everyone_and_the_second_sends_nothing() {
     let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
     let out = apply(&repo, &[]);
     out.success();
-    assert!(out.stdout.contains("Plan: 2 to create, 0 to update, 0 to delete."), "{}", out.stdout);
-    assert!(out.stdout.contains("Apply complete: 2 created, 0 updated, 0 deleted, 0 failed."), "{}", out.stdout);
-    assert_eq!(server.users()["Mary"], attrs(&[("sex", "female"), ("city", "NewYork"), ("tier", "gold")]));
-    assert_eq!(server.users()["xiaoming"], attrs(&[("sex", "male"), ("city", "ShenZhen")]));
+    assert!(
+        out.stdout
+            .contains("Plan: 2 to create, 0 to update, 0 to delete."),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("Apply complete: 2 created, 0 updated, 0 deleted, 0 failed."),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        server.users()["Mary"],
+        attrs(&[("sex", "female"), ("city", "NewYork"), ("tier", "gold")])
+    );
+    assert_eq!(
+        server.users()["xiaoming"],
+        attrs(&[("sex", "male"), ("city", "ShenZhen")])
+    );
     assert_eq!(snapshot(&repo), server.users());
 
     let calls = server.calls("set_attr") + server.calls("remove_attr");
     let again = apply(&repo, &[]);
     again.success();
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
-    assert_eq!(server.calls("set_attr") + server.calls("remove_attr"), calls, "a no-change apply sends nothing");
+    assert_eq!(
+        server.calls("set_attr") + server.calls("remove_attr"),
+        calls,
+        "a no-change apply sends nothing"
+    );
 }
 
 #[test]
@@ -146,10 +196,20 @@ fn one_edited_attribute_is_one_call_carrying_one_user() {
     let repo = config_repo(&server, "", &[("users/a.yaml", &many_users(250))]);
     apply(&repo, &[]).success();
     assert_eq!(server.calls("set_attr"), 3, "250 users in batches of 100");
-    repo.write("users/a.yaml", many_users(250).replace("u00123: {sex: male, city: C4}", "u00123: {sex: male, city: Paris}"));
+    repo.write(
+        "users/a.yaml",
+        many_users(250).replace(
+            "u00123: {sex: male, city: C4}",
+            "u00123: {sex: male, city: Paris}",
+        ),
+    );
     let out = apply(&repo, &[]);
     out.success();
-    assert!(out.stdout.contains("~ city: \"C4\" → \"Paris\""), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("~ city: \"C4\" → \"Paris\""),
+        "{}",
+        out.stdout
+    );
     let state = server.state();
     let last = state.log.last().unwrap();
     assert_eq!((last.endpoint.as_str(), last.accounts), ("set_attr", 1));
@@ -167,9 +227,19 @@ fn a_removed_attribute_is_sent_with_remove_attr() {
     out.success();
     assert!(out.stdout.contains("- tier: \"gold\""), "{}", out.stdout);
     assert_eq!(server.calls("remove_attr"), 1);
-    assert_eq!(server.calls("set_attr"), 1, "nothing to set: only the removal is sent");
-    assert_eq!(server.users()["Mary"], attrs(&[("sex", "female"), ("city", "NewYork")]));
-    assert_eq!(snapshot(&repo)["Mary"], attrs(&[("sex", "female"), ("city", "NewYork")]));
+    assert_eq!(
+        server.calls("set_attr"),
+        1,
+        "nothing to set: only the removal is sent"
+    );
+    assert_eq!(
+        server.users()["Mary"],
+        attrs(&[("sex", "female"), ("city", "NewYork")])
+    );
+    assert_eq!(
+        snapshot(&repo)["Mary"],
+        attrs(&[("sex", "female"), ("city", "NewYork")])
+    );
 }
 
 #[test]
@@ -177,33 +247,65 @@ fn a_removed_user_is_orphaned_then_pruned() {
     let server = Server::default();
     let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
     apply(&repo, &[]).success();
-    repo.write("users/a.yaml", "users:\n  Mary: {sex: female, city: NewYork, tier: gold}\n");
+    repo.write(
+        "users/a.yaml",
+        "users:\n  Mary: {sex: female, city: NewYork, tier: gold}\n",
+    );
 
     let out = apply(&repo, &[]);
     out.success();
-    assert!(out.stdout.contains("? xiaoming is orphaned"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("? xiaoming is orphaned"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("No changes."), "{}", out.stdout);
-    assert_eq!(server.calls("remove_attr"), 0, "without prune an orphan is left alone");
+    assert_eq!(
+        server.calls("remove_attr"),
+        0,
+        "without prune an orphan is left alone"
+    );
     assert!(server.users().contains_key("xiaoming"));
 
     let out = apply(&repo, &["--prune"]);
     out.success();
-    assert!(out.stdout.contains("- xiaoming will be deleted"), "{}", out.stdout);
-    assert!(out.stdout.contains("0 created, 0 updated, 1 deleted"), "{}", out.stdout);
-    assert!(!server.users().contains_key("xiaoming"), "{:?}", server.users());
+    assert!(
+        out.stdout.contains("- xiaoming will be deleted"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("0 created, 0 updated, 1 deleted"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !server.users().contains_key("xiaoming"),
+        "{:?}",
+        server.users()
+    );
     assert!(!snapshot(&repo).contains_key("xiaoming"));
 }
 
 #[test]
 fn a_mass_delete_is_refused_unless_allowed() {
     let server = Server::default();
-    let repo = config_repo(&server, "max_deletes: 2\n", &[("users/a.yaml", &many_users(5)), ("users/b.yaml", MARY)]);
+    let repo = config_repo(
+        &server,
+        "max_deletes: 2\n",
+        &[("users/a.yaml", &many_users(5)), ("users/b.yaml", MARY)],
+    );
     apply(&repo, &[]).success();
     repo.remove("users/a.yaml");
     let before = server.calls("remove_attr");
     let out = apply(&repo, &["--prune"]);
     out.expect_code(1);
-    assert!(out.stderr.contains("the plan deletes 5 users, more than max_deletes (2)"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the plan deletes 5 users, more than max_deletes (2)"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("--allow-mass-delete"), "{}", out.stderr);
     assert_eq!(server.calls("remove_attr"), before, "nothing was sent");
     assert_eq!(snapshot(&repo).len(), 7);
@@ -220,7 +322,12 @@ fn an_emptied_config_is_refused_unless_allowed() {
     repo.remove("users/a.yaml");
     let out = apply(&repo, &[]);
     out.expect_code(1);
-    assert!(out.stderr.contains("declares no users but the snapshot holds 2"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("declares no users but the snapshot holds 2"),
+        "{}",
+        out.stderr
+    );
     apply(&repo, &["--allow-empty"]).success();
     assert!(server.users().is_empty());
 }
@@ -234,14 +341,26 @@ fn twenty_percent_faults_converge() {
         seed: 7,
         ..EmulatorConfig::default()
     });
-    let repo = config_repo(&server, "batch_size: 20\n", &[("users/a.yaml", &many_users(600))]);
+    let repo = config_repo(
+        &server,
+        "batch_size: 20\n",
+        &[("users/a.yaml", &many_users(600))],
+    );
     let out = apply(&repo, &[]);
     out.success();
     assert!(out.stdout.contains("600 created"), "{}", out.stdout);
     let state = server.state();
-    assert!(state.calls["set_attr"].injected > 0, "faults were injected: {:?}", state.calls["set_attr"]);
+    assert!(
+        state.calls["set_attr"].injected > 0,
+        "faults were injected: {:?}",
+        state.calls["set_attr"]
+    );
     assert_eq!(state.users.len(), 600);
-    assert_eq!(snapshot(&repo), state.users, "the snapshot equals the server");
+    assert_eq!(
+        snapshot(&repo),
+        state.users,
+        "the snapshot equals the server"
+    );
     assert!(apply(&repo, &[]).success().stdout.contains("No changes."));
 }
 
@@ -252,13 +371,29 @@ fn users_in_the_error_list_are_reported_and_not_recorded() {
         unknown_users: vec!["ghost".into()],
         ..EmulatorConfig::default()
     });
-    let repo = config_repo(&server, "", &[("users/a.yaml", &format!("{MARY}  ghost: {{sex: male}}\n"))]);
+    let repo = config_repo(
+        &server,
+        "",
+        &[("users/a.yaml", &format!("{MARY}  ghost: {{sex: male}}\n"))],
+    );
     let out = apply(&repo, &[]);
     out.expect_code(1);
-    assert!(out.stdout.contains("Apply finished with errors: 2 created, 0 updated, 0 deleted, 1 failed."), "{}", out.stdout);
-    assert!(out.stdout.contains("- ghost: error 70107"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("Apply finished with errors: 2 created, 0 updated, 0 deleted, 1 failed."),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("- ghost: error 70107"),
+        "{}",
+        out.stdout
+    );
     let recorded = snapshot(&repo);
-    assert!(recorded.contains_key("Mary") && !recorded.contains_key("ghost"), "{recorded:?}");
+    assert!(
+        recorded.contains_key("Mary") && !recorded.contains_key("ghost"),
+        "{recorded:?}"
+    );
 
     let json = apply(&repo, &["--format", "json"]);
     json.expect_code(1);
@@ -270,18 +405,33 @@ fn users_in_the_error_list_are_reported_and_not_recorded() {
 
 #[test]
 fn a_missing_attribute_name_fails_preflight_before_any_write() {
-    let server = Server::start(EmulatorConfig { attributes: vec!["sex".into(), "city".into()], ..EmulatorConfig::default() });
+    let server = Server::start(EmulatorConfig {
+        attributes: vec!["sex".into(), "city".into()],
+        ..EmulatorConfig::default()
+    });
     let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
     let out = apply(&repo, &[]);
     out.expect_code(1);
-    assert!(out.stderr.contains("the app has no attribute named tier"), "{}", out.stderr);
-    assert!(out.stderr.contains("attrsync attributes push"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the app has no attribute named tier"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("attrsync attributes push"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(server.calls("set_attr"), 0);
 
     let push = run(&repo, &["attributes", "push", "--auto-approve"]);
     push.success();
     assert!(push.stdout.contains("+ slot 2: tier"), "{}", push.stdout);
-    assert_eq!(server.state().attr_names["0"], "sex", "existing slots are untouched");
+    assert_eq!(
+        server.state().attr_names["0"],
+        "sex",
+        "existing slots are untouched"
+    );
     apply(&repo, &[]).success();
     assert_eq!(server.users()["Mary"]["tier"], "gold");
 }
@@ -299,14 +449,28 @@ fn a_saved_plan_is_applied_exactly_and_refused_once_stale() {
     repo.write("users/a.yaml", MARY.replace("gold", "platinum"));
     let stale = run(&repo, &["apply", "second.json"]);
     stale.expect_code(1);
-    assert!(stale.stderr.contains("the saved plan is stale"), "{}", stale.stderr);
-    assert!(stale.stderr.contains("desired state changed"), "{}", stale.stderr);
+    assert!(
+        stale.stderr.contains("the saved plan is stale"),
+        "{}",
+        stale.stderr
+    );
+    assert!(
+        stale.stderr.contains("desired state changed"),
+        "{}",
+        stale.stderr
+    );
 
     run(&repo, &["plan", "--out", "third.json"]).success();
     apply(&repo, &[]).success();
     let moved = run(&repo, &["apply", "third.json"]);
     moved.expect_code(1);
-    assert!(moved.stderr.contains("the snapshot moved from serial 1 to 2"), "{}", moved.stderr);
+    assert!(
+        moved
+            .stderr
+            .contains("the snapshot moved from serial 1 to 2"),
+        "{}",
+        moved.stderr
+    );
 }
 
 #[test]
@@ -315,7 +479,11 @@ fn apply_without_a_terminal_needs_auto_approve() {
     let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
     let out = run(&repo, &["apply"]);
     out.expect_code(1);
-    assert!(out.stderr.contains("stdin is not a terminal"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("stdin is not a terminal"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(server.calls("set_attr"), 0);
 }
 
@@ -325,19 +493,42 @@ fn refresh_shows_drift_and_plans_against_live_values() {
     let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
     apply(&repo, &[]).success();
     // Someone changes Mary on the server behind attrsync's back.
-    let client_repo = config_repo(&server, "", &[("users/a.yaml", "users:\n  Mary: {city: Paris}\n")]);
+    let client_repo = config_repo(
+        &server,
+        "",
+        &[("users/a.yaml", "users:\n  Mary: {city: Paris}\n")],
+    );
     apply(&client_repo, &[]).success();
 
     let plain = run(&repo, &["plan"]);
-    assert!(plain.stdout.contains("No changes."), "without --refresh the snapshot is trusted");
+    assert!(
+        plain.stdout.contains("No changes."),
+        "without --refresh the snapshot is trusted"
+    );
     let out = run(&repo, &["plan", "--refresh"]);
     out.success();
-    assert!(out.stdout.contains("1 user changed outside attrsync"), "{}", out.stdout);
-    assert!(out.stdout.contains("~ city: \"NewYork\" → \"Paris\""), "{}", out.stdout);
-    assert!(out.stdout.contains("Plan: 0 to create, 1 to update, 0 to delete."), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("1 user changed outside attrsync"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("~ city: \"NewYork\" → \"Paris\""),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("Plan: 0 to create, 1 to update, 0 to delete."),
+        "{}",
+        out.stdout
+    );
     let json = run(&repo, &["plan", "--refresh", "--format", "json"]).json();
     assert_eq!(json["drift"][0]["user"], "Mary");
-    assert_eq!(json["drift"][0]["attrs"]["city"], serde_json::json!({"snapshot": "NewYork", "live": "Paris"}));
+    assert_eq!(
+        json["drift"][0]["attrs"]["city"],
+        serde_json::json!({"snapshot": "NewYork", "live": "Paris"})
+    );
 }
 
 #[test]
@@ -357,7 +548,11 @@ fn import_seeds_the_snapshot_from_the_server() {
 /// set_attr calls, so a signal lands mid-apply.
 fn start_slow_apply(repo: &Repo, server: &Server, calls: u64) -> std::process::Child {
     let mut command: Command = repo.command(&["apply", "--auto-approve"]);
-    command.env("TIM_SECRET_KEY", DEMO_SECRET_KEY).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .env("TIM_SECRET_KEY", DEMO_SECRET_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let child = command.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while server.calls("set_attr") < calls {
@@ -369,7 +564,11 @@ fn start_slow_apply(repo: &Repo, server: &Server, calls: u64) -> std::process::C
 
 fn slow_repo(server: &Server) -> Repo {
     // 5 calls a second and 10 users a call: 400 users take about 8 s.
-    config_repo(server, "rate_limit: 5\nbatch_size: 10\n", &[("users/a.yaml", &many_users(400))])
+    config_repo(
+        server,
+        "rate_limit: 5\nbatch_size: 10\n",
+        &[("users/a.yaml", &many_users(400))],
+    )
 }
 
 #[test]
@@ -377,15 +576,31 @@ fn sigterm_mid_apply_finishes_in_flight_batches_and_exits_143() {
     let server = Server::default();
     let repo = slow_repo(&server);
     let child = start_slow_apply(&repo, &server, 3);
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("Apply interrupted"), "{stdout}");
     assert!(stdout.contains("not attempted"), "{stdout}");
     let recorded = snapshot(&repo);
-    assert!(!recorded.is_empty() && recorded.len() < 400, "{} recorded", recorded.len());
-    assert_eq!(recorded, server.users(), "every accepted batch was recorded, nothing else");
+    assert!(
+        !recorded.is_empty() && recorded.len() < 400,
+        "{} recorded",
+        recorded.len()
+    );
+    assert_eq!(
+        recorded,
+        server.users(),
+        "every accepted batch was recorded, nothing else"
+    );
 }
 
 #[test]
@@ -399,12 +614,19 @@ fn kill_9_mid_apply_then_apply_again_converges() {
     let before = server.calls("set_attr");
     let recorded = snapshot(&repo).len() as u64;
     // Speed up the rest: the resumed apply sends only what is missing.
-    repo.write("attrsync.yaml", repo.read("attrsync.yaml").replace("rate_limit: 5", "rate_limit: 100"));
+    repo.write(
+        "attrsync.yaml",
+        repo.read("attrsync.yaml")
+            .replace("rate_limit: 5", "rate_limit: 100"),
+    );
     let out = apply(&repo, &[]);
     out.success();
     let resent = server.calls("set_attr") - before;
     let missing = (400 - recorded).div_ceil(10);
-    assert!(resent <= missing + 16, "resent {resent} calls for {missing} missing batches");
+    assert!(
+        resent <= missing + 16,
+        "resent {resent} calls for {missing} missing batches"
+    );
     assert_eq!(snapshot(&repo), server.users());
     assert_eq!(server.users().len(), 400);
 }

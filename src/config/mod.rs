@@ -34,11 +34,21 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     fn at(file: &Path, problem: Problem) -> Self {
-        Self { file: file.to_owned(), pos: Some(problem.pos), message: problem.message, hint: problem.hint }
+        Self {
+            file: file.to_owned(),
+            pos: Some(problem.pos),
+            message: problem.message,
+            hint: problem.hint,
+        }
     }
 
     fn whole(file: &Path, message: impl Into<String>, hint: Option<String>) -> Self {
-        Self { file: file.to_owned(), pos: None, message: message.into(), hint }
+        Self {
+            file: file.to_owned(),
+            pos: None,
+            message: message.into(),
+            hint,
+        }
     }
 
     /// `file:line:column`, or just `file`.
@@ -111,7 +121,10 @@ pub struct ParseCache {
 impl ParseCache {
     /// A cache that keeps parsed files across loads.
     pub fn retaining() -> Self {
-        Self { retain: true, ..Self::default() }
+        Self {
+            retain: true,
+            ..Self::default()
+        }
     }
 
     fn get(&self, key: &[u8; 32]) -> Option<Arc<ParsedFile>> {
@@ -123,7 +136,11 @@ impl ParseCache {
 ///
 /// `state_override` replaces `state_dir` (the `--state` flag). All problems are collected;
 /// nothing is returned unless the whole repository is valid.
-pub fn load(dir: &Path, state_override: Option<&Path>, cache: &mut ParseCache) -> Result<Config, Diagnostics> {
+pub fn load(
+    dir: &Path,
+    state_override: Option<&Path>,
+    cache: &mut ParseCache,
+) -> Result<Config, Diagnostics> {
     let settings_path = dir.join(SETTINGS_FILE);
     let shown_settings = display_path(dir, &settings_path);
     let mut diagnostics = Vec::new();
@@ -135,7 +152,11 @@ pub fn load(dir: &Path, state_override: Option<&Path>, cache: &mut ParseCache) -
             match parsed.settings {
                 Ok(settings) => Some(settings),
                 Err(problems) => {
-                    diagnostics.extend(problems.into_iter().map(|p| Diagnostic::at(&shown_settings, p)));
+                    diagnostics.extend(
+                        problems
+                            .into_iter()
+                            .map(|p| Diagnostic::at(&shown_settings, p)),
+                    );
                     None
                 }
             }
@@ -152,11 +173,19 @@ pub fn load(dir: &Path, state_override: Option<&Path>, cache: &mut ParseCache) -
             None
         }
     };
-    let users_dir = settings.as_ref().map_or_else(|| dir.join("users"), |s| s.users_dir.clone());
+    let users_dir = settings
+        .as_ref()
+        .map_or_else(|| dir.join("users"), |s| s.users_dir.clone());
 
     let mut files = Vec::new();
     if users_dir.is_dir() {
-        collect_files(&users_dir, &mut files, &mut HashSet::new(), &mut diagnostics, dir);
+        collect_files(
+            &users_dir,
+            &mut files,
+            &mut HashSet::new(),
+            &mut diagnostics,
+            dir,
+        );
         files.sort();
     } else if settings.is_some() {
         diagnostics.push(Diagnostic::whole(
@@ -178,10 +207,19 @@ pub fn load(dir: &Path, state_override: Option<&Path>, cache: &mut ParseCache) -
         let shown = display_path(dir, path);
         match result {
             Ok(file) => {
-                diagnostics.extend(file.problems.iter().cloned().map(|p| Diagnostic::at(&shown, p)));
+                diagnostics.extend(
+                    file.problems
+                        .iter()
+                        .cloned()
+                        .map(|p| Diagnostic::at(&shown, p)),
+                );
                 match Arc::try_unwrap(file) {
-                    Ok(owned) => declared.extend(owned.users.into_iter().map(|u| (u, index as u32))),
-                    Err(shared) => declared.extend(shared.users.iter().cloned().map(|u| (u, index as u32))),
+                    Ok(owned) => {
+                        declared.extend(owned.users.into_iter().map(|u| (u, index as u32)))
+                    }
+                    Err(shared) => {
+                        declared.extend(shared.users.iter().cloned().map(|u| (u, index as u32)))
+                    }
                 }
             }
             Err(diagnostic) => diagnostics.push(diagnostic.into_diagnostic(&shown)),
@@ -197,7 +235,11 @@ pub fn load(dir: &Path, state_override: Option<&Path>, cache: &mut ParseCache) -
             let second_path = display_path(dir, &files[*second_file as usize]);
             diagnostics.push(Diagnostic::at(
                 &second_path,
-                Problem::new(second.pos, format!("user `{}` is declared twice", second.id)).hint(format!(
+                Problem::new(
+                    second.pos,
+                    format!("user `{}` is declared twice", second.id),
+                )
+                .hint(format!(
                     "it is also declared at {}:{}:{}; keep one declaration",
                     first_path.display(),
                     first.pos.line,
@@ -211,13 +253,19 @@ pub fn load(dir: &Path, state_override: Option<&Path>, cache: &mut ParseCache) -
         return Err(Diagnostics(diagnostics));
     }
     let settings = settings.expect("no diagnostics means the settings parsed");
-    let entries: Vec<(UserId, Attrs)> = declared.into_iter().map(|(u, _)| (u.id, u.attrs)).collect();
+    let entries: Vec<(UserId, Attrs)> =
+        declared.into_iter().map(|(u, _)| (u.id, u.attrs)).collect();
     let desired = UserMap::from_sorted(entries).expect("sorted and checked for duplicates above");
     let mut settings = settings;
     if let Some(state) = state_override {
         settings.state_dir = state.to_owned();
     }
-    Ok(Config { root: dir.to_owned(), settings, desired, files: files.len() })
+    Ok(Config {
+        root: dir.to_owned(),
+        settings,
+        desired,
+        files: files.len(),
+    })
 }
 
 enum ReadError {
@@ -229,11 +277,20 @@ enum ReadError {
 impl ReadError {
     fn into_diagnostic(self, shown: &Path) -> Diagnostic {
         match self {
-            ReadError::Missing => Diagnostic::whole(shown, "the file disappeared while reading", Some("run again".to_owned())),
-            ReadError::Io(err) => Diagnostic::whole(shown, format!("cannot read the file: {err}"), Some("check its permissions".to_owned())),
+            ReadError::Missing => Diagnostic::whole(
+                shown,
+                "the file disappeared while reading",
+                Some("run again".to_owned()),
+            ),
+            ReadError::Io(err) => Diagnostic::whole(
+                shown,
+                format!("cannot read the file: {err}"),
+                Some("check its permissions".to_owned()),
+            ),
             ReadError::NotUtf8 { line, column } => Diagnostic::at(
                 shown,
-                Problem::new(Pos { line, column }, "the file is not valid UTF-8").hint("save it as UTF-8"),
+                Problem::new(Pos { line, column }, "the file is not valid UTF-8")
+                    .hint("save it as UTF-8"),
             ),
         }
     }
@@ -255,23 +312,41 @@ fn to_text(bytes: Vec<u8>) -> Result<String, ReadError> {
         let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
         let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
-        let column = String::from_utf8_lossy(&valid[line_start..]).chars().count() + 1;
-        ReadError::NotUtf8 { line: line as u32, column: column as u32 }
+        let column = String::from_utf8_lossy(&valid[line_start..])
+            .chars()
+            .count()
+            + 1;
+        ReadError::NotUtf8 {
+            line: line as u32,
+            column: column as u32,
+        }
     })
 }
 
 /// Finds `*.yaml` and `*.yml` below `dir`, skipping hidden entries (editor swap and lock files)
 /// and directories already visited (a symlink loop ends here).
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut HashSet<(u64, u64)>, diagnostics: &mut Vec<Diagnostic>, root: &Path) {
+fn collect_files(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    visited: &mut HashSet<(u64, u64)>,
+    diagnostics: &mut Vec<Diagnostic>,
+    root: &Path,
+) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(dir) else { return };
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
     if !visited.insert((meta.dev(), meta.ino())) {
         return;
     }
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) => {
-            diagnostics.push(Diagnostic::whole(&display_path(root, dir), format!("cannot list the directory: {err}"), None));
+            diagnostics.push(Diagnostic::whole(
+                &display_path(root, dir),
+                format!("cannot list the directory: {err}"),
+                None,
+            ));
             return;
         }
     };
@@ -282,19 +357,32 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut HashSet<(u64,
             continue;
         }
         // Follows symlinks; a dangling link is neither a file nor a directory and is skipped.
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
         if meta.is_dir() {
             collect_files(&path, out, visited, diagnostics, root);
-        } else if meta.is_file() && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if meta.is_file()
+            && matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            )
+        {
             out.push(path);
         }
     }
 }
 
 /// Parses files on every core, reusing cached results for unchanged content.
-fn parse_files(files: &[PathBuf], attributes: Option<&[AttrName]>, cache: &mut ParseCache) -> Vec<Result<Arc<ParsedFile>, ReadError>> {
+fn parse_files(
+    files: &[PathBuf],
+    attributes: Option<&[AttrName]>,
+    cache: &mut ParseCache,
+) -> Vec<Result<Arc<ParsedFile>, ReadError>> {
     type Slot = Mutex<Option<Result<(Arc<ParsedFile>, [u8; 32], bool), ReadError>>>;
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len().max(1));
     let next = AtomicUsize::new(0);
     let slots: Vec<Slot> = files.iter().map(|_| Mutex::new(None)).collect();
     let cached = &*cache;
@@ -321,7 +409,10 @@ fn parse_files(files: &[PathBuf], attributes: Option<&[AttrName]>, cache: &mut P
     let results = slots
         .into_iter()
         .map(|slot| {
-            let outcome = slot.into_inner().expect("no worker panics").expect("every file was visited");
+            let outcome = slot
+                .into_inner()
+                .expect("no worker panics")
+                .expect("every file was visited");
             outcome.map(|(file, key, parsed)| {
                 cache.last_parsed += usize::from(parsed);
                 current.insert(key, Arc::clone(&file));
@@ -337,11 +428,15 @@ fn parse_files(files: &[PathBuf], attributes: Option<&[AttrName]>, cache: &mut P
 
 /// `path` relative to `root` when it is inside it, as users write paths in their repo.
 fn display_path(root: &Path, path: &Path) -> PathBuf {
-    path.strip_prefix(root).map_or_else(|_| path.to_owned(), Path::to_owned)
+    path.strip_prefix(root)
+        .map_or_else(|_| path.to_owned(), Path::to_owned)
 }
 
 /// The candidate closest to `word` by edit distance, when it is close enough to be a typo.
-pub(crate) fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .map(|c| (edit_distance(word, c), c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < c.len())
@@ -363,4 +458,5 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     row[b.len()]
 }
-#[cfg(test)] mod tests;
+#[cfg(test)]
+mod tests;

@@ -49,8 +49,18 @@ pub struct Settings {
 
 /// Every key `attrsync.yaml` may have, for messages and suggestions.
 const KEYS: [&str; 12] = [
-    "sdkappid", "identifier", "region", "endpoint", "secret_key_env", "attributes", "users_dir",
-    "state_dir", "prune", "max_deletes", "rate_limit", "batch_size",
+    "sdkappid",
+    "identifier",
+    "region",
+    "endpoint",
+    "secret_key_env",
+    "attributes",
+    "users_dir",
+    "state_dir",
+    "prune",
+    "max_deletes",
+    "rate_limit",
+    "batch_size",
 ];
 
 #[derive(Default)]
@@ -84,7 +94,10 @@ pub(super) struct Parsed {
 pub(super) fn parse(text: &str, root: &Path) -> Parsed {
     let mut raw = Raw::default();
     let settings = parse_into(text, root, &mut raw);
-    Parsed { settings, attributes: raw.attributes }
+    Parsed {
+        settings,
+        attributes: raw.attributes,
+    }
 }
 
 fn parse_into(text: &str, root: &Path, raw: &mut Raw) -> Result<Settings, Vec<Problem>> {
@@ -107,18 +120,36 @@ fn parse_into(text: &str, root: &Path, raw: &mut Raw) -> Result<Settings, Vec<Pr
     if read.is_err() {
         return Err(problems);
     }
-    let missing = |key: &str, hint: &str| Problem::new(Pos { line: 1, column: 1 }, format!("`{key}` is required in attrsync.yaml")).hint(hint.to_owned());
+    let missing = |key: &str, hint: &str| {
+        Problem::new(
+            Pos { line: 1, column: 1 },
+            format!("`{key}` is required in attrsync.yaml"),
+        )
+        .hint(hint.to_owned())
+    };
     let absent = |key: &str| !raw.written.iter().any(|k| k == key);
     if raw.sdkappid.is_none() && absent("sdkappid") {
-        problems.push(missing("sdkappid", "set it to your app's SDKAppID, e.g. `sdkappid: 1400000000`"));
+        problems.push(missing(
+            "sdkappid",
+            "set it to your app's SDKAppID, e.g. `sdkappid: 1400000000`",
+        ));
     }
     if raw.identifier.is_none() && absent("identifier") {
-        problems.push(missing("identifier", "set it to an App admin account, e.g. `identifier: administrator`"));
+        problems.push(missing(
+            "identifier",
+            "set it to an App admin account, e.g. `identifier: administrator`",
+        ));
     }
     if raw.attributes.is_none() && absent("attributes") {
-        problems.push(missing("attributes", "list the app's attribute names, e.g. `attributes: [sex, city]`"));
+        problems.push(missing(
+            "attributes",
+            "list the app's attribute names, e.g. `attributes: [sex, city]`",
+        ));
     }
-    let both = |pos| Problem::new(pos, "set either `region` or `endpoint`, not both").hint("`endpoint` replaces `region`: remove one of them");
+    let both = |pos| {
+        Problem::new(pos, "set either `region` or `endpoint`, not both")
+            .hint("`endpoint` replaces `region`: remove one of them")
+    };
     let target = match (raw.region, raw.endpoint.clone()) {
         (Some(_), Some((_, pos))) => {
             problems.push(both(pos));
@@ -131,7 +162,9 @@ fn parse_into(text: &str, root: &Path, raw: &mut Raw) -> Result<Settings, Vec<Pr
         }
         (Some((region, _)), None) => Some(Target::Region(region)),
         (None, Some((endpoint, _))) if endpoint == "embedded" => Some(Target::Embedded),
-        (None, Some((endpoint, _))) => Some(Target::Endpoint(endpoint.trim_end_matches('/').to_owned())),
+        (None, Some((endpoint, _))) => {
+            Some(Target::Endpoint(endpoint.trim_end_matches('/').to_owned()))
+        }
         (None, None) if raw.target_seen => None,
         (None, None) => {
             problems.push(missing("region", "set `region` (china, singapore, seoul, tokyo, frankfurt, silicon-valley, jakarta) or `endpoint`"));
@@ -145,7 +178,10 @@ fn parse_into(text: &str, root: &Path, raw: &mut Raw) -> Result<Settings, Vec<Pr
         sdkappid: raw.sdkappid.expect("checked"),
         identifier: raw.identifier.clone().expect("checked"),
         target: target.expect("checked"),
-        secret_key_env: raw.secret_key_env.clone().unwrap_or_else(|| "TIM_SECRET_KEY".to_owned()),
+        secret_key_env: raw
+            .secret_key_env
+            .clone()
+            .unwrap_or_else(|| "TIM_SECRET_KEY".to_owned()),
         attributes: raw.attributes.clone().expect("checked"),
         users_dir: root.join(raw.users_dir.as_deref().unwrap_or("users")),
         state_dir: root.join(raw.state_dir.as_deref().unwrap_or("state")),
@@ -156,7 +192,11 @@ fn parse_into(text: &str, root: &Path, raw: &mut Raw) -> Result<Settings, Vec<Pr
     })
 }
 
-fn read_setting<'a>(r: &mut Reader<'a>, key: Scalar<'a>, raw: &mut Raw) -> Result<(), super::yaml::Fatal> {
+fn read_setting<'a>(
+    r: &mut Reader<'a>,
+    key: Scalar<'a>,
+    raw: &mut Raw,
+) -> Result<(), super::yaml::Fatal> {
     match &*key.text {
         "sdkappid" => raw.sdkappid = number(r, "sdkappid", 1, u64::from(u32::MAX) * 4)?,
         "identifier" => raw.identifier = text(r, "identifier")?.map(|(s, _)| s),
@@ -167,7 +207,10 @@ fn read_setting<'a>(r: &mut Reader<'a>, key: Scalar<'a>, raw: &mut Raw) -> Resul
                     Some(region) => raw.region = Some((region, pos)),
                     None => {
                         let names: Vec<&str> = Region::ALL.iter().map(|(_, n, _)| *n).collect();
-                        r.problems.push(Problem::new(pos, format!("unknown region `{name}`")).hint(format!("use one of: {}", names.join(", "))));
+                        r.problems.push(
+                            Problem::new(pos, format!("unknown region `{name}`"))
+                                .hint(format!("use one of: {}", names.join(", "))),
+                        );
                     }
                 }
             }
@@ -187,11 +230,22 @@ fn read_setting<'a>(r: &mut Reader<'a>, key: Scalar<'a>, raw: &mut Raw) -> Resul
         "users_dir" => raw.users_dir = text(r, "users_dir")?.map(|(s, _)| s),
         "state_dir" => raw.state_dir = text(r, "state_dir")?.map(|(s, _)| s),
         "prune" => raw.prune = boolean(r, "prune")?,
-        "max_deletes" => raw.max_deletes = number(r, "max_deletes", 0, u64::MAX)?.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        "rate_limit" => raw.rate_limit = number(r, "rate_limit", 1, u64::from(MAX_RATE_LIMIT))?.map(|n| n as u32),
-        "batch_size" => raw.batch_size = number(r, "batch_size", 1, MAX_BATCH_SIZE as u64)?.map(|n| n as usize),
+        "max_deletes" => {
+            raw.max_deletes = number(r, "max_deletes", 0, u64::MAX)?
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        }
+        "rate_limit" => {
+            raw.rate_limit =
+                number(r, "rate_limit", 1, u64::from(MAX_RATE_LIMIT))?.map(|n| n as u32)
+        }
+        "batch_size" => {
+            raw.batch_size = number(r, "batch_size", 1, MAX_BATCH_SIZE as u64)?.map(|n| n as usize)
+        }
         other => {
-            let mut problem = Problem::new(key.pos, format!("unknown setting `{other}` in attrsync.yaml"));
+            let mut problem = Problem::new(
+                key.pos,
+                format!("unknown setting `{other}` in attrsync.yaml"),
+            );
             problem = match super::closest(other, KEYS.iter().copied()) {
                 Some(near) => problem.hint(format!("did you mean `{near}`?")),
                 None => problem.hint(format!("the settings are: {}", KEYS.join(", "))),
@@ -204,66 +258,120 @@ fn read_setting<'a>(r: &mut Reader<'a>, key: Scalar<'a>, raw: &mut Raw) -> Resul
 }
 
 fn text(r: &mut Reader<'_>, key: &str) -> Result<Option<(String, Pos)>, super::yaml::Fatal> {
-    let Some(s) = r.scalar(&|| format!("`{key}`"))? else { return Ok(None) };
+    let Some(s) = r.scalar(&|| format!("`{key}`"))? else {
+        return Ok(None);
+    };
     if s.plain && Resolved::of_plain(&s.text) == Resolved::Null || s.text.is_empty() {
-        r.problems.push(Problem::new(s.pos, format!("`{key}` is empty")));
+        r.problems
+            .push(Problem::new(s.pos, format!("`{key}` is empty")));
         return Ok(None);
     }
     Ok(Some((s.text.into_owned(), s.pos)))
 }
 
-fn number(r: &mut Reader<'_>, key: &str, min: u64, max: u64) -> Result<Option<u64>, super::yaml::Fatal> {
-    let Some(s) = r.scalar(&|| format!("`{key}`"))? else { return Ok(None) };
+fn number(
+    r: &mut Reader<'_>,
+    key: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, super::yaml::Fatal> {
+    let Some(s) = r.scalar(&|| format!("`{key}`"))? else {
+        return Ok(None);
+    };
     match s.text.parse::<u64>() {
         Ok(n) if s.plain && (min..=max).contains(&n) => Ok(Some(n)),
         Ok(_) if s.plain => {
-            r.problems.push(Problem::new(s.pos, format!("`{key}` is {}, it must be between {min} and {max}", s.text)));
+            r.problems.push(Problem::new(
+                s.pos,
+                format!("`{key}` is {}, it must be between {min} and {max}", s.text),
+            ));
             Ok(None)
         }
         _ => {
-            r.problems.push(Problem::new(s.pos, format!("`{key}` must be a whole number, found `{}`", s.text)).hint("write digits only, without quotes"));
+            r.problems.push(
+                Problem::new(
+                    s.pos,
+                    format!("`{key}` must be a whole number, found `{}`", s.text),
+                )
+                .hint("write digits only, without quotes"),
+            );
             Ok(None)
         }
     }
 }
 
 fn boolean(r: &mut Reader<'_>, key: &str) -> Result<Option<bool>, super::yaml::Fatal> {
-    let Some(s) = r.scalar(&|| format!("`{key}`"))? else { return Ok(None) };
+    let Some(s) = r.scalar(&|| format!("`{key}`"))? else {
+        return Ok(None);
+    };
     match (&*s.text, s.plain) {
         ("true", true) => Ok(Some(true)),
         ("false", true) => Ok(Some(false)),
         _ => {
-            r.problems.push(Problem::new(s.pos, format!("`{key}` must be true or false, found `{}`", s.text)).hint("write true or false, without quotes"));
+            r.problems.push(
+                Problem::new(
+                    s.pos,
+                    format!("`{key}` must be true or false, found `{}`", s.text),
+                )
+                .hint("write true or false, without quotes"),
+            );
             Ok(None)
         }
     }
 }
 
 fn attributes(r: &mut Reader<'_>) -> Result<Option<Vec<AttrName>>, super::yaml::Fatal> {
-    let Some(items) = r.scalar_list(&|| "`attributes`".to_owned())? else { return Ok(None) };
+    let Some(items) = r.scalar_list(&|| "`attributes`".to_owned())? else {
+        return Ok(None);
+    };
     let mut names: Vec<AttrName> = Vec::with_capacity(items.len());
     let mut ok = true;
     for item in &items {
         if item.plain && Resolved::of_plain(&item.text) != Resolved::Str {
-            r.problems.push(Problem::new(item.pos, format!("attribute name `{}` is read as {} by YAML tools", item.text, Resolved::of_plain(&item.text).describe())).hint(format!("quote it: \"{}\"", item.text)));
+            r.problems.push(
+                Problem::new(
+                    item.pos,
+                    format!(
+                        "attribute name `{}` is read as {} by YAML tools",
+                        item.text,
+                        Resolved::of_plain(&item.text).describe()
+                    ),
+                )
+                .hint(format!("quote it: \"{}\"", item.text)),
+            );
             ok = false;
             continue;
         }
         match AttrName::new(&item.text) {
             Ok(name) if names.contains(&name) => {
-                r.problems.push(Problem::new(item.pos, format!("attribute `{name}` is listed twice")).hint("list each name once"));
+                r.problems.push(
+                    Problem::new(item.pos, format!("attribute `{name}` is listed twice"))
+                        .hint("list each name once"),
+                );
                 ok = false;
             }
             Ok(name) => names.push(name),
             Err(e) => {
-                r.problems.push(Problem::new(item.pos, format!("attribute name `{}`: {e}", item.text)));
+                r.problems.push(Problem::new(
+                    item.pos,
+                    format!("attribute name `{}`: {e}", item.text),
+                ));
                 ok = false;
             }
         }
     }
     if items.len() > MAX_ATTRIBUTES {
         let pos = items[MAX_ATTRIBUTES].pos;
-        r.problems.push(Problem::new(pos, format!("`attributes` lists {} names, an app has at most {MAX_ATTRIBUTES}", items.len())).hint("remove the names the app does not use"));
+        r.problems.push(
+            Problem::new(
+                pos,
+                format!(
+                    "`attributes` lists {} names, an app has at most {MAX_ATTRIBUTES}",
+                    items.len()
+                ),
+            )
+            .hint("remove the names the app does not use"),
+        );
         ok = false;
     }
     Ok(ok.then_some(names))

@@ -38,11 +38,18 @@ pub fn parse(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
             let mut pairs = Vec::with_capacity(defaults.len() + own.len());
             pairs.extend(defaults.iter().cloned());
             pairs.extend(own);
-            DeclaredUser { id, attrs: Attrs::from_pairs(pairs), pos }
+            DeclaredUser {
+                id,
+                attrs: Attrs::from_pairs(pairs),
+                pos,
+            }
         })
         .collect();
     users.sort_by(|a, b| a.id.cmp(&b.id));
-    ParsedFile { users, problems: reader.problems }
+    ParsedFile {
+        users,
+        problems: reader.problems,
+    }
 }
 
 type Users = Vec<(UserId, Vec<(AttrName, AttrValue)>, Pos)>;
@@ -85,7 +92,12 @@ fn read_file<'a>(
     Ok(())
 }
 
-fn user<'a>(r: &mut Reader<'a>, key: Scalar<'a>, attributes: Option<&[AttrName]>, users: &mut Users) -> Result<(), Fatal> {
+fn user<'a>(
+    r: &mut Reader<'a>,
+    key: Scalar<'a>,
+    attributes: Option<&[AttrName]>,
+    users: &mut Users,
+) -> Result<(), Fatal> {
     let id = match user_id(&key) {
         Ok(id) => Some(id),
         Err(problem) => {
@@ -111,11 +123,19 @@ fn user_id(key: &Scalar<'_>) -> Result<UserId, Problem> {
     if key.plain {
         let resolved = Resolved::of_plain(&key.text);
         if !matches!(resolved, Resolved::Str | Resolved::CanonicalInt) {
-            return Err(Problem::new(key.pos, format!("user id `{}` is read as {} by YAML tools", key.text, resolved.describe()))
-                .hint(format!("quote it: \"{}\"", key.text)));
+            return Err(Problem::new(
+                key.pos,
+                format!(
+                    "user id `{}` is read as {} by YAML tools",
+                    key.text,
+                    resolved.describe()
+                ),
+            )
+            .hint(format!("quote it: \"{}\"", key.text)));
         }
     }
-    UserId::new(&key.text).map_err(|e| Problem::new(key.pos, format!("invalid user id {:?}: {e}", &*key.text)))
+    UserId::new(&key.text)
+        .map_err(|e| Problem::new(key.pos, format!("invalid user id {:?}: {e}", &*key.text)))
 }
 
 fn attribute<'a>(
@@ -128,11 +148,20 @@ fn attribute<'a>(
         Some(list) => match list.iter().find(|a| a.as_str() == name.text) {
             Some(found) => Some(found.clone()),
             None => {
-                let mut problem = Problem::new(name.pos, format!("unknown attribute `{}` in {}", name.text, owner()));
+                let mut problem = Problem::new(
+                    name.pos,
+                    format!("unknown attribute `{}` in {}", name.text, owner()),
+                );
                 let listed: Vec<&str> = list.iter().map(AttrName::as_str).collect();
                 problem = match super::closest(&name.text, listed.iter().copied()) {
-                    Some(near) => problem.hint(format!("did you mean `{near}`? attrsync.yaml lists: {}", listed.join(", "))),
-                    None => problem.hint(format!("attrsync.yaml lists: {}; add it to `attributes` if the app has it", listed.join(", "))),
+                    Some(near) => problem.hint(format!(
+                        "did you mean `{near}`? attrsync.yaml lists: {}",
+                        listed.join(", ")
+                    )),
+                    None => problem.hint(format!(
+                        "attrsync.yaml lists: {}; add it to `attributes` if the app has it",
+                        listed.join(", ")
+                    )),
                 };
                 r.problems.push(problem);
                 None
@@ -141,13 +170,23 @@ fn attribute<'a>(
         None => AttrName::new(&name.text).ok(),
     };
     let what = || format!("`{}` of {}", name.text, owner());
-    let Some(value) = r.scalar(&what)? else { return Ok(None) };
+    let Some(value) = r.scalar(&what)? else {
+        return Ok(None);
+    };
     if value.plain {
         let resolved = Resolved::of_plain(&value.text);
         if resolved != Resolved::Str {
             r.problems.push(
-                Problem::new(value.pos, format!("{} is `{}`, which YAML reads as {}, not a string", what(), value.text, resolved.describe()))
-                    .hint(format!("quote it: {}: \"{}\"", name.text, value.text)),
+                Problem::new(
+                    value.pos,
+                    format!(
+                        "{} is `{}`, which YAML reads as {}, not a string",
+                        what(),
+                        value.text,
+                        resolved.describe()
+                    ),
+                )
+                .hint(format!("quote it: {}: \"{}\"", name.text, value.text)),
             );
             return Ok(None);
         }
@@ -155,7 +194,8 @@ fn attribute<'a>(
     match AttrValue::new(&value.text) {
         Ok(v) => Ok(known.map(|k| (k, v))),
         Err(e) => {
-            r.problems.push(Problem::new(value.pos, format!("{}: {e}", what())));
+            r.problems
+                .push(Problem::new(value.pos, format!("{}: {e}", what())));
             Ok(None)
         }
     }

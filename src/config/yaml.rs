@@ -42,7 +42,11 @@ pub struct Problem {
 impl Problem {
     /// A problem at `pos`.
     pub fn new(pos: Pos, message: impl Into<String>) -> Self {
-        Self { pos, message: message.into(), hint: None }
+        Self {
+            pos,
+            message: message.into(),
+            hint: None,
+        }
     }
 
     /// The same problem with a hint.
@@ -94,8 +98,13 @@ impl Resolved {
         }
         let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
         if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-            let canonical = !s.starts_with('+') && (digits == "0" || !digits.starts_with('0')) && s != "-0";
-            return if canonical { Resolved::CanonicalInt } else { Resolved::Number };
+            let canonical =
+                !s.starts_with('+') && (digits == "0" || !digits.starts_with('0')) && s != "-0";
+            return if canonical {
+                Resolved::CanonicalInt
+            } else {
+                Resolved::Number
+            };
         }
         if looks_numeric(digits) {
             return Resolved::Number;
@@ -123,7 +132,10 @@ fn looks_numeric(s: &str) -> bool {
     if let Some(hex) = lower.strip_prefix("0x") {
         return !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit() || b == b'_');
     }
-    if let Some(oct) = lower.strip_prefix("0o").or_else(|| lower.strip_prefix("0b")) {
+    if let Some(oct) = lower
+        .strip_prefix("0o")
+        .or_else(|| lower.strip_prefix("0b"))
+    {
         return !oct.is_empty() && oct.bytes().all(|b| b.is_ascii_digit() || b == b'_');
     }
     let bytes = lower.as_bytes();
@@ -132,7 +144,12 @@ fn looks_numeric(s: &str) -> bool {
     }
     // Sexagesimal (YAML 1.1): 1:30, 190:20:30.
     if bytes.contains(&b':') {
-        return lower.split(':').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit() || b == b'_' || b == b'.'));
+        return lower.split(':').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b == b'_' || b == b'.')
+        });
     }
     // [digits][.digits][e[+-]digits] with optional underscores.
     let (mantissa, exponent) = match lower.split_once('e') {
@@ -141,9 +158,12 @@ fn looks_numeric(s: &str) -> bool {
     };
     let mantissa_ok = !mantissa.is_empty()
         && mantissa.bytes().filter(|&b| b == b'.').count() <= 1
-        && mantissa.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'_')
+        && mantissa
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'_')
         && mantissa.bytes().any(|b| b.is_ascii_digit());
-    let exponent_ok = exponent.is_none_or(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()));
+    let exponent_ok =
+        exponent.is_none_or(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()));
     mantissa_ok && exponent_ok
 }
 
@@ -176,7 +196,12 @@ type Step<T> = Result<T, Fatal>;
 impl<'a> Reader<'a> {
     /// A reader over `text`.
     pub fn new(text: &'a str) -> Self {
-        Self { events: Parser::new_from_str(text), peeked: None, last_pos: Pos { line: 1, column: 1 }, problems: Vec::new() }
+        Self {
+            events: Parser::new_from_str(text),
+            peeked: None,
+            last_pos: Pos { line: 1, column: 1 },
+            problems: Vec::new(),
+        }
     }
 
     fn next(&mut self) -> Step<(Event<'a>, Span)> {
@@ -193,13 +218,17 @@ impl<'a> Reader<'a> {
                     line: u32::try_from(err.marker().line()).unwrap_or(u32::MAX),
                     column: u32::try_from(err.marker().col() + 1).unwrap_or(u32::MAX),
                 };
-                self.problems.push(Problem::new(pos, format!("YAML syntax error: {}", err.info())).hint(
-                    "check indentation, unclosed quotes and brackets around this place",
-                ));
+                self.problems.push(
+                    Problem::new(pos, format!("YAML syntax error: {}", err.info()))
+                        .hint("check indentation, unclosed quotes and brackets around this place"),
+                );
                 Err(Fatal)
             }
             None => {
-                self.problems.push(Problem::new(self.last_pos, "unexpected end of the YAML stream"));
+                self.problems.push(Problem::new(
+                    self.last_pos,
+                    "unexpected end of the YAML stream",
+                ));
                 Err(Fatal)
             }
         }
@@ -297,13 +326,23 @@ impl<'a> Reader<'a> {
             match event {
                 Event::MappingEnd => return Ok(true),
                 Event::Scalar(text, style, _, tag) => {
-                    let key = Scalar { text, pos: Pos::of(&span), plain: style == ScalarStyle::Plain && tag.is_none() };
+                    let key = Scalar {
+                        text,
+                        pos: Pos::of(&span),
+                        plain: style == ScalarStyle::Plain && tag.is_none(),
+                    };
                     if track_duplicates {
                         if let Some((_, first)) = seen.iter().find(|(k, _)| *k == *key.text) {
                             let first = *first;
                             self.problems.push(
-                                Problem::new(key.pos, format!("duplicate key `{}` in {}", key.text, what()))
-                                    .hint(format!("it is first set at line {}; keep one of the two", first.line)),
+                                Problem::new(
+                                    key.pos,
+                                    format!("duplicate key `{}` in {}", key.text, what()),
+                                )
+                                .hint(format!(
+                                    "it is first set at line {}; keep one of the two",
+                                    first.line
+                                )),
                             );
                             let (value, _) = self.next()?;
                             self.skip_rest(&value)?;
@@ -315,7 +354,14 @@ impl<'a> Reader<'a> {
                 }
                 other => {
                     let pos = Pos::of(&span);
-                    self.problems.push(Problem::new(pos, format!("a key in {} must be a plain string, found {}", what(), describe(&other))));
+                    self.problems.push(Problem::new(
+                        pos,
+                        format!(
+                            "a key in {} must be a plain string, found {}",
+                            what(),
+                            describe(&other)
+                        ),
+                    ));
                     self.skip_rest(&other)?;
                     let (value, _) = self.next()?;
                     self.skip_rest(&value)?;
@@ -324,14 +370,25 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn not_a_mapping(&self, what: &dyn Fn() -> String, event: &Event<'a>, span: &Span) -> Option<Problem> {
+    fn not_a_mapping(
+        &self,
+        what: &dyn Fn() -> String,
+        event: &Event<'a>,
+        span: &Span,
+    ) -> Option<Problem> {
         let pos = Pos::of(span);
         Some(match event {
             Event::Alias(_) => alias_problem(pos),
-            Event::Scalar(text, ScalarStyle::Plain, _, None) if Resolved::of_plain(text) == Resolved::Null => {
-                Problem::new(pos, format!("{} is empty, expected a mapping", what())).hint("write `{}` for an empty mapping")
+            Event::Scalar(text, ScalarStyle::Plain, _, None)
+                if Resolved::of_plain(text) == Resolved::Null =>
+            {
+                Problem::new(pos, format!("{} is empty, expected a mapping", what()))
+                    .hint("write `{}` for an empty mapping")
             }
-            other => Problem::new(pos, format!("{} must be a mapping, found {}", what(), describe(other))),
+            other => Problem::new(
+                pos,
+                format!("{} must be a mapping, found {}", what(), describe(other)),
+            ),
         })
     }
 
@@ -342,17 +399,35 @@ impl<'a> Reader<'a> {
             Event::Scalar(text, style, _, tag) => {
                 let pos = Pos::of(&span);
                 match tag {
-                    None => Ok(Some(Scalar { text, pos, plain: style == ScalarStyle::Plain })),
+                    None => Ok(Some(Scalar {
+                        text,
+                        pos,
+                        plain: style == ScalarStyle::Plain,
+                    })),
                     // `!!str NO` is an explicit string: as good as quotes.
                     Some(tag) if tag.is_yaml_core_schema() && tag.suffix == "str" => {
-                        Ok(Some(Scalar { text, pos, plain: false }))
+                        Ok(Some(Scalar {
+                            text,
+                            pos,
+                            plain: false,
+                        }))
                     }
                     Some(tag) => {
                         // The parser expands `!!int` to its full handle; name it as written.
-                        let tag = if tag.is_yaml_core_schema() { format!("!!{}", tag.suffix) } else { tag.to_string() };
+                        let tag = if tag.is_yaml_core_schema() {
+                            format!("!!{}", tag.suffix)
+                        } else {
+                            tag.to_string()
+                        };
                         self.problems.push(
-                            Problem::new(pos, format!("{} has the tag `{tag}`, which attrsync does not use", what()))
-                                .hint("remove the tag and quote the value"),
+                            Problem::new(
+                                pos,
+                                format!(
+                                    "{} has the tag `{tag}`, which attrsync does not use",
+                                    what()
+                                ),
+                            )
+                            .hint("remove the tag and quote the value"),
                         );
                         Ok(None)
                     }
@@ -363,7 +438,14 @@ impl<'a> Reader<'a> {
                 Ok(None)
             }
             other => {
-                self.problems.push(Problem::new(Pos::of(&span), format!("{} must be a single value, found {}", what(), describe(&other))));
+                self.problems.push(Problem::new(
+                    Pos::of(&span),
+                    format!(
+                        "{} must be a single value, found {}",
+                        what(),
+                        describe(&other)
+                    ),
+                ));
                 self.skip_rest(&other)?;
                 Ok(None)
             }
@@ -375,8 +457,11 @@ impl<'a> Reader<'a> {
         let (event, span) = self.next()?;
         if !matches!(event, Event::SequenceStart(..)) {
             self.problems.push(
-                Problem::new(Pos::of(&span), format!("{} must be a list, found {}", what(), describe(&event)))
-                    .hint("write it as [a, b] or as lines starting with `- `"),
+                Problem::new(
+                    Pos::of(&span),
+                    format!("{} must be a list, found {}", what(), describe(&event)),
+                )
+                .hint("write it as [a, b] or as lines starting with `- `"),
             );
             self.skip_rest(&event)?;
             return Ok(None);
@@ -417,13 +502,17 @@ mod tests {
         for s in ["", "~", "null", "NULL"] {
             assert_eq!(Resolved::of_plain(s), Resolved::Null, "{s}");
         }
-        for s in ["1.0", "0123", "0x1F", "1e3", ".inf", "-.5", "1_000", "1:30", "+1", "0o17", "6.02E23"] {
+        for s in [
+            "1.0", "0123", "0x1F", "1e3", ".inf", "-.5", "1_000", "1:30", "+1", "0o17", "6.02E23",
+        ] {
             assert_eq!(Resolved::of_plain(s), Resolved::Number, "{s}");
         }
         for s in ["0", "10001", "-5"] {
             assert_eq!(Resolved::of_plain(s), Resolved::CanonicalInt, "{s}");
         }
-        for s in ["NewYork", "female", "v1.2.3", "1.2.3", "e5", "x1", "Norway", "12ab", "a:b", "."] {
+        for s in [
+            "NewYork", "female", "v1.2.3", "1.2.3", "e5", "x1", "Norway", "12ab", "a:b", ".",
+        ] {
             assert_eq!(Resolved::of_plain(s), Resolved::Str, "{s}");
         }
     }

@@ -31,8 +31,13 @@ pub const EXIT_SIGTERM: u8 = 143;
 pub fn listen(stop: StopSignal) -> Received {
     let received = Received::default();
     let flag = Arc::clone(&received.0);
-    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        tracing::warn!("cannot listen for SIGINT/SIGTERM; an interrupt will end the process at once");
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!(
+            "cannot listen for SIGINT/SIGTERM; an interrupt will end the process at once"
+        );
         return received;
     };
     tokio::spawn(async move {
@@ -42,7 +47,9 @@ pub fn listen(stop: StopSignal) -> Received {
                 _ = terminate.recv() => EXIT_SIGTERM,
             };
             if flag.swap(code, Ordering::SeqCst) != 0 {
-                eprintln!("second signal: stopping now (batches in flight may be sent again next time)");
+                eprintln!(
+                    "second signal: stopping now (batches in flight may be sent again next time)"
+                );
                 std::process::exit(i32::from(code));
             }
             eprintln!("stopping: no new batches; waiting for the ones in flight to finish and be recorded (signal again to stop at once)");

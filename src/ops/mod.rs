@@ -71,10 +71,10 @@ pub fn validate(ctx: &Context, format: ValidateFormat) -> Validation {
     let output = match format {
         ValidateFormat::Text => match &result {
             Ok(config) => format!(
-                "The config is valid: {} users in {} files, {} attributes.\n",
-                config.desired.len(),
-                config.files,
-                config.settings.attributes.len()
+                "The config is valid: {} in {}, {}.\n",
+                plan::plural(config.desired.len(), "user"),
+                plan::plural(config.files, "file"),
+                plan::plural(config.settings.attributes.len(), "attribute")
             ),
             Err(d) => format!("{d}\n"),
         },
@@ -138,12 +138,17 @@ pub fn validate(ctx: &Context, format: ValidateFormat) -> Validation {
             out
         }
     };
-    Validation { output, valid: result.is_ok() }
+    Validation {
+        output,
+        valid: result.is_ok(),
+    }
 }
 
 /// Workflow-command escaping (as `@actions/core` does it).
 fn escape_data(s: &str) -> String {
-    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 fn escape_property(s: &str) -> String {
@@ -190,7 +195,11 @@ pub struct PlanOutcome {
 /// Reads the snapshot for `config` without creating one when none exists yet.
 pub fn read_snapshot(config: &Config, command: &str) -> Result<Snapshot> {
     let dir = &config.settings.state_dir;
-    let store = Store::open_existing(dir, config.settings.sdkappid, &Holder::this_process(command))?;
+    let store = Store::open_existing(
+        dir,
+        config.settings.sdkappid,
+        &Holder::this_process(command),
+    )?;
     match store {
         Some(store) => Ok(store.load()?),
         None => Ok(Snapshot::default()),
@@ -205,7 +214,11 @@ pub async fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
     let snapshot = read_snapshot(&config, "plan")?;
     tracing::debug!(users = snapshot.users.len(), elapsed = ?started.elapsed(), "read the snapshot");
     let settings = &config.settings;
-    let guards = Guards { max_deletes: settings.max_deletes, allow_mass_delete: false, allow_empty: request.allow_empty };
+    let guards = Guards {
+        max_deletes: settings.max_deletes,
+        allow_mass_delete: false,
+        allow_empty: request.allow_empty,
+    };
     plan::check_empty_desired(&config.desired, &snapshot, guards)?;
     let refreshed = match request.refresh {
         true => Some(remote::refresh(&config, &snapshot).await?),
@@ -215,7 +228,10 @@ pub async fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
     let plan = plan::plan(
         &config.desired,
         base,
-        PlanOptions { sdkappid: settings.sdkappid, prune: settings.prune || request.prune },
+        PlanOptions {
+            sdkappid: settings.sdkappid,
+            prune: settings.prune || request.prune,
+        },
     );
     tracing::debug!(changes = plan.changes.len(), elapsed = ?started.elapsed(), "planned");
     let mut warnings = Vec::new();
@@ -230,22 +246,37 @@ pub async fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
     let output = match (request.format, drift) {
         (PlanFormat::Text, None) => plan::render_text(&plan, ctx.text_style()),
         (PlanFormat::Text, Some(drift)) => {
-            plan::render_drift_text(drift, ctx.text_style()) + &plan::render_text(&plan, ctx.text_style())
+            plan::render_drift_text(drift, ctx.text_style())
+                + &plan::render_text(&plan, ctx.text_style())
         }
         (PlanFormat::Json, None) => plan::to_json(&plan),
         (PlanFormat::Json, Some(drift)) => plan::to_json_with_drift(&plan, drift),
         (PlanFormat::Markdown, None) => plan::render_markdown(&plan),
         (PlanFormat::Markdown, Some(drift)) => {
-            plan::render_markdown(&plan) + &format!("\n<sub>refreshed: {} users changed outside attrsync</sub>\n", drift.len())
+            plan::render_markdown(&plan)
+                + &format!(
+                    "\n<sub>refreshed: {} users changed outside attrsync</sub>\n",
+                    drift.len()
+                )
         }
     };
-    Ok(PlanOutcome { plan, output, warnings })
+    Ok(PlanOutcome {
+        plan,
+        output,
+        warnings,
+    })
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
@@ -268,7 +299,11 @@ pub fn state_list(ctx: &Context) -> Result<String> {
 /// `attrsync state show USER`: one user's recorded attributes and when they were applied.
 pub fn state_show(ctx: &Context, user: &str) -> Result<String> {
     let config = ctx.load_config()?;
-    let store = Store::open_existing(&config.settings.state_dir, config.settings.sdkappid, &Holder::this_process("state show"))?;
+    let store = Store::open_existing(
+        &config.settings.state_dir,
+        config.settings.sdkappid,
+        &Holder::this_process("state show"),
+    )?;
     let entry = match &store {
         Some(store) => store.get(user)?,
         None => None,
@@ -277,7 +312,10 @@ pub fn state_show(ctx: &Context, user: &str) -> Result<String> {
         anyhow::bail!("user {user:?} is not in the snapshot; `attrsync state list` shows who is");
     };
     let applied = std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.applied_at);
-    let mut out = format!("user: {user}\napplied_at: {}\nattrs:\n", humantime::format_rfc3339_seconds(applied));
+    let mut out = format!(
+        "user: {user}\napplied_at: {}\nattrs:\n",
+        humantime::format_rfc3339_seconds(applied)
+    );
     for (name, value) in entry.attrs.iter() {
         out.push_str(&format!("  {name}: {:?}\n", value.as_str()));
     }
@@ -292,7 +330,8 @@ pub fn state_export(ctx: &Context, out: Option<&Path>) -> Result<()> {
         Some(path) => {
             let mut buffer = Vec::new();
             state::export(&snapshot, &mut buffer)?;
-            write_atomically(path, &buffer).with_context(|| format!("cannot write {}", path.display()))?;
+            write_atomically(path, &buffer)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
         None => {
             let stdout = std::io::stdout();
@@ -315,12 +354,25 @@ pub struct ImportError {
 /// `attrsync state import FILE`: replaces the snapshot with the file's content, atomically.
 pub fn state_import(ctx: &Context, file: &Path) -> Result<String> {
     let config = ctx.load_config()?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let users = state::parse_import(&text, &config.settings.attributes).map_err(|problems| ImportError {
-        file: file.to_owned(),
-        lines: problems.iter().map(|p| format!("{}:{}: {}", file.display(), p.line, p.message)).collect(),
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let users = state::parse_import(&text, &config.settings.attributes).map_err(|problems| {
+        ImportError {
+            file: file.to_owned(),
+            lines: problems
+                .iter()
+                .map(|p| format!("{}:{}: {}", file.display(), p.line, p.message))
+                .collect(),
+        }
     })?;
-    let mut store = Store::open(&config.settings.state_dir, config.settings.sdkappid, &Holder::this_process("state import"))?;
+    let mut store = Store::open(
+        &config.settings.state_dir,
+        config.settings.sdkappid,
+        &Holder::this_process("state import"),
+    )?;
     let serial = store.replace_all(&users, state::now_unix())?;
-    Ok(format!("Imported {} users into the snapshot (serial {serial}).\n", users.len()))
+    Ok(format!(
+        "Imported {} users into the snapshot (serial {serial}).\n",
+        users.len()
+    ))
 }

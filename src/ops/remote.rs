@@ -50,32 +50,58 @@ pub async fn connect(settings: &Settings) -> Result<Connection> {
         Target::Endpoint(url) => (url.clone(), None),
         Target::Embedded => {
             let data_dir = embedded_data_dir(&settings.state_dir);
-            std::fs::create_dir_all(&data_dir)
-                .with_context(|| format!("cannot create the embedded emulator's data directory {}", data_dir.display()))?;
+            std::fs::create_dir_all(&data_dir).with_context(|| {
+                format!(
+                    "cannot create the embedded emulator's data directory {}",
+                    data_dir.display()
+                )
+            })?;
             let config = EmulatorConfig {
                 sdkappid: settings.sdkappid,
                 secret_key: key.clone(),
-                attributes: settings.attributes.iter().map(|a| a.as_str().to_owned()).collect(),
+                attributes: settings
+                    .attributes
+                    .iter()
+                    .map(|a| a.as_str().to_owned())
+                    .collect(),
                 data_dir: Some(data_dir),
                 ..EmulatorConfig::default()
             };
-            let running = Emulator::start(config, "127.0.0.1:0").await.context("cannot start the embedded emulator")?;
+            let running = Emulator::start(config, "127.0.0.1:0")
+                .await
+                .context("cannot start the embedded emulator")?;
             tracing::debug!(address = %running.addr(), "started the embedded emulator (endpoint: embedded)");
             (running.base_url(), Some(running))
         }
     };
-    let mut config = ClientConfig::new(base_url.clone(), settings.sdkappid, settings.identifier.clone(), key);
+    let mut config = ClientConfig::new(
+        base_url.clone(),
+        settings.sdkappid,
+        settings.identifier.clone(),
+        key,
+    );
     config.rate_limit = settings.rate_limit;
     let client = Client::new(config).context("cannot set up the API client")?;
-    Ok(Connection { client, base_url, _embedded: embedded })
+    Ok(Connection {
+        client,
+        base_url,
+        _embedded: embedded,
+    })
 }
 
 /// Checks that every configured attribute name is registered on the app (`get_attr_name`).
 pub async fn preflight(connection: &Connection, settings: &Settings) -> Result<()> {
     let stop = StopSignal::new();
-    let registered = apply::with_retries(&connection.client, &stop, &CallStats::default(), || connection.client.get_attr_name())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read the app's attribute names from {}: {e}", connection.base_url))?;
+    let registered = apply::with_retries(&connection.client, &stop, &CallStats::default(), || {
+        connection.client.get_attr_name()
+    })
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the app's attribute names from {}: {e}",
+            connection.base_url
+        )
+    })?;
     let missing: Vec<&str> = settings
         .attributes
         .iter()
@@ -126,24 +152,48 @@ pub struct ApplyOutcome {
 }
 
 /// `attrsync apply`: plans (or reads a saved plan), confirms, and applies.
-pub async fn apply(ctx: &Context, request: &ApplyRequest, stop: &StopSignal) -> Result<ApplyOutcome> {
+pub async fn apply(
+    ctx: &Context,
+    request: &ApplyRequest,
+    stop: &StopSignal,
+) -> Result<ApplyOutcome> {
     let config = ctx.load_config()?;
     let settings = &config.settings;
-    std::fs::create_dir_all(&settings.state_dir)
-        .with_context(|| format!("cannot create the state directory {}", settings.state_dir.display()))?;
-    let store = Arc::new(Store::open(&settings.state_dir, settings.sdkappid, &Holder::this_process("apply"))?);
+    std::fs::create_dir_all(&settings.state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            settings.state_dir.display()
+        )
+    })?;
+    let store = Arc::new(Store::open(
+        &settings.state_dir,
+        settings.sdkappid,
+        &Holder::this_process("apply"),
+    )?);
     let snapshot = store.load()?;
-    let guards = Guards { max_deletes: settings.max_deletes, allow_mass_delete: request.allow_mass_delete, allow_empty: request.allow_empty };
+    let guards = Guards {
+        max_deletes: settings.max_deletes,
+        allow_mass_delete: request.allow_mass_delete,
+        allow_empty: request.allow_empty,
+    };
     let plan = match &request.plan_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the plan file {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the plan file {}", path.display()))?;
             let plan = plan::from_json(&text)?;
             check_fresh(&plan, &config, &snapshot)?;
             plan
         }
         None => {
             plan::check_empty_desired(&config.desired, &snapshot, guards)?;
-            plan::plan(&config.desired, &snapshot, PlanOptions { sdkappid: settings.sdkappid, prune: settings.prune || request.prune })
+            plan::plan(
+                &config.desired,
+                &snapshot,
+                PlanOptions {
+                    sdkappid: settings.sdkappid,
+                    prune: settings.prune || request.prune,
+                },
+            )
         }
     };
     plan::check_mass_delete(&plan, guards)?;
@@ -152,7 +202,9 @@ pub async fn apply(ctx: &Context, request: &ApplyRequest, stop: &StopSignal) -> 
         if !request.json {
             write!(stdout, "{}", plan::render_text(&plan, ctx.text_style()))?;
         }
-        return Ok(ApplyOutcome { report: Some(Report::default()) });
+        return Ok(ApplyOutcome {
+            report: Some(Report::default()),
+        });
     }
     if request.plan_file.is_none() {
         if !request.json {
@@ -167,19 +219,36 @@ pub async fn apply(ctx: &Context, request: &ApplyRequest, stop: &StopSignal) -> 
     drop(stdout);
     let connection = connect(settings).await?;
     preflight(&connection, settings).await?;
-    let options = ApplyOptions { batch_size: settings.batch_size, in_flight: apply::IN_FLIGHT };
+    let options = ApplyOptions {
+        batch_size: settings.batch_size,
+        in_flight: apply::IN_FLIGHT,
+    };
     let total = plan.changes.iter().filter(|c| c.action.writes()).count();
     let progress = ProgressLine::new(total);
-    let report = apply::execute(&plan, &snapshot, &connection.client, &store, options, stop, &|p| progress.update(p)).await;
+    let report = apply::execute(
+        &plan,
+        &snapshot,
+        &connection.client,
+        &store,
+        options,
+        stop,
+        &|p| progress.update(p),
+    )
+    .await;
     progress.finish();
-    Ok(ApplyOutcome { report: Some(report) })
+    Ok(ApplyOutcome {
+        report: Some(report),
+    })
 }
 
 /// Refuses a saved plan when the snapshot or the config moved since it was made.
 fn check_fresh(plan: &Plan, config: &Config, snapshot: &Snapshot) -> Result<(), StalePlan> {
     let mut reasons = Vec::new();
     if plan.sdkappid != config.settings.sdkappid {
-        reasons.push(format!("it is for app {}, attrsync.yaml says {}", plan.sdkappid, config.settings.sdkappid));
+        reasons.push(format!(
+            "it is for app {}, attrsync.yaml says {}",
+            plan.sdkappid, config.settings.sdkappid
+        ));
     }
     if plan.snapshot_serial != snapshot.serial {
         reasons.push(format!(
@@ -194,7 +263,9 @@ fn check_fresh(plan: &Plan, config: &Config, snapshot: &Snapshot) -> Result<(), 
     if reasons.is_empty() {
         Ok(())
     } else {
-        Err(StalePlan { reasons: reasons.join("; ") })
+        Err(StalePlan {
+            reasons: reasons.join("; "),
+        })
     }
 }
 
@@ -229,12 +300,19 @@ impl ProgressLine {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(total as u64);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} users  {per_sec}  ETA {eta}")
-                    .expect("valid template"),
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} users  {per_sec}  ETA {eta}",
+                )
+                .expect("valid template"),
             );
             bar
         });
-        Self { bar, started: Instant::now(), last_line: std::sync::Mutex::new(Instant::now()), total }
+        Self {
+            bar,
+            started: Instant::now(),
+            last_line: std::sync::Mutex::new(Instant::now()),
+            total,
+        }
     }
 
     fn update(&self, progress: Progress) {
@@ -247,8 +325,15 @@ impl ProgressLine {
             *last = Instant::now();
             let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
             let rate = progress.done as f64 / elapsed;
-            let eta = if rate > 0.0 { (self.total - progress.done) as f64 / rate } else { 0.0 };
-            eprintln!("applied {}/{} users ({rate:.0} users/s, ETA {eta:.0}s)", progress.done, progress.total);
+            let eta = if rate > 0.0 {
+                (self.total - progress.done) as f64 / rate
+            } else {
+                0.0
+            };
+            eprintln!(
+                "applied {}/{} users ({rate:.0} users/s, ETA {eta:.0}s)",
+                progress.done, progress.total
+            );
         }
     }
 
@@ -275,7 +360,11 @@ pub fn render_report(report: &Report) -> String {
         report.updated,
         report.deleted,
         report.failed.len(),
-        if report.skipped > 0 { format!(", {} not attempted", report.skipped) } else { String::new() }
+        if report.skipped > 0 {
+            format!(", {} not attempted", report.skipped)
+        } else {
+            String::new()
+        }
     ));
     out.push_str(&format!(
         "  {} calls, {} retries, {} throttled, {:.2}s\n",
@@ -288,7 +377,10 @@ pub fn render_report(report: &Report) -> String {
         out.push_str("Failed users (not recorded in the snapshot; the next apply retries them):\n");
         for failed in &report.failed {
             match failed.code {
-                Some(code) => out.push_str(&format!("  - {}: error {code}: {}\n", failed.user, failed.reason)),
+                Some(code) => out.push_str(&format!(
+                    "  - {}: error {code}: {}\n",
+                    failed.user, failed.reason
+                )),
                 None => out.push_str(&format!("  - {}: {}\n", failed.user, failed.reason)),
             }
         }
@@ -321,9 +413,20 @@ pub async fn refresh(config: &Config, snapshot: &Snapshot) -> Result<Refreshed> 
     users.dedup();
     let connection = connect(&config.settings).await?;
     let stats = CallStats::default();
-    let live = apply::read_live(&connection.client, &users, &config.settings.attributes, &StopSignal::new(), &stats)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read the live attributes from {}: {e}", connection.base_url))?;
+    let live = apply::read_live(
+        &connection.client,
+        &users,
+        &config.settings.attributes,
+        &StopSignal::new(),
+        &stats,
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the live attributes from {}: {e}",
+            connection.base_url
+        )
+    })?;
     Ok(Refreshed {
         drift: plan::drift(snapshot, &live),
         live: plan::live_snapshot(snapshot, &live),
@@ -343,14 +446,33 @@ pub async fn import(ctx: &Context, users: &[String]) -> Result<String> {
             .map(|u| UserId::new(u).map_err(|e| anyhow::anyhow!("invalid user id {u:?}: {e}")))
             .collect::<Result<_>>()?
     };
-    std::fs::create_dir_all(&settings.state_dir)
-        .with_context(|| format!("cannot create the state directory {}", settings.state_dir.display()))?;
-    let store = Store::open(&settings.state_dir, settings.sdkappid, &Holder::this_process("import"))?;
+    std::fs::create_dir_all(&settings.state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            settings.state_dir.display()
+        )
+    })?;
+    let store = Store::open(
+        &settings.state_dir,
+        settings.sdkappid,
+        &Holder::this_process("import"),
+    )?;
     let connection = connect(settings).await?;
     let stats = CallStats::default();
-    let live: UserMap<Attrs> = apply::read_live(&connection.client, &users, &settings.attributes, &StopSignal::new(), &stats)
-        .await
-        .map_err(|e: GaveUp| anyhow::anyhow!("cannot read the live attributes from {}: {e}", connection.base_url))?;
+    let live: UserMap<Attrs> = apply::read_live(
+        &connection.client,
+        &users,
+        &settings.attributes,
+        &StopSignal::new(),
+        &stats,
+    )
+    .await
+    .map_err(|e: GaveUp| {
+        anyhow::anyhow!(
+            "cannot read the live attributes from {}: {e}",
+            connection.base_url
+        )
+    })?;
     let now = state::now_unix();
     let mut with_attrs = 0;
     let writes: Vec<state::Write> = live
@@ -379,14 +501,25 @@ pub async fn attributes_push(ctx: &Context, auto_approve: bool) -> Result<String
     let connection = connect(settings).await?;
     let stop = StopSignal::new();
     let stats = CallStats::default();
-    let registered = apply::with_retries(&connection.client, &stop, &stats, || connection.client.get_attr_name())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read the app's attribute names: {e}"))?;
-    let missing: Vec<&AttrName> = settings.attributes.iter().filter(|a| !registered.values().any(|r| r == a.as_str())).collect();
+    let registered = apply::with_retries(&connection.client, &stop, &stats, || {
+        connection.client.get_attr_name()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot read the app's attribute names: {e}"))?;
+    let missing: Vec<&AttrName> = settings
+        .attributes
+        .iter()
+        .filter(|a| !registered.values().any(|r| r == a.as_str()))
+        .collect();
     if missing.is_empty() {
-        return Ok(format!("All {} attributes are registered on the app. Nothing to do.\n", settings.attributes.len()));
+        return Ok(format!(
+            "All {} attributes are registered on the app. Nothing to do.\n",
+            settings.attributes.len()
+        ));
     }
-    let free: Vec<u8> = (0..crate::model::MAX_ATTRIBUTES as u8).filter(|slot| !registered.contains_key(slot)).collect();
+    let free: Vec<u8> = (0..crate::model::MAX_ATTRIBUTES as u8)
+        .filter(|slot| !registered.contains_key(slot))
+        .collect();
     if free.len() < missing.len() {
         bail!(
             "the app has {} free attribute slots but {} names to register ({}); free slots in the console first \
@@ -396,8 +529,14 @@ pub async fn attributes_push(ctx: &Context, auto_approve: bool) -> Result<String
             missing.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
-    let additions: BTreeMap<u8, String> = free.iter().zip(&missing).map(|(slot, name)| (*slot, name.as_str().to_owned())).collect();
-    let mut preview = String::from("attrsync will register these attribute names (existing slots are left as they are):\n");
+    let additions: BTreeMap<u8, String> = free
+        .iter()
+        .zip(&missing)
+        .map(|(slot, name)| (*slot, name.as_str().to_owned()))
+        .collect();
+    let mut preview = String::from(
+        "attrsync will register these attribute names (existing slots are left as they are):\n",
+    );
     for (slot, name) in &additions {
         preview.push_str(&format!("  + slot {slot}: {name}\n"));
     }
@@ -409,8 +548,10 @@ pub async fn attributes_push(ctx: &Context, auto_approve: bool) -> Result<String
     // a partial map is not documented (REFERENCE.md §6), and the full map is right either way.
     let mut full = registered.clone();
     full.extend(additions.clone());
-    apply::with_retries(&connection.client, &stop, &stats, || connection.client.set_attr_name(&full))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot register the attribute names: {e}"))?;
+    apply::with_retries(&connection.client, &stop, &stats, || {
+        connection.client.set_attr_name(&full)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot register the attribute names: {e}"))?;
     Ok(format!("Registered {} attribute names.\n", additions.len()))
 }

@@ -79,8 +79,15 @@ pub fn to_json(plan: &Plan) -> String {
                     .attrs
                     .iter()
                     .map(|a| {
-                        let text = |v: &Option<AttrValue>| v.as_ref().map(|v| v.as_str().to_owned());
-                        (a.name.as_str().to_owned(), AttrDoc { before: text(&a.before), after: text(&a.after) })
+                        let text =
+                            |v: &Option<AttrValue>| v.as_ref().map(|v| v.as_str().to_owned());
+                        (
+                            a.name.as_str().to_owned(),
+                            AttrDoc {
+                                before: text(&a.before),
+                                after: text(&a.after),
+                            },
+                        )
                     })
                     .collect(),
             })
@@ -94,7 +101,8 @@ pub fn to_json(plan: &Plan) -> String {
 /// The plan JSON with a `drift` array (`plan --refresh`): per drifted user, per attribute,
 /// `{"snapshot": …, "live": …}`. Consumers that do not know the field ignore it.
 pub fn to_json_with_drift(plan: &Plan, drift: &[Drift]) -> String {
-    let mut value: serde_json::Value = serde_json::from_str(&to_json(plan)).expect("plan JSON parses");
+    let mut value: serde_json::Value =
+        serde_json::from_str(&to_json(plan)).expect("plan JSON parses");
     let entries: Vec<serde_json::Value> = drift
         .iter()
         .map(|d| {
@@ -103,7 +111,10 @@ pub fn to_json_with_drift(plan: &Plan, drift: &[Drift]) -> String {
                 .iter()
                 .map(|a| {
                     let text = |v: &Option<AttrValue>| v.as_ref().map(|v| v.as_str().to_owned());
-                    (a.name.as_str().to_owned(), serde_json::json!({"snapshot": text(&a.before), "live": text(&a.after)}))
+                    (
+                        a.name.as_str().to_owned(),
+                        serde_json::json!({"snapshot": text(&a.before), "live": text(&a.after)}),
+                    )
                 })
                 .collect();
             serde_json::json!({"user": d.user.as_str(), "attrs": attrs})
@@ -140,14 +151,22 @@ pub enum PlanFileError {
 /// Reads a saved plan, checking its version and every id, name and value in it.
 pub fn from_json(text: &str) -> Result<Plan, PlanFileError> {
     let probe: serde_json::Value = serde_json::from_str(text)?;
-    let found = probe.get("format_version").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let found = probe
+        .get("format_version")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
     if found != u64::from(FORMAT_VERSION) {
-        return Err(PlanFileError::Version { found: u32::try_from(found).unwrap_or(u32::MAX) });
+        return Err(PlanFileError::Version {
+            found: u32::try_from(found).unwrap_or(u32::MAX),
+        });
     }
     let doc: PlanDoc = serde_json::from_value(probe)?;
     let mut changes = Vec::with_capacity(doc.changes.len());
     for change in doc.changes {
-        let invalid = |reason: String| PlanFileError::Invalid { user: change.user.clone(), reason };
+        let invalid = |reason: String| PlanFileError::Invalid {
+            user: change.user.clone(),
+            reason,
+        };
         let user = UserId::new(&change.user).map_err(|e| invalid(e.to_string()))?;
         let mut attrs = Vec::with_capacity(change.attrs.len());
         for (name, attr) in &change.attrs {
@@ -169,7 +188,11 @@ pub fn from_json(text: &str) -> Result<Plan, PlanFileError> {
             ActionDoc::Delete => Action::Delete,
             ActionDoc::Orphaned => Action::Orphaned,
         };
-        changes.push(Change { user, action, attrs });
+        changes.push(Change {
+            user,
+            action,
+            attrs,
+        });
     }
     let s = doc.summary;
     Ok(Plan {
@@ -195,9 +218,21 @@ mod tests {
 
     fn sample() -> Plan {
         plan(
-            &desired(&[("Mary", &[("city", "Boston")]), ("xiaoming", &[("sex", "male")])]),
-            &snapshot(42, &[("Mary", &[("city", "NewYork"), ("tier", "gold")]), ("ghost", &[("city", "Oslo")])]),
-            PlanOptions { sdkappid: 1_400_000_000, prune: true },
+            &desired(&[
+                ("Mary", &[("city", "Boston")]),
+                ("xiaoming", &[("sex", "male")]),
+            ]),
+            &snapshot(
+                42,
+                &[
+                    ("Mary", &[("city", "NewYork"), ("tier", "gold")]),
+                    ("ghost", &[("city", "Oslo")]),
+                ],
+            ),
+            PlanOptions {
+                sdkappid: 1_400_000_000,
+                prune: true,
+            },
         )
     }
 
@@ -207,7 +242,10 @@ mod tests {
         assert_eq!(value["format_version"], 1);
         assert_eq!(value["sdkappid"], 1_400_000_000u64);
         assert_eq!(value["snapshot_serial"], 42);
-        assert!(value["desired_digest"].as_str().unwrap().starts_with("sha256:"));
+        assert!(value["desired_digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"));
         assert_eq!(
             value["summary"],
             serde_json::json!({"create": 1, "update": 1, "delete": 1, "orphaned": 0, "unchanged": 0})
@@ -240,8 +278,14 @@ mod tests {
 
     #[test]
     fn rejects_other_versions_and_bad_values() {
-        assert!(matches!(from_json(r#"{"format_version": 2}"#), Err(PlanFileError::Version { found: 2 })));
-        assert!(matches!(from_json("not json"), Err(PlanFileError::Malformed(_))));
+        assert!(matches!(
+            from_json(r#"{"format_version": 2}"#),
+            Err(PlanFileError::Version { found: 2 })
+        ));
+        assert!(matches!(
+            from_json("not json"),
+            Err(PlanFileError::Malformed(_))
+        ));
         let mut value: serde_json::Value = serde_json::from_str(&to_json(&sample())).unwrap();
         value["changes"][1]["attrs"]["city"]["after"] = "x".repeat(51).into();
         let err = from_json(&value.to_string()).unwrap_err();

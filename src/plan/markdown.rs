@@ -20,7 +20,11 @@ const MARKER: &str = "<!-- attrsync-plan -->";
 pub fn render_markdown(plan: &Plan) -> String {
     let s = &plan.summary;
     let mut out = String::new();
-    let _ = writeln!(out, "{MARKER}\n### attrsync plan\n\n**{}**\n", summary_line(s));
+    let _ = writeln!(
+        out,
+        "{MARKER}\n### attrsync plan\n\n**{}**\n",
+        summary_line(s)
+    );
     out.push_str("| Action | Users |\n|:--|--:|\n");
     for (label, n) in [
         ("🗑️ delete", s.delete),
@@ -31,7 +35,13 @@ pub fn render_markdown(plan: &Plan) -> String {
     ] {
         let _ = writeln!(out, "| {label} | {n} |");
     }
-    let _ = writeln!(out, "\n<sub>app `{}` · snapshot serial {} · desired `{}`</sub>", plan.sdkappid, plan.snapshot_serial, short_digest(&plan.desired_digest));
+    let _ = writeln!(
+        out,
+        "\n<sub>app `{}` · snapshot serial {} · desired `{}`</sub>",
+        plan.sdkappid,
+        plan.snapshot_serial,
+        short_digest(&plan.desired_digest)
+    );
 
     let mut shown = 0;
     let mut heading = None;
@@ -76,12 +86,20 @@ fn details(change: &Change) -> String {
     let before: String = change
         .attrs
         .iter()
-        .filter_map(|a| a.before.as_ref().map(|v| format!("{}: {:?}\n", a.name, v.as_str())))
+        .filter_map(|a| {
+            a.before
+                .as_ref()
+                .map(|v| format!("{}: {:?}\n", a.name, v.as_str()))
+        })
         .collect();
     let after: String = change
         .attrs
         .iter()
-        .filter_map(|a| a.after.as_ref().map(|v| format!("{}: {:?}\n", a.name, v.as_str())))
+        .filter_map(|a| {
+            a.after
+                .as_ref()
+                .map(|v| format!("{}: {:?}\n", a.name, v.as_str()))
+        })
         .collect();
     let diff = TextDiff::from_lines(&before, &after);
     let mut body = String::new();
@@ -108,7 +126,9 @@ fn short_digest(digest: &str) -> &str {
 
 /// User ids are free text: keep them from opening tags inside the comment.
 fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -121,8 +141,17 @@ mod tests {
     fn small_plan() {
         let p = plan(
             &desired(&[("Mary", &[("city", "Boston")]), ("<b>", &[("sex", "m")])]),
-            &snapshot(3, &[("Mary", &[("city", "NewYork")]), ("ghost", &[("city", "Oslo")])]),
-            PlanOptions { sdkappid: 1_400_000_000, prune: true },
+            &snapshot(
+                3,
+                &[
+                    ("Mary", &[("city", "NewYork")]),
+                    ("ghost", &[("city", "Oslo")]),
+                ],
+            ),
+            PlanOptions {
+                sdkappid: 1_400_000_000,
+                prune: true,
+            },
         );
         insta::assert_snapshot!(render_markdown(&p), @r#"
         <!-- attrsync-plan -->
@@ -169,14 +198,25 @@ mod tests {
 
     #[test]
     fn huge_plans_are_capped_and_say_what_was_left_out() {
-        let users: Vec<(String, Vec<(&str, &str)>)> = (0..5000).map(|i| (format!("user{i:05}"), vec![("city", "Somewhere")])).collect();
-        let refs: Vec<(&str, &[(&str, &str)])> = users.iter().map(|(u, a)| (u.as_str(), a.as_slice())).collect();
+        let users: Vec<(String, Vec<(&str, &str)>)> = (0..5000)
+            .map(|i| (format!("user{i:05}"), vec![("city", "Somewhere")]))
+            .collect();
+        let refs: Vec<(&str, &[(&str, &str)])> = users
+            .iter()
+            .map(|(u, a)| (u.as_str(), a.as_slice()))
+            .collect();
         let p = plan(&desired(&refs), &snapshot(0, &[]), PlanOptions::default());
         let md = render_markdown(&p);
         assert!(md.len() <= MARKDOWN_LIMIT, "{}", md.len());
         assert!(md.contains("**Plan: 5000 to create, 0 to update, 0 to delete.**"));
         let shown = md.matches("<details>").count();
         assert!(shown > 100);
-        assert!(md.contains(&format!("**{} of 5000 changes are not shown**", 5000 - shown)), "{md}");
+        assert!(
+            md.contains(&format!(
+                "**{} of 5000 changes are not shown**",
+                5000 - shown
+            )),
+            "{md}"
+        );
     }
 }

@@ -9,11 +9,15 @@ mod text;
 
 pub use json::{from_json, to_json, to_json_with_drift, PlanFileError};
 pub use markdown::{render_markdown, MARKDOWN_LIMIT};
+pub(crate) use text::plural;
 pub use text::{render_drift_text, render_text, TextStyle};
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{Action, AttrChange, Attrs, Change, Desired, Drift, Plan, Snapshot, SnapshotEntry, Summary, UserMap};
+use crate::model::{
+    Action, AttrChange, Attrs, Change, Desired, Drift, Plan, Snapshot, SnapshotEntry, Summary,
+    UserMap,
+};
 
 /// Choices that shape a plan beyond desired state and snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,7 +55,11 @@ pub fn plan(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Pla
                     summary.unchanged += 1;
                 } else {
                     summary.create += 1;
-                    others.push(Change { user: user.clone(), action: Action::Create, attrs });
+                    others.push(Change {
+                        user: user.clone(),
+                        action: Action::Create,
+                        attrs,
+                    });
                 }
             }
             std::cmp::Ordering::Equal => {
@@ -62,7 +70,11 @@ pub fn plan(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Pla
                     summary.unchanged += 1;
                 } else {
                     summary.update += 1;
-                    others.push(Change { user: user.clone(), action: Action::Update, attrs });
+                    others.push(Change {
+                        user: user.clone(),
+                        action: Action::Update,
+                        attrs,
+                    });
                 }
             }
             std::cmp::Ordering::Greater => {
@@ -83,7 +95,11 @@ pub fn plan(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Pla
                         .collect();
                     (Action::Orphaned, kept)
                 };
-                removals.push(Change { user: user.clone(), action, attrs });
+                removals.push(Change {
+                    user: user.clone(),
+                    action,
+                    attrs,
+                });
             }
         }
     }
@@ -102,9 +118,15 @@ pub fn drift(snapshot: &Snapshot, live: &UserMap<Attrs>) -> Vec<Drift> {
     let empty = Attrs::default();
     live.iter()
         .filter_map(|(user, now)| {
-            let recorded = snapshot.users.get(user.as_str()).map_or(&empty, |e| &e.attrs);
+            let recorded = snapshot
+                .users
+                .get(user.as_str())
+                .map_or(&empty, |e| &e.attrs);
             let attrs = diff_attrs(recorded, now);
-            (!attrs.is_empty()).then(|| Drift { user: user.clone(), attrs })
+            (!attrs.is_empty()).then(|| Drift {
+                user: user.clone(),
+                attrs,
+            })
         })
         .collect()
 }
@@ -118,11 +140,23 @@ pub fn live_snapshot(snapshot: &Snapshot, live: &UserMap<Attrs>) -> Snapshot {
         .iter()
         .filter(|(_, attrs)| !attrs.is_empty())
         .map(|(user, attrs)| {
-            let applied_at = snapshot.users.get(user.as_str()).map_or(0, |e| e.applied_at);
-            (user.clone(), SnapshotEntry { attrs: attrs.clone(), applied_at })
+            let applied_at = snapshot
+                .users
+                .get(user.as_str())
+                .map_or(0, |e| e.applied_at);
+            (
+                user.clone(),
+                SnapshotEntry {
+                    attrs: attrs.clone(),
+                    applied_at,
+                },
+            )
         })
         .collect();
-    Snapshot { users: UserMap::from_sorted(users).expect("live is sorted by user"), serial: snapshot.serial }
+    Snapshot {
+        users: UserMap::from_sorted(users).expect("live is sorted by user"),
+        serial: snapshot.serial,
+    }
 }
 
 /// The attributes that differ between `before` and `after`, sorted by name.
@@ -139,13 +173,21 @@ fn diff_attrs(before: &Attrs, after: &Attrs) -> Vec<AttrChange> {
                 if before == after {
                     continue;
                 }
-                AttrChange { name: name.clone(), before: Some(before.clone()), after: Some(after.clone()) }
+                AttrChange {
+                    name: name.clone(),
+                    before: Some(before.clone()),
+                    after: Some(after.clone()),
+                }
             }
             (Some((o, _)), Some((n, _))) if o > n => added(new.next().expect("peeked")),
             (None, Some(_)) => added(new.next().expect("peeked")),
             _ => {
                 let (name, before) = old.next().expect("peeked");
-                AttrChange { name: name.clone(), before: Some(before.clone()), after: None }
+                AttrChange {
+                    name: name.clone(),
+                    before: Some(before.clone()),
+                    after: None,
+                }
             }
         };
         changes.push(change);
@@ -154,7 +196,11 @@ fn diff_attrs(before: &Attrs, after: &Attrs) -> Vec<AttrChange> {
 }
 
 fn added((name, value): (&crate::model::AttrName, &crate::model::AttrValue)) -> AttrChange {
-    AttrChange { name: name.clone(), before: None, after: Some(value.clone()) }
+    AttrChange {
+        name: name.clone(),
+        before: None,
+        after: Some(value.clone()),
+    }
 }
 
 /// `sha256:<hex>` over a canonical encoding of the desired state.
@@ -223,9 +269,15 @@ pub enum GuardError {
 }
 
 /// Checks the empty-desired-state guard (part of validation: it refuses even a plan).
-pub fn check_empty_desired(desired: &Desired, snapshot: &Snapshot, guards: Guards) -> Result<(), GuardError> {
+pub fn check_empty_desired(
+    desired: &Desired,
+    snapshot: &Snapshot,
+    guards: Guards,
+) -> Result<(), GuardError> {
     if desired.is_empty() && !snapshot.users.is_empty() && !guards.allow_empty {
-        return Err(GuardError::EmptyDesired { snapshot_users: snapshot.users.len() });
+        return Err(GuardError::EmptyDesired {
+            snapshot_users: snapshot.users.len(),
+        });
     }
     Ok(())
 }
@@ -233,7 +285,10 @@ pub fn check_empty_desired(desired: &Desired, snapshot: &Snapshot, guards: Guard
 /// Checks the mass-delete guard (it refuses applying a plan, not showing it).
 pub fn check_mass_delete(plan: &Plan, guards: Guards) -> Result<(), GuardError> {
     if plan.summary.delete > guards.max_deletes && !guards.allow_mass_delete {
-        return Err(GuardError::MassDelete { deletes: plan.summary.delete, max_deletes: guards.max_deletes });
+        return Err(GuardError::MassDelete {
+            deletes: plan.summary.delete,
+            max_deletes: guards.max_deletes,
+        });
     }
     Ok(())
 }
@@ -267,8 +322,13 @@ pub(crate) mod testing {
 
     /// `desired(&[("Mary", &[("city", "Paris")])])`.
     pub fn desired(users: &[(&str, &[(&str, &str)])]) -> Desired {
-        UserMap::from_unsorted(users.iter().map(|(u, a)| (UserId::new(u).unwrap(), attrs(a))).collect())
-            .unwrap()
+        UserMap::from_unsorted(
+            users
+                .iter()
+                .map(|(u, a)| (UserId::new(u).unwrap(), attrs(a)))
+                .collect(),
+        )
+        .unwrap()
     }
 
     /// A snapshot at `serial` holding `users`.
@@ -276,7 +336,15 @@ pub(crate) mod testing {
         let users = UserMap::from_unsorted(
             users
                 .iter()
-                .map(|(u, a)| (UserId::new(u).unwrap(), SnapshotEntry { attrs: attrs(a), applied_at: 1_700_000_000 }))
+                .map(|(u, a)| {
+                    (
+                        UserId::new(u).unwrap(),
+                        SnapshotEntry {
+                            attrs: attrs(a),
+                            applied_at: 1_700_000_000,
+                        },
+                    )
+                })
                 .collect(),
         )
         .unwrap();
@@ -291,7 +359,10 @@ mod tests {
     use crate::model::{AttrValue, UserMap};
 
     fn opts(prune: bool) -> PlanOptions {
-        PlanOptions { sdkappid: 1_400_000_000, prune }
+        PlanOptions {
+            sdkappid: 1_400_000_000,
+            prune,
+        }
     }
 
     fn brief(plan: &Plan) -> Vec<String> {
@@ -325,10 +396,17 @@ mod tests {
 
     #[test]
     fn new_user_is_created_with_all_attributes() {
-        let plan = plan(&desired(&[("Mary", &[("sex", "female"), ("city", "NewYork")])]), &Snapshot::default(), opts(false));
+        let plan = plan(
+            &desired(&[("Mary", &[("sex", "female"), ("city", "NewYork")])]),
+            &Snapshot::default(),
+            opts(false),
+        );
         assert_eq!(brief(&plan), ["create Mary city:_>NewYork,sex:_>female"]);
         assert_eq!(plan.summary.create, 1);
-        assert_eq!(summary_line(&plan.summary), "Plan: 1 to create, 0 to update, 0 to delete.");
+        assert_eq!(
+            summary_line(&plan.summary),
+            "Plan: 1 to create, 0 to update, 0 to delete."
+        );
     }
 
     #[test]
@@ -338,11 +416,17 @@ mod tests {
             &snapshot(3, &[("Mary", &[("city", "NewYork"), ("tier", "gold")])]),
             opts(false),
         );
-        assert_eq!(brief(&plan), ["update Mary city:NewYork>Boston,sex:_>female,tier:gold>_"]);
+        assert_eq!(
+            brief(&plan),
+            ["update Mary city:NewYork>Boston,sex:_>female,tier:gold>_"]
+        );
         let change = &plan.changes[0];
         let set: Vec<_> = change.to_set().map(|(n, v)| format!("{n}={v}")).collect();
         assert_eq!(set, ["city=Boston", "sex=female"]);
-        assert_eq!(change.to_remove().map(|n| n.as_str()).collect::<Vec<_>>(), ["tier"]);
+        assert_eq!(
+            change.to_remove().map(|n| n.as_str()).collect::<Vec<_>>(),
+            ["tier"]
+        );
         assert_eq!(plan.snapshot_serial, 3);
     }
 
@@ -359,7 +443,11 @@ mod tests {
 
     #[test]
     fn removed_user_is_orphaned_without_prune() {
-        let plan = plan(&Desired::default(), &snapshot(1, &[("ghost", &[("city", "Rome")])]), opts(false));
+        let plan = plan(
+            &Desired::default(),
+            &snapshot(1, &[("ghost", &[("city", "Rome")])]),
+            opts(false),
+        );
         assert_eq!(brief(&plan), ["orphaned ghost city:Rome>Rome"]);
         assert_eq!(plan.summary.orphaned, 1);
         assert!(!plan.summary.has_writes());
@@ -368,7 +456,11 @@ mod tests {
 
     #[test]
     fn removed_user_is_deleted_with_prune() {
-        let plan = plan(&Desired::default(), &snapshot(1, &[("ghost", &[("city", "Rome"), ("sex", "m")])]), opts(true));
+        let plan = plan(
+            &Desired::default(),
+            &snapshot(1, &[("ghost", &[("city", "Rome"), ("sex", "m")])]),
+            opts(true),
+        );
         assert_eq!(brief(&plan), ["delete ghost city:Rome>_,sex:m>_"]);
         assert_eq!(plan.changes[0].to_remove().count(), 2);
     }
@@ -376,27 +468,58 @@ mod tests {
     #[test]
     fn deletes_come_first_then_user_id_order() {
         let plan = plan(
-            &desired(&[("b", &[("x", "1")]), ("d", &[("x", "2")]), ("a", &[("x", "3")])]),
-            &snapshot(1, &[("c", &[("x", "1")]), ("d", &[("x", "1")]), ("e", &[("x", "1")])]),
+            &desired(&[
+                ("b", &[("x", "1")]),
+                ("d", &[("x", "2")]),
+                ("a", &[("x", "3")]),
+            ]),
+            &snapshot(
+                1,
+                &[
+                    ("c", &[("x", "1")]),
+                    ("d", &[("x", "1")]),
+                    ("e", &[("x", "1")]),
+                ],
+            ),
             opts(true),
         );
-        let order: Vec<_> = plan.changes.iter().map(|c| format!("{}:{}", c.action.as_str(), c.user)).collect();
-        assert_eq!(order, ["delete:c", "delete:e", "create:a", "create:b", "update:d"]);
+        let order: Vec<_> = plan
+            .changes
+            .iter()
+            .map(|c| format!("{}:{}", c.action.as_str(), c.user))
+            .collect();
+        assert_eq!(
+            order,
+            ["delete:c", "delete:e", "create:a", "create:b", "update:d"]
+        );
     }
 
     #[test]
     fn user_without_attributes_is_not_a_change() {
-        let plan = plan(&desired(&[("quiet", &[])]), &Snapshot::default(), opts(false));
+        let plan = plan(
+            &desired(&[("quiet", &[])]),
+            &Snapshot::default(),
+            opts(false),
+        );
         assert!(plan.changes.is_empty());
         assert_eq!(plan.summary.unchanged, 1);
     }
 
     #[test]
     fn digest_ignores_declaration_order() {
-        let a = desired(&[("Mary", &[("sex", "f"), ("city", "X")]), ("Bob", &[("city", "Y")])]);
-        let b = desired(&[("Bob", &[("city", "Y")]), ("Mary", &[("city", "X"), ("sex", "f")])]);
+        let a = desired(&[
+            ("Mary", &[("sex", "f"), ("city", "X")]),
+            ("Bob", &[("city", "Y")]),
+        ]);
+        let b = desired(&[
+            ("Bob", &[("city", "Y")]),
+            ("Mary", &[("city", "X"), ("sex", "f")]),
+        ]);
         assert_eq!(desired_digest(&a), desired_digest(&b));
-        let c = desired(&[("Bob", &[("city", "Y")]), ("Mary", &[("city", "X"), ("sex", "m")])]);
+        let c = desired(&[
+            ("Bob", &[("city", "Y")]),
+            ("Mary", &[("city", "X"), ("sex", "m")]),
+        ]);
         assert_ne!(desired_digest(&a), desired_digest(&c));
         assert!(desired_digest(&a).starts_with("sha256:"));
         assert_eq!(desired_digest(&a).len(), 7 + 64);
@@ -404,41 +527,122 @@ mod tests {
 
     #[test]
     fn drift_lists_users_changed_outside_attrsync() {
-        let snap = snapshot(4, &[("Mary", &[("city", "NewYork")]), ("Bob", &[("city", "Oslo")])]);
-        let live = desired(&[("Mary", &[("city", "Paris")]), ("Bob", &[("city", "Oslo")]), ("new", &[("sex", "f")])]);
+        let snap = snapshot(
+            4,
+            &[
+                ("Mary", &[("city", "NewYork")]),
+                ("Bob", &[("city", "Oslo")]),
+            ],
+        );
+        let live = desired(&[
+            ("Mary", &[("city", "Paris")]),
+            ("Bob", &[("city", "Oslo")]),
+            ("new", &[("sex", "f")]),
+        ]);
         let found: Vec<String> = drift(&snap, &live)
             .iter()
-            .map(|d| format!("{}:{}", d.user, d.attrs.iter().map(|a| format!("{}={:?}>{:?}", a.name, a.before, a.after)).collect::<Vec<_>>().join(",")))
+            .map(|d| {
+                format!(
+                    "{}:{}",
+                    d.user,
+                    d.attrs
+                        .iter()
+                        .map(|a| format!("{}={:?}>{:?}", a.name, a.before, a.after))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            })
             .collect();
-        assert_eq!(found, [r#"Mary:city=Some("NewYork")>Some("Paris")"#, r#"new:sex=None>Some("f")"#]);
+        assert_eq!(
+            found,
+            [
+                r#"Mary:city=Some("NewYork")>Some("Paris")"#,
+                r#"new:sex=None>Some("f")"#
+            ]
+        );
         let based = live_snapshot(&snap, &live);
         assert_eq!(based.serial, 4);
-        assert_eq!(based.users.get("Mary").unwrap().attrs, attrs(&[("city", "Paris")]));
+        assert_eq!(
+            based.users.get("Mary").unwrap().attrs,
+            attrs(&[("city", "Paris")])
+        );
         // Planning against live values: Mary goes back to what the config says.
-        let p = plan(&desired(&[("Mary", &[("city", "NewYork")])]), &based, PlanOptions::default());
-        assert_eq!(brief(&p), ["orphaned Bob city:Oslo>Oslo", "orphaned new sex:f>f", "update Mary city:Paris>NewYork"]);
+        let p = plan(
+            &desired(&[("Mary", &[("city", "NewYork")])]),
+            &based,
+            PlanOptions::default(),
+        );
+        assert_eq!(
+            brief(&p),
+            [
+                "orphaned Bob city:Oslo>Oslo",
+                "orphaned new sex:f>f",
+                "update Mary city:Paris>NewYork"
+            ]
+        );
     }
 
     #[test]
     fn empty_desired_guard() {
-        let guards = Guards { max_deletes: 100, allow_mass_delete: false, allow_empty: false };
+        let guards = Guards {
+            max_deletes: 100,
+            allow_mass_delete: false,
+            allow_empty: false,
+        };
         let snap = snapshot(1, &[("a", &[("x", "1")])]);
         assert_eq!(
             check_empty_desired(&Desired::default(), &snap, guards),
             Err(GuardError::EmptyDesired { snapshot_users: 1 })
         );
-        assert!(check_empty_desired(&Desired::default(), &snap, Guards { allow_empty: true, ..guards }).is_ok());
+        assert!(check_empty_desired(
+            &Desired::default(),
+            &snap,
+            Guards {
+                allow_empty: true,
+                ..guards
+            }
+        )
+        .is_ok());
         assert!(check_empty_desired(&Desired::default(), &Snapshot::default(), guards).is_ok());
     }
 
     #[test]
     fn mass_delete_guard() {
-        let users: Vec<(String, Vec<(&str, &str)>)> = (0..5).map(|i| (format!("u{i}"), vec![("x", "1")])).collect();
-        let refs: Vec<(&str, &[(&str, &str)])> = users.iter().map(|(u, a)| (u.as_str(), a.as_slice())).collect();
+        let users: Vec<(String, Vec<(&str, &str)>)> = (0..5)
+            .map(|i| (format!("u{i}"), vec![("x", "1")]))
+            .collect();
+        let refs: Vec<(&str, &[(&str, &str)])> = users
+            .iter()
+            .map(|(u, a)| (u.as_str(), a.as_slice()))
+            .collect();
         let plan = plan(&UserMap::default(), &snapshot(1, &refs), opts(true));
-        let guards = Guards { max_deletes: 4, allow_mass_delete: false, allow_empty: true };
-        assert_eq!(check_mass_delete(&plan, guards), Err(GuardError::MassDelete { deletes: 5, max_deletes: 4 }));
-        assert!(check_mass_delete(&plan, Guards { max_deletes: 5, ..guards }).is_ok());
-        assert!(check_mass_delete(&plan, Guards { allow_mass_delete: true, ..guards }).is_ok());
+        let guards = Guards {
+            max_deletes: 4,
+            allow_mass_delete: false,
+            allow_empty: true,
+        };
+        assert_eq!(
+            check_mass_delete(&plan, guards),
+            Err(GuardError::MassDelete {
+                deletes: 5,
+                max_deletes: 4
+            })
+        );
+        assert!(check_mass_delete(
+            &plan,
+            Guards {
+                max_deletes: 5,
+                ..guards
+            }
+        )
+        .is_ok());
+        assert!(check_mass_delete(
+            &plan,
+            Guards {
+                allow_mass_delete: true,
+                ..guards
+            }
+        )
+        .is_ok());
     }
 }

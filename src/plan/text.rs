@@ -41,7 +41,9 @@ fn color(c: AnsiColor) -> Style {
 /// Renders a plan for a person: one block per user, `attr: "before" → "after"` per attribute,
 /// the summary line last.
 pub fn render_text(plan: &Plan, style: TextStyle) -> String {
-    let painter = Painter { on: style == TextStyle::Color };
+    let painter = Painter {
+        on: style == TextStyle::Color,
+    };
     let mut out = String::new();
     let s = &plan.summary;
     if plan.changes.is_empty() {
@@ -111,7 +113,9 @@ pub fn render_text(plan: &Plan, style: TextStyle) -> String {
 
 /// Renders users changed outside attrsync (`plan --refresh`), before the plan itself.
 pub fn render_drift_text(drift: &[Drift], style: TextStyle) -> String {
-    let painter = Painter { on: style == TextStyle::Color };
+    let painter = Painter {
+        on: style == TextStyle::Color,
+    };
     if drift.is_empty() {
         return "The server matches the snapshot: nothing changed outside attrsync.\n\n".to_owned();
     }
@@ -121,7 +125,12 @@ pub fn render_drift_text(drift: &[Drift], style: TextStyle) -> String {
         plural(drift.len(), "user")
     );
     for user in drift {
-        let _ = writeln!(out, "  {} {}", painter.paint(color(AnsiColor::Magenta), "!"), painter.paint(Style::new().bold(), user.user.as_str()));
+        let _ = writeln!(
+            out,
+            "  {} {}",
+            painter.paint(color(AnsiColor::Magenta), "!"),
+            painter.paint(Style::new().bold(), user.user.as_str())
+        );
         for attr in &user.attrs {
             out.push_str("      ");
             out.push_str(&attr_line(attr, Action::Update, &painter));
@@ -158,7 +167,8 @@ fn attr_line(attr: &AttrChange, action: Action, painter: &Painter) -> String {
     }
 }
 
-fn plural(n: usize, word: &str) -> String {
+/// `1 user`, `2 users`.
+pub(crate) fn plural(n: usize, word: &str) -> String {
     if n == 1 {
         format!("1 {word}")
     } else {
@@ -187,7 +197,10 @@ mod tests {
                     ("same", &[("city", "Rome")]),
                 ],
             ),
-            PlanOptions { sdkappid: 1_400_000_000, prune },
+            PlanOptions {
+                sdkappid: 1_400_000_000,
+                prune,
+            },
         )
     }
 
@@ -238,7 +251,11 @@ mod tests {
 
     #[test]
     fn no_changes() {
-        let p = plan(&desired(&[("a", &[("x", "1")])]), &snapshot(1, &[("a", &[("x", "1")])]), PlanOptions::default());
+        let p = plan(
+            &desired(&[("a", &[("x", "1")])]),
+            &snapshot(1, &[("a", &[("x", "1")])]),
+            PlanOptions::default(),
+        );
         let text = render_text(&p, TextStyle::Plain);
         assert_eq!(text.lines().last(), Some("No changes."));
     }
@@ -251,8 +268,13 @@ mod tests {
 
     #[test]
     fn large_plans_open_with_the_summary() {
-        let users: Vec<(String, Vec<(&str, &str)>)> = (0..30).map(|i| (format!("u{i:02}"), vec![("x", "1")])).collect();
-        let refs: Vec<(&str, &[(&str, &str)])> = users.iter().map(|(u, a)| (u.as_str(), a.as_slice())).collect();
+        let users: Vec<(String, Vec<(&str, &str)>)> = (0..30)
+            .map(|i| (format!("u{i:02}"), vec![("x", "1")]))
+            .collect();
+        let refs: Vec<(&str, &[(&str, &str)])> = users
+            .iter()
+            .map(|(u, a)| (u.as_str(), a.as_slice()))
+            .collect();
         let p = plan(&desired(&refs), &snapshot(0, &[]), PlanOptions::default());
         let text = render_text(&p, TextStyle::Plain);
         assert!(text.starts_with("Plan: 30 to create, 0 to update, 0 to delete.\n"));
