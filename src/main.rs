@@ -26,23 +26,34 @@ use attrsync::ops::{self, interrupts, Context, PlanFormat, PlanRequest, Validate
 )]
 struct Cli {
     /// The config repository (the directory holding attrsync.yaml).
-    #[arg(long, global = true, default_value = ".", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = ".",
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     dir: PathBuf,
 
     /// Where the snapshot lives; overrides state_dir in attrsync.yaml.
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     state: Option<PathBuf>,
 
     /// More log output (-v debug, -vv trace). RUST_LOG overrides both flags.
-    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet", help_heading = "Global options")]
     verbose: u8,
 
     /// Only errors in the log.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     quiet: bool,
 
     /// How log lines on stderr look.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, help_heading = "Global options")]
     log_format: LogFormat,
 
     #[command(subcommand)]

@@ -160,7 +160,7 @@ fn escape_property(s: &str) -> String {
 pub enum PlanFormat {
     /// For people, Terraform-like.
     Text,
-    /// The plan document (DESIGN.md), for machines.
+    /// The plan document (`format_version` 1), for machines and saved plans.
     Json,
     /// For a pull-request comment.
     Markdown,
