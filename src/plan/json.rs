@@ -9,9 +9,8 @@ use crate::model::{Action, AttrChange, AttrName, AttrValue, Change, Drift, Plan,
 /// The plan JSON format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct PlanDoc {
-    format_version: u32,
     sdkappid: u64,
     snapshot_serial: u64,
     desired_digest: String,
@@ -28,14 +27,14 @@ struct SummaryDoc {
     unchanged: usize,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct ChangeDoc {
     user: String,
     action: ActionDoc,
     attrs: BTreeMap<String, AttrDoc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy)]
+#[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 enum ActionDoc {
     Create,
@@ -44,19 +43,22 @@ enum ActionDoc {
     Orphaned,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct AttrDoc {
     before: Option<String>,
     after: Option<String>,
 }
 
 /// Serialises a plan as pretty JSON, exactly as DESIGN.md describes.
+///
+/// Serialises straight from the plan, borrowing every string: a million-change plan would
+/// otherwise be copied into owned documents first.
 pub fn to_json(plan: &Plan) -> String {
-    let doc = PlanDoc {
+    let doc = PlanOut {
         format_version: FORMAT_VERSION,
         sdkappid: plan.sdkappid,
         snapshot_serial: plan.snapshot_serial,
-        desired_digest: plan.desired_digest.clone(),
+        desired_digest: &plan.desired_digest,
         summary: SummaryDoc {
             create: plan.summary.create,
             update: plan.summary.update,
@@ -64,38 +66,71 @@ pub fn to_json(plan: &Plan) -> String {
             orphaned: plan.summary.orphaned,
             unchanged: plan.summary.unchanged,
         },
-        changes: plan
+        changes: ChangesOut(&plan.changes),
+    };
+    // About 100 bytes of pretty JSON per attribute change.
+    let mut json = Vec::with_capacity(
+        512 + plan
             .changes
             .iter()
-            .map(|c| ChangeDoc {
-                user: c.user.as_str().to_owned(),
-                action: match c.action {
-                    Action::Create => ActionDoc::Create,
-                    Action::Update => ActionDoc::Update,
-                    Action::Delete => ActionDoc::Delete,
-                    Action::Orphaned => ActionDoc::Orphaned,
-                },
-                attrs: c
-                    .attrs
-                    .iter()
-                    .map(|a| {
-                        let text =
-                            |v: &Option<AttrValue>| v.as_ref().map(|v| v.as_str().to_owned());
-                        (
-                            a.name.as_str().to_owned(),
-                            AttrDoc {
-                                before: text(&a.before),
-                                after: text(&a.after),
-                            },
-                        )
-                    })
-                    .collect(),
-            })
-            .collect(),
-    };
-    let mut json = serde_json::to_string_pretty(&doc).expect("plan JSON serialises");
-    json.push('\n');
-    json
+            .map(|c| 80 + 100 * c.attrs.len())
+            .sum::<usize>(),
+    );
+    serde_json::to_writer_pretty(&mut json, &doc).expect("plan JSON serialises");
+    json.push(b'\n');
+    String::from_utf8(json).expect("serde_json writes UTF-8")
+}
+
+#[derive(Serialize)]
+struct PlanOut<'a> {
+    format_version: u32,
+    sdkappid: u64,
+    snapshot_serial: u64,
+    desired_digest: &'a str,
+    summary: SummaryDoc,
+    changes: ChangesOut<'a>,
+}
+
+struct ChangesOut<'a>(&'a [Change]);
+
+impl Serialize for ChangesOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(ChangeOut))
+    }
+}
+
+struct ChangeOut<'a>(&'a Change);
+
+impl Serialize for ChangeOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut change = serializer.serialize_struct("Change", 3)?;
+        change.serialize_field("user", self.0.user.as_str())?;
+        change.serialize_field("action", self.0.action.as_str())?;
+        change.serialize_field("attrs", &AttrsOut(&self.0.attrs))?;
+        change.end()
+    }
+}
+
+/// A change's attributes as a JSON object; they are sorted by name already.
+struct AttrsOut<'a>(&'a [AttrChange]);
+
+impl Serialize for AttrsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|a| {
+            let out = AttrOut {
+                before: a.before.as_ref().map(AttrValue::as_str),
+                after: a.after.as_ref().map(AttrValue::as_str),
+            };
+            (a.name.as_str(), out)
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct AttrOut<'a> {
+    before: Option<&'a str>,
+    after: Option<&'a str>,
 }
 
 /// The plan JSON with a `drift` array (`plan --refresh`): per drifted user, per attribute,
@@ -150,17 +185,20 @@ pub enum PlanFileError {
 
 /// Reads a saved plan, checking its version and every id, name and value in it.
 pub fn from_json(text: &str) -> Result<Plan, PlanFileError> {
-    let probe: serde_json::Value = serde_json::from_str(text)?;
-    let found = probe
-        .get("format_version")
-        .and_then(serde_json::Value::as_u64)
+    // The version first, on its own: a future format may not have this one's shape.
+    #[derive(Deserialize)]
+    struct Probe {
+        format_version: Option<u64>,
+    }
+    let found = serde_json::from_str::<Probe>(text)?
+        .format_version
         .unwrap_or(0);
     if found != u64::from(FORMAT_VERSION) {
         return Err(PlanFileError::Version {
             found: u32::try_from(found).unwrap_or(u32::MAX),
         });
     }
-    let doc: PlanDoc = serde_json::from_value(probe)?;
+    let doc: PlanDoc = serde_json::from_str(text)?;
     let mut changes = Vec::with_capacity(doc.changes.len());
     for change in doc.changes {
         let invalid = |reason: String| PlanFileError::Invalid {
