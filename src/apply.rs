@@ -335,6 +335,18 @@ where
     }
 }
 
+/// One request entry per user of `part` not already `refused` that `entry` has something for.
+fn requests<T>(
+    part: &[Item<'_>],
+    refused: &[FailedUser],
+    entry: impl Fn(&Change) -> Option<T>,
+) -> Vec<T> {
+    part.iter()
+        .filter(|item| !refused.iter().any(|f| f.user == item.change.user.as_str()))
+        .filter_map(|item| entry(item.change))
+        .collect()
+}
+
 /// The users an OK answer refused, as report entries.
 fn refused_users(outcome: crate::api::BatchOutcome) -> Vec<FailedUser> {
     outcome
@@ -389,20 +401,16 @@ impl Shared<'_> {
     /// Sends the calls a batch needs; returns the users refused along the way.
     async fn send(&self, part: &[Item<'_>]) -> Result<Vec<FailedUser>, GaveUp> {
         let mut refused: Vec<FailedUser> = Vec::new();
-        let sets: Vec<UserAttrs> = part
-            .iter()
-            .filter_map(|item| {
-                let attrs: std::collections::BTreeMap<String, String> = item
-                    .change
-                    .to_set()
-                    .map(|(n, v)| (n.as_str().to_owned(), v.as_str().to_owned()))
-                    .collect();
-                (!attrs.is_empty()).then(|| UserAttrs {
-                    account: item.change.user.as_str().to_owned(),
-                    attrs,
-                })
+        let sets = requests(part, &refused, |change| {
+            let attrs: std::collections::BTreeMap<String, String> = change
+                .to_set()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_str().to_owned()))
+                .collect();
+            (!attrs.is_empty()).then(|| UserAttrs {
+                account: change.user.as_str().to_owned(),
+                attrs,
             })
-            .collect();
+        });
         if !sets.is_empty() {
             let outcome = with_retries(self.client, self.stop, &self.stats, || {
                 self.client.set_attr(&sets)
@@ -410,21 +418,14 @@ impl Shared<'_> {
             .await?;
             refused.extend(refused_users(outcome));
         }
-        let removes: Vec<UserAttrNames> = part
-            .iter()
-            .filter(|item| !refused.iter().any(|f| f.user == item.change.user.as_str()))
-            .filter_map(|item| {
-                let names: Vec<String> = item
-                    .change
-                    .to_remove()
-                    .map(|n| n.as_str().to_owned())
-                    .collect();
-                (!names.is_empty()).then(|| UserAttrNames {
-                    account: item.change.user.as_str().to_owned(),
-                    names,
-                })
+        // A user refused by set_attr is not recorded, so its removals wait for the next run.
+        let removes = requests(part, &refused, |change| {
+            let names: Vec<String> = change.to_remove().map(|n| n.as_str().to_owned()).collect();
+            (!names.is_empty()).then(|| UserAttrNames {
+                account: change.user.as_str().to_owned(),
+                names,
             })
-            .collect();
+        });
         if !removes.is_empty() {
             let outcome = with_retries(self.client, self.stop, &self.stats, || {
                 self.client.remove_attr(&removes)

@@ -198,14 +198,11 @@ mod tests {
 
     #[test]
     fn huge_plans_are_capped_and_say_what_was_left_out() {
-        let users: Vec<(String, Vec<(&str, &str)>)> = (0..5000)
-            .map(|i| (format!("user{i:05}"), vec![("city", "Somewhere")]))
-            .collect();
-        let refs: Vec<(&str, &[(&str, &str)])> = users
-            .iter()
-            .map(|(u, a)| (u.as_str(), a.as_slice()))
-            .collect();
-        let p = plan(&desired(&refs), &snapshot(0, &[]), PlanOptions::default());
+        let p = plan(
+            &numbered("user", 5000, "city", "Somewhere"),
+            &snapshot(0, &[]),
+            PlanOptions::default(),
+        );
         let md = render_markdown(&p);
         assert!(md.len() <= MARKDOWN_LIMIT, "{}", md.len());
         assert!(md.contains("**Plan: 5000 to create, 0 to update, 0 to delete.**"));

@@ -350,6 +350,39 @@ pub(crate) mod testing {
         .unwrap();
         Snapshot { users, serial }
     }
+
+    /// `count` users named `{prefix}{i:05}`, each with the attribute `name: value`.
+    pub fn numbered(prefix: &str, count: usize, name: &str, value: &str) -> Desired {
+        let users = (0..count)
+            .map(|i| {
+                (
+                    UserId::new(&format!("{prefix}{i:05}")).unwrap(),
+                    attrs(&[(name, value)]),
+                )
+            })
+            .collect();
+        UserMap::from_unsorted(users).unwrap()
+    }
+
+    /// A snapshot at `serial` holding `users` as if applied.
+    pub fn snapshot_of(serial: u64, users: &Desired) -> Snapshot {
+        let entries = users
+            .iter()
+            .map(|(u, a)| {
+                (
+                    u.clone(),
+                    SnapshotEntry {
+                        attrs: a.clone(),
+                        applied_at: 1_700_000_000,
+                    },
+                )
+            })
+            .collect();
+        Snapshot {
+            users: UserMap::from_sorted(entries).unwrap(),
+            serial,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -608,14 +641,11 @@ mod tests {
 
     #[test]
     fn mass_delete_guard() {
-        let users: Vec<(String, Vec<(&str, &str)>)> = (0..5)
-            .map(|i| (format!("u{i}"), vec![("x", "1")]))
-            .collect();
-        let refs: Vec<(&str, &[(&str, &str)])> = users
-            .iter()
-            .map(|(u, a)| (u.as_str(), a.as_slice()))
-            .collect();
-        let plan = plan(&UserMap::default(), &snapshot(1, &refs), opts(true));
+        let plan = plan(
+            &UserMap::default(),
+            &snapshot_of(1, &numbered("u", 5, "x", "1")),
+            opts(true),
+        );
         let guards = Guards {
             max_deletes: 4,
             allow_mass_delete: false,

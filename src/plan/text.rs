@@ -268,14 +268,11 @@ mod tests {
 
     #[test]
     fn large_plans_open_with_the_summary() {
-        let users: Vec<(String, Vec<(&str, &str)>)> = (0..30)
-            .map(|i| (format!("u{i:02}"), vec![("x", "1")]))
-            .collect();
-        let refs: Vec<(&str, &[(&str, &str)])> = users
-            .iter()
-            .map(|(u, a)| (u.as_str(), a.as_slice()))
-            .collect();
-        let p = plan(&desired(&refs), &snapshot(0, &[]), PlanOptions::default());
+        let p = plan(
+            &numbered("u", 30, "x", "1"),
+            &snapshot(0, &[]),
+            PlanOptions::default(),
+        );
         let text = render_text(&p, TextStyle::Plain);
         assert!(text.starts_with("Plan: 30 to create, 0 to update, 0 to delete.\n"));
         assert!(text.ends_with("Plan: 30 to create, 0 to update, 0 to delete.\n"));
