@@ -275,7 +275,7 @@ pub enum GaveUp {
     #[error("{0}")]
     Fatal(ApiError),
     /// Still failing after [`MAX_ATTEMPTS`]: this batch fails, the run goes on.
-    #[error("{0} (gave up after {MAX_ATTEMPTS} attempts)")]
+    #[error("{0}; gave up after {MAX_ATTEMPTS} attempts: check the network and that the endpoint or region is right, then run again")]
     Exhausted(ApiError),
     /// The server found an invalid attribute (90033): the caller may split the batch.
     #[error("{0}")]
@@ -327,7 +327,12 @@ where
             return Err(GaveUp::Exhausted(error));
         }
         let delay = backoff(attempt);
-        tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, %error, "retrying after backoff");
+        tracing::info!(
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            %error,
+            "retrying after backoff"
+        );
         stats.retries.fetch_add(1, Ordering::Relaxed);
         if !stop.sleep(delay).await {
             return Err(GaveUp::Interrupted);

@@ -383,10 +383,15 @@ mod rules {
         let repo = Repo::new(&[("users/a.yaml", "users: {}\n")]);
         let out = repo.run(&["validate"]);
         out.expect_code(1);
+        let dir = repo.dir().canonicalize().unwrap();
         assert_eq!(
             out.stdout,
-            "attrsync.yaml: no attrsync.yaml here\n  help: run attrsync inside a config repository, or point --dir at one\n\
-             the config is invalid: 1 problem in 1 file; fix them and run again (nothing was planned or sent)\n"
+            format!(
+                "attrsync.yaml: not found in {}: this directory is not a config repository\n  \
+                 help: run attrsync inside a config repository, or point --dir at one\n\
+                 the config is invalid: 1 problem in 1 file; fix them and run again (nothing was planned or sent)\n",
+                dir.display()
+            )
         );
     }
 

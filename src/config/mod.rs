@@ -164,7 +164,12 @@ pub fn load(
         Err(ReadError::Missing) => {
             return Err(Diagnostics(vec![Diagnostic::whole(
                 &shown_settings,
-                "no attrsync.yaml here",
+                format!(
+                    "not found in {}: this directory is not a config repository",
+                    dir.canonicalize()
+                        .unwrap_or_else(|_| dir.to_owned())
+                        .display()
+                ),
                 Some("run attrsync inside a config repository, or point --dir at one".to_owned()),
             )]));
         }
