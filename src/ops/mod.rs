@@ -253,11 +253,7 @@ pub async fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
         (PlanFormat::Json, Some(drift)) => plan::to_json_with_drift(&plan, drift),
         (PlanFormat::Markdown, None) => plan::render_markdown(&plan),
         (PlanFormat::Markdown, Some(drift)) => {
-            plan::render_markdown(&plan)
-                + &format!(
-                    "\n<sub>refreshed: {} users changed outside attrsync</sub>\n",
-                    drift.len()
-                )
+            plan::render_markdown(&plan) + &plan::render_drift_markdown(drift)
         }
     };
     Ok(PlanOutcome {

@@ -5,13 +5,17 @@ use std::fmt::Write as _;
 
 use similar::TextDiff;
 
-use crate::model::{Action, Change, Plan};
+use crate::model::{Action, Change, Drift, Plan};
 
 use super::summary_line;
 
 /// Most characters the rendering may have. GitHub rejects comments over 65,536 characters;
 /// the rest is headroom for the footer and for wrappers that add their own text.
 pub const MARKDOWN_LIMIT: usize = 60_000;
+
+/// Most characters the drift section may add, so that plan and drift stay under GitHub's
+/// 65,536-character comment limit together.
+const DRIFT_LIMIT: usize = 4_000;
 
 /// A hidden marker that CI wrappers can search for to update one sticky comment in place.
 const MARKER: &str = "<!-- attrsync-plan -->";
@@ -71,6 +75,41 @@ pub fn render_markdown(plan: &Plan) -> String {
             "\n> **{left_out} of {} changes are not shown** to keep this comment under {MARKDOWN_LIMIT} characters. \
              Run `attrsync plan` (or `--format json`) for the full plan.",
             plan.changes.len()
+        );
+    }
+    out
+}
+
+/// The users changed outside attrsync (`plan --refresh`), as a section to append, capped like
+/// the plan.
+pub fn render_drift_markdown(drift: &[Drift]) -> String {
+    if drift.is_empty() {
+        return "\n#### Drift\n\nThe server matches the snapshot: nothing changed outside attrsync.\n".to_owned();
+    }
+    let mut out = format!(
+        "\n#### Drift\n\n{} changed outside attrsync since the last apply; the plan above is computed \
+         against the live values.\n\n",
+        super::plural(drift.len(), "user")
+    );
+    let mut shown = 0;
+    for user in drift {
+        let change = Change {
+            user: user.user.clone(),
+            action: Action::Update,
+            attrs: user.attrs.clone(),
+        };
+        let block = details(&change);
+        if out.len() + block.len() + 200 > DRIFT_LIMIT {
+            break;
+        }
+        out.push_str(&block);
+        shown += 1;
+    }
+    if shown < drift.len() {
+        let _ = writeln!(
+            out,
+            "\n> {} more drifted users are not shown.",
+            drift.len() - shown
         );
     }
     out

@@ -8,7 +8,7 @@ mod markdown;
 mod text;
 
 pub use json::{from_json, to_json, to_json_with_drift, PlanFileError};
-pub use markdown::{render_markdown, MARKDOWN_LIMIT};
+pub use markdown::{render_drift_markdown, render_markdown, MARKDOWN_LIMIT};
 pub(crate) use text::plural;
 pub use text::{render_drift_text, render_text, TextStyle};
 
