@@ -525,6 +525,21 @@ fn refresh_shows_drift_and_plans_against_live_values() {
     );
     let json = run(&repo, &["plan", "--refresh", "--format", "json"]).json();
     assert_eq!(json["drift"][0]["user"], "Mary");
+    let markdown = run(&repo, &["plan", "--refresh", "--format", "markdown"]);
+    assert!(
+        markdown
+            .stdout
+            .contains("#### Drift\n\n1 user changed outside attrsync"),
+        "{}",
+        markdown.stdout
+    );
+    assert!(
+        markdown
+            .stdout
+            .contains("-city: \"NewYork\"\n+city: \"Paris\""),
+        "{}",
+        markdown.stdout
+    );
     assert_eq!(
         json["drift"][0]["attrs"]["city"],
         serde_json::json!({"snapshot": "NewYork", "live": "Paris"})
