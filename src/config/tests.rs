@@ -975,3 +975,57 @@ mod reporting {
         );
     }
 }
+
+mod never_panics {
+    //! Whatever the text, reading it ends with users or problems: no panic, no hang.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Fragments that steer random text towards the parser's corners.
+    fn yamlish() -> impl Strategy<Value = String> {
+        let token = prop_oneof![
+            Just("users:".to_owned()),
+            Just("defaults:".to_owned()),
+            Just("\n  ".to_owned()),
+            Just("\n".to_owned()),
+            Just(": ".to_owned()),
+            Just("{".to_owned()),
+            Just("}".to_owned()),
+            Just("[".to_owned()),
+            Just("]".to_owned()),
+            Just(", ".to_owned()),
+            Just("&a ".to_owned()),
+            Just("*a".to_owned()),
+            Just("!!str ".to_owned()),
+            Just("\"".to_owned()),
+            Just("'".to_owned()),
+            Just("- ".to_owned()),
+            Just("---\n".to_owned()),
+            Just("? ".to_owned()),
+            Just("|\n".to_owned()),
+            Just("\t".to_owned()),
+            Just("NO".to_owned()),
+            Just("sex".to_owned()),
+            "[a-z0-9]{1,6}",
+            "\\PC{1,3}",
+        ];
+        prop::collection::vec(token, 0..60).prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn user_files(text in yamlish()) {
+            let file = user_file(&text);
+            for problem in &file.problems {
+                prop_assert!(problem.pos.line >= 1 && problem.pos.column >= 1, "{problem:?}");
+            }
+        }
+
+        #[test]
+        fn settings_files(text in yamlish()) {
+            let _ = settings::parse(&text, Path::new("/repo"));
+        }
+    }
+}
