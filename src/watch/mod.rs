@@ -328,7 +328,9 @@ pub async fn run(
         last_logged_plan: None,
     };
     daemon.run_loop(events, hangup, down_rx).await;
-    // Dropping the store flushes it and removes holder.json.
+    // Release every handle on the snapshot: dropping the last one flushes it and removes
+    // holder.json, so a CLI command can open it the moment the process is gone.
+    daemon.shared.status().current = None;
     drop(daemon);
     if let Some(server) = server {
         let _ = timeout(Duration::from_secs(1), server).await;
