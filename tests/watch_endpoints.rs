@@ -5,7 +5,7 @@ mod watch_support;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use watch_support::{wait_until, Daemon, Emulator, Repo};
+use watch_support::{Daemon, Emulator, Repo};
 
 /// A metric family from the exposition: its type and its samples (`name{labels}` → value).
 #[derive(Debug, Default)]
