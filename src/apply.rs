@@ -6,14 +6,14 @@
 //! for the users not refused in an `ErrorList`. A crash at any moment therefore loses at most
 //! the batches in flight, and the next run re-plans and re-sends only what is missing.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::api::{ApiError, Client, UserAttrNames, UserAttrs};
+use crate::api::{ApiError, Client, Endpoint, UserAttrNames, UserAttrs};
 use crate::model::{Action, Attrs, Change, Plan, Snapshot};
 use crate::state::{self, Store, Write};
 
@@ -109,6 +109,8 @@ pub struct Report {
     pub interrupted: bool,
     /// The error that stopped the run, if any.
     pub error: Option<String>,
+    /// Calls per endpoint and outcome (`{"set_attr": {"ok": 3, "throttled": 1}}`), for metrics.
+    pub calls_by_endpoint: BTreeMap<String, BTreeMap<String, usize>>,
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -206,6 +208,7 @@ pub async fn execute(
     join_all(&mut running).await;
     drop(running);
     let mut report = shared.report.into_inner().expect("report lock");
+    report.calls_by_endpoint = shared.stats.by_endpoint();
     report.calls = shared.stats.calls.into_inner();
     report.retries = shared.stats.retries.into_inner();
     report.throttled = shared.stats.throttled.into_inner();
@@ -266,6 +269,82 @@ pub struct CallStats {
     pub retries: AtomicUsize,
     /// Rate-limit answers from the server.
     pub throttled: AtomicUsize,
+    /// Attempts per endpoint and outcome, recorded by [`counted`].
+    outcomes: Mutex<BTreeMap<(Endpoint, CallOutcome), usize>>,
+}
+
+impl CallStats {
+    /// Counts one attempt's outcome.
+    pub fn record(&self, endpoint: Endpoint, outcome: CallOutcome) {
+        *self
+            .outcomes
+            .lock()
+            .expect("stats lock")
+            .entry((endpoint, outcome))
+            .or_default() += 1;
+    }
+
+    /// Attempts per endpoint name and outcome name.
+    pub fn by_endpoint(&self) -> BTreeMap<String, BTreeMap<String, usize>> {
+        let mut out: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+        for ((endpoint, outcome), calls) in self.outcomes.lock().expect("stats lock").iter() {
+            out.entry(endpoint.name().to_owned())
+                .or_default()
+                .insert(outcome.name().to_owned(), *calls);
+        }
+        out
+    }
+}
+
+/// How one attempt at a call ended, as counted in [`CallStats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CallOutcome {
+    /// Answered `OK` (possibly with an `ErrorList`).
+    Ok,
+    /// Refused for the rate limit.
+    Throttled,
+    /// A transient failure (transport, timeout, 5xx, busy codes).
+    Transient,
+    /// The UserSig had expired.
+    UserSigExpired,
+    /// Anything retrying cannot fix.
+    Fatal,
+}
+
+impl CallOutcome {
+    /// Classifies an attempt's result.
+    pub fn of<T>(result: &Result<T, ApiError>) -> Self {
+        match result {
+            Ok(_) => CallOutcome::Ok,
+            Err(ApiError::RateLimited { .. }) => CallOutcome::Throttled,
+            Err(ApiError::Transient { .. }) => CallOutcome::Transient,
+            Err(ApiError::UserSigExpired { .. }) => CallOutcome::UserSigExpired,
+            Err(_) => CallOutcome::Fatal,
+        }
+    }
+
+    /// The label value (`ok`, `throttled`, `transient`, `usersig_expired`, `fatal`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::Throttled => "throttled",
+            CallOutcome::Transient => "transient",
+            CallOutcome::UserSigExpired => "usersig_expired",
+            CallOutcome::Fatal => "fatal",
+        }
+    }
+}
+
+/// Makes one attempt and counts its outcome under `endpoint` (wrap the closure given to
+/// [`with_retries`] in it, so that every retry is counted too).
+pub async fn counted<T>(
+    stats: &CallStats,
+    endpoint: Endpoint,
+    attempt: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let result = attempt.await;
+    stats.record(endpoint, CallOutcome::of(&result));
+    result
 }
 
 /// Why [`with_retries`] gave up.
@@ -418,7 +497,7 @@ impl Shared<'_> {
         });
         if !sets.is_empty() {
             let outcome = with_retries(self.client, self.stop, &self.stats, || {
-                self.client.set_attr(&sets)
+                counted(&self.stats, Endpoint::SetAttr, self.client.set_attr(&sets))
             })
             .await?;
             refused.extend(refused_users(outcome));
@@ -433,7 +512,11 @@ impl Shared<'_> {
         });
         if !removes.is_empty() {
             let outcome = with_retries(self.client, self.stop, &self.stats, || {
-                self.client.remove_attr(&removes)
+                counted(
+                    &self.stats,
+                    Endpoint::RemoveAttr,
+                    self.client.remove_attr(&removes),
+                )
             })
             .await?;
             refused.extend(refused_users(outcome));
@@ -538,7 +621,11 @@ pub async fn read_live(
                 break;
             };
             let accounts: Vec<String> = chunk.iter().map(|u| u.as_str().to_owned()).collect();
-            match with_retries(client, stop, stats, || client.get_attr(&accounts)).await {
+            match with_retries(client, stop, stats, || {
+                counted(stats, Endpoint::GetAttr, client.get_attr(&accounts))
+            })
+            .await
+            {
                 Ok(outcome) => {
                     let mut found = found.lock().expect("found lock");
                     for user in chunk {

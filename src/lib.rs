@@ -14,6 +14,7 @@
 //! - [`state`]: the sled snapshot of what the server last accepted.
 //! - [`api`]: the Tencent Cloud IM REST client (UserSig, rate limiter, error classes).
 //! - [`apply`]: the executor — batches, retries, one snapshot commit per accepted batch.
+//! - [`watch`]: the daemon — file events, periodic resync and manual triggers → reconcile.
 //! - [`emulator`]: a local stand-in for the server, used by tests and the quickstart.
 //! - [`ops`]: one function per command, wiring the shells to the core; `main.rs` only
 //!   parses arguments and maps results to exit codes.
@@ -28,3 +29,4 @@ pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod state;
+pub mod watch;

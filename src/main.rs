@@ -132,6 +132,28 @@ enum Command {
     /// Inspect or move the snapshot (what attrsync last saw the server accept).
     #[command(subcommand)]
     State(StateCommand),
+    /// Keep the app equal to the config: reconcile on file changes, every --interval, on SIGHUP
+    /// and on POST /reconcile.
+    ///
+    /// Each reconcile reloads the config, plans against the snapshot and applies the plan. An
+    /// invalid config is logged (file:line:column) and nothing is applied until it is fixed;
+    /// failures are retried with backoff (1 s doubling to 5 min). SIGTERM/SIGINT finish the
+    /// batches in flight, record them and exit 0.
+    Watch {
+        /// The periodic full resync, which also catches missed file events.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = attrsync::watch::parse_duration)]
+        interval: std::time::Duration,
+        /// Quiet time after a file change before reconciling (one reconcile per burst).
+        #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = attrsync::watch::parse_duration)]
+        debounce: std::time::Duration,
+        /// Serve /healthz, /readyz, /metrics, GET /plan and POST /reconcile on ADDR
+        /// (e.g. 127.0.0.1:9464; port 0 picks a free port). Off by default.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Plan and log the plan on every reconcile; never apply.
+        #[arg(long)]
+        plan_only: bool,
+    },
     /// Run the local Tencent Cloud IM stand-in (for tests and demos).
     Emulator(attrsync::emulator::EmulatorArgs),
 }
@@ -275,6 +297,24 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::State(StateCommand::Import { file }) => print_ok(ops::state_import(ctx, &file)?),
+        Command::Watch {
+            interval,
+            debounce,
+            listen,
+            plan_only,
+        } => {
+            let options = attrsync::watch::WatchOptions {
+                interval,
+                debounce,
+                listen,
+                plan_only,
+            };
+            runtime()?.block_on(async {
+                let shutdown = attrsync::watch::shutdown_signal()?;
+                attrsync::watch::run(ctx, options, shutdown).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Emulator(args) => {
             runtime()?.block_on(attrsync::emulator::run_from_cli(args))?;
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,266 @@
+//! `attrsync watch` as a child process against the emulator: edits, rename-saves, bursts,
+//! invalid configs, recreated folders and SIGTERM during a long apply.
+
+mod watch_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use watch_support::{wait_until, Daemon, Emulator, Repo};
+
+fn attrs(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
+}
+
+#[test]
+fn an_edit_is_applied() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    repo.write(
+        "people.yaml",
+        "users:\n  Mary: {sex: female, city: NewYork}\n",
+    );
+    let daemon = Daemon::start(&repo, &[]);
+    wait_until("Mary is created", || {
+        emulator.user("Mary") == attrs(&[("city", "NewYork"), ("sex", "female")])
+    });
+
+    repo.write(
+        "people.yaml",
+        "users:\n  Mary: {sex: female, city: Boston}\n",
+    );
+    wait_until("Mary moves to Boston", || {
+        emulator.user("Mary") == attrs(&[("city", "Boston"), ("sex", "female")])
+    });
+    let edit = daemon.wait_reconciles(2);
+    assert_eq!(edit["trigger"], "files", "{}", daemon.log());
+    assert_eq!(edit["result"], "success");
+    assert_eq!(edit["files_changed"], 1);
+    assert_eq!(edit["update"], 1);
+    assert_eq!(edit["applied"], 1);
+}
+
+#[test]
+fn atomic_rename_saves_are_applied_every_time() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    repo.write("people.yaml", "users:\n  Mary: {tier: free}\n");
+    let daemon = Daemon::start(&repo, &[]);
+    wait_until("Mary is created", || {
+        emulator.user("Mary") == attrs(&[("tier", "free")])
+    });
+
+    // As vim and most editors save: write a temporary file, keep a backup, rename over the
+    // original. A watch on the file would go deaf after the first save; the directory's not.
+    for tier in ["gold", "platinum", "free"] {
+        let temp = repo.users().join(".people.yaml.swp");
+        std::fs::write(&temp, format!("users:\n  Mary: {{tier: {tier}}}\n")).unwrap();
+        std::fs::copy(
+            repo.users().join("people.yaml"),
+            repo.users().join("people.yaml~"),
+        )
+        .unwrap();
+        std::fs::rename(&temp, repo.users().join("people.yaml")).unwrap();
+        wait_until(&format!("Mary's tier becomes {tier}"), || {
+            emulator.user("Mary") == attrs(&[("tier", tier)])
+        });
+    }
+    assert!(
+        daemon.reconciles().iter().all(|r| r["result"] == "success"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn fifty_files_changed_at_once_are_one_reconcile() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    repo.write("seed.yaml", "users:\n  seed: {tier: free}\n");
+    let daemon = Daemon::start(&repo, &["--debounce", "300ms"]);
+    daemon.wait_reconciles(1);
+
+    // What a `git pull` does: 50 files written one after another, in two folders.
+    for i in 0..50 {
+        repo.write(
+            &format!("team{}/u{i:02}.yaml", i % 2),
+            &format!("users:\n  u{i:02}: {{tier: gold}}\n"),
+        );
+    }
+    wait_until("all 50 users are on the server", || {
+        emulator.state()["users"].as_object().unwrap().len() == 51
+    });
+    // Only absence is left to check: no second reconcile follows the burst.
+    std::thread::sleep(Duration::from_millis(900));
+    let reconciles = daemon.reconciles();
+    assert_eq!(reconciles.len(), 2, "{}", daemon.log());
+    let burst = &reconciles[1];
+    assert_eq!(burst["trigger"], "files");
+    assert_eq!(burst["files_changed"], 50);
+    assert_eq!(burst["create"], 50);
+    // One batch carried all 50 (the seed user went first, alone).
+    assert_eq!(emulator.set_attr_ok(), (2, 51));
+}
+
+#[test]
+fn an_invalid_edit_is_logged_applies_nothing_and_recovers_once_fixed() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    repo.write(
+        "people.yaml",
+        "users:\n  Mary: {sex: female}\n  Bob: {city: Lima}\n",
+    );
+    let mut daemon = Daemon::start(&repo, &[]);
+    wait_until("the first sync", || emulator.set_attr_ok().1 == 2);
+
+    // A valid change to Bob next to two mistakes: none of it may reach the server.
+    repo.write(
+        "people.yaml",
+        "users:\n  Mary: {sex: NO}\n  Bob: {city: Paris, hair: red}\n",
+    );
+    wait_until("both problems are logged", || {
+        let lines = daemon.lines();
+        let located = |at: &str| {
+            lines.iter().any(|l| {
+                l["location"]
+                    .as_str()
+                    .is_some_and(|loc| loc.starts_with(at))
+            })
+        };
+        located("users/people.yaml:2:") && located("users/people.yaml:3:")
+    });
+    let failed = daemon
+        .reconciles()
+        .into_iter()
+        .find(|r| r["result"] == "failure")
+        .expect("a failed reconcile");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid (2 problems)"),
+        "{failed}"
+    );
+    assert_eq!(failed["retry_in_ms"], 1000);
+    assert!(daemon.alive());
+    let (status, _, body) = daemon.http("GET", "/readyz");
+    assert_eq!(status, 503);
+    assert!(body.contains("the config is invalid"), "{body}");
+    // The backoff retries meanwhile; still nothing is sent.
+    wait_until("a retry", || {
+        daemon.reconciles().iter().any(|r| r["trigger"] == "retry")
+    });
+    assert_eq!(emulator.set_attr_ok().1, 2);
+    assert_eq!(emulator.user("Bob"), attrs(&[("city", "Lima")]));
+
+    repo.write(
+        "people.yaml",
+        "users:\n  Mary: {sex: \"NO\"}\n  Bob: {city: Paris}\n",
+    );
+    wait_until("the fix is applied", || {
+        emulator.user("Bob") == attrs(&[("city", "Paris")])
+    });
+    assert_eq!(emulator.user("Mary"), attrs(&[("sex", "NO")]));
+    wait_until("the daemon is ready again", || {
+        daemon.http("GET", "/readyz").0 == 200
+    });
+}
+
+#[test]
+fn a_deleted_and_recreated_users_folder_is_watched_again() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    repo.write("a/people.yaml", "users:\n  Mary: {tier: free}\n");
+    let daemon = Daemon::start(&repo, &[]);
+    wait_until("Mary is created", || emulator.user("Mary").is_some());
+
+    std::fs::remove_dir_all(repo.users()).unwrap();
+    wait_until("the missing folder fails a reconcile", || {
+        daemon.reconciles().iter().any(|r| r["result"] == "failure")
+    });
+    repo.write("a/people.yaml", "users:\n  Mary: {tier: gold}\n");
+    wait_until("the edit in the new folder is applied", || {
+        emulator.user("Mary") == attrs(&[("tier", "gold")])
+    });
+    // And the new folder keeps being watched.
+    repo.write("a/people.yaml", "users:\n  Mary: {tier: platinum}\n");
+    wait_until("a second edit is applied", || {
+        emulator.user("Mary") == attrs(&[("tier", "platinum")])
+    });
+}
+
+#[test]
+fn sigterm_during_a_long_apply_exits_0_with_a_consistent_snapshot() {
+    const USERS: usize = 600;
+    // 120 calls of 5 users, each answered after 300 ms: a few seconds of work.
+    let emulator = Emulator::start(&["--latency", "300"]);
+    let repo = Repo::new(&emulator, "batch_size: 5\n");
+    let mut text = String::from("users:\n");
+    for i in 0..USERS {
+        text.push_str(&format!("  u{i:04}: {{city: Lima, tier: gold}}\n"));
+    }
+    repo.write("many.yaml", &text);
+    let mut daemon = Daemon::start(&repo, &[]);
+    wait_until("the apply is under way", || emulator.set_attr_ok().0 >= 1);
+
+    daemon.signal("TERM");
+    let (status, took) = daemon.wait_exit();
+    assert!(status.success(), "exit {status:?}; log:\n{}", daemon.log());
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    let last = daemon
+        .reconciles()
+        .pop()
+        .expect("the interrupted reconcile is logged");
+    assert_eq!(last["result"], "interrupted", "{}", daemon.log());
+
+    // Consistent: every user the snapshot records is on the server with those attributes, and
+    // the batches that were in flight were recorded (the apply stopped part-way).
+    let export = repo.cli(&["state", "export"]);
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let recorded: Vec<Value> = String::from_utf8(export.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let server = emulator.state()["users"].clone();
+    assert!(
+        !recorded.is_empty() && recorded.len() < USERS,
+        "{} recorded",
+        recorded.len()
+    );
+    for entry in &recorded {
+        assert_eq!(
+            server[entry["user"].as_str().unwrap()],
+            entry["attrs"],
+            "{entry}"
+        );
+    }
+    assert_eq!(
+        recorded.len(),
+        server.as_object().unwrap().len(),
+        "accepted but not recorded"
+    );
+
+    // A restart resumes: the rest is sent, nothing accepted is sent twice.
+    let mut again = Daemon::start(&repo, &[]);
+    let resumed = again.wait_reconciles(1);
+    assert_eq!(resumed["result"], "success", "{}", again.log());
+    assert_eq!(
+        resumed["create"].as_u64().unwrap() as usize,
+        USERS - recorded.len()
+    );
+    assert_eq!(emulator.state()["users"].as_object().unwrap().len(), USERS);
+    assert_eq!(emulator.set_attr_ok().1, USERS);
+    again.signal("TERM");
+    assert!(again.wait_exit().0.success());
+}
