@@ -153,6 +153,9 @@ impl Store {
         let db = match sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
+            // Every write path flushes before it returns; a background flusher would only wake
+            // an idle daemon for nothing.
+            .flush_every_ms(None)
             .open()
         {
             Ok(db) => db,
