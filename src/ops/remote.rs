@@ -301,7 +301,7 @@ impl ProgressLine {
             let bar = indicatif::ProgressBar::new(total as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} users  {per_sec}  ETA {eta}",
+                    "{bar:40} {pos}/{len} users  {msg}  ETA {eta}",
                 )
                 .expect("valid template"),
             );
@@ -316,15 +316,15 @@ impl ProgressLine {
     }
 
     fn update(&self, progress: Progress) {
+        let rate = progress.done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
         if let Some(bar) = &self.bar {
             bar.set_position(progress.done as u64);
+            bar.set_message(format!("{rate:.0} users/s"));
             return;
         }
         let mut last = self.last_line.lock().expect("progress lock");
         if last.elapsed() >= PLAIN_PROGRESS_EVERY {
             *last = Instant::now();
-            let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
-            let rate = progress.done as f64 / elapsed;
             let eta = if rate > 0.0 {
                 (self.total - progress.done) as f64 / rate
             } else {
