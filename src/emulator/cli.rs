@@ -52,8 +52,9 @@ pub async fn run_from_cli(args: EmulatorArgs) -> anyhow::Result<()> {
         Ok(key) if !key.is_empty() => SecretKey::new(key),
         _ => {
             eprintln!(
-                "note: {} is not set; the emulator uses its public demo key (never use it for a real app)",
-                args.secret_key_env
+                "note: {var} is not set; the emulator uses its public demo key. Point attrsync at \
+                 it with `export {var}={DEMO_SECRET_KEY}` (never use this key for a real app)",
+                var = args.secret_key_env
             );
             SecretKey::new(DEMO_SECRET_KEY)
         }
