@@ -553,5 +553,8 @@ pub async fn attributes_push(ctx: &Context, auto_approve: bool) -> Result<String
     })
     .await
     .map_err(|e| anyhow::anyhow!("cannot register the attribute names: {e}"))?;
-    Ok(format!("Registered {} attribute names.\n", additions.len()))
+    Ok(format!(
+        "Registered {}.\n",
+        plan::plural(additions.len(), "attribute name")
+    ))
 }
