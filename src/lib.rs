@@ -19,7 +19,9 @@
 //! - [`ops`]: one function per command, wiring the shells to the core; `main.rs` only
 //!   parses arguments and maps results to exit codes.
 //!
-//! Imports point inward: `model` imports nothing from the crate, `plan` only `model`.
+//! Imports point inward: `model` and `api` import nothing from the crate; `plan`, `config` and
+//! `state` only `model`; `apply` uses `api` and `state`; the `emulator` shares `api`'s wire
+//! types and UserSig code (one contract, both ends); `watch` and `ops` wire the pipeline.
 
 pub mod api;
 pub mod apply;
