@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
+use notify::event::{AccessKind, AccessMode, CreateKind, MetadataKind, ModifyKind, RemoveKind};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
@@ -135,6 +135,9 @@ impl Scope {
         }
         let kind_matters = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            // The polling watcher reports an edit in a later second as a new write time, not as
+            // a data change: that one counts.
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::WriteTime)) => true,
             EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => false,
             _ => true,
         };
@@ -569,6 +572,16 @@ mod tests {
         )));
         assert!(!s.wants(&event(
             EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any)),
+            "/repo/users/a.yaml"
+        )));
+    }
+
+    #[test]
+    fn a_new_write_time_from_the_polling_watcher_triggers() {
+        // Regression: the poller reports an edit in a later second as Metadata(WriteTime); it
+        // was dropped as "metadata only", so polling missed every edit after the first second.
+        assert!(scope().wants(&event(
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::WriteTime)),
             "/repo/users/a.yaml"
         )));
     }
