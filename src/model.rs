@@ -167,6 +167,15 @@ impl Attrs {
         Self(deduped.into_boxed_slice())
     }
 
+    /// Validates `(name, value)` text pairs into attributes (a later pair for a name wins).
+    pub fn parse(pairs: &[(&str, &str)]) -> Result<Self, InvalidValue> {
+        let pairs = pairs
+            .iter()
+            .map(|(n, v)| Ok((AttrName::new(n)?, AttrValue::new(v)?)))
+            .collect::<Result<_, InvalidValue>>()?;
+        Ok(Self::from_pairs(pairs))
+    }
+
     /// The value of `name`, if set.
     pub fn get(&self, name: &str) -> Option<&AttrValue> {
         self.0

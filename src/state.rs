@@ -724,12 +724,7 @@ mod tests {
     use super::*;
 
     fn attrs(pairs: &[(&str, &str)]) -> Attrs {
-        Attrs::from_pairs(
-            pairs
-                .iter()
-                .map(|(n, v)| (AttrName::new(n).unwrap(), AttrValue::new(v).unwrap()))
-                .collect(),
-        )
+        Attrs::parse(pairs).unwrap()
     }
 
     fn id(s: &str) -> UserId {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use attrsync::api::{Client, ClientConfig, SecretKey};
 use attrsync::apply::{self, ApplyOptions, StopSignal};
 use attrsync::emulator::{Clock, Emulator, EmulatorConfig, RunningEmulator, DEMO_SECRET_KEY};
-use attrsync::model::{AttrName, AttrValue, Attrs, Desired, Snapshot, UserId, UserMap};
+use attrsync::model::{Attrs, Desired, Snapshot, UserId, UserMap};
 use attrsync::plan::{self, PlanOptions};
 use attrsync::state::{Holder, Store};
 
@@ -15,13 +15,7 @@ fn desired(users: &[(String, Vec<(&str, &str)>)]) -> Desired {
     UserMap::from_unsorted(
         users
             .iter()
-            .map(|(user, pairs)| {
-                let attrs = pairs
-                    .iter()
-                    .map(|(n, v)| (AttrName::new(n).unwrap(), AttrValue::new(v).unwrap()))
-                    .collect();
-                (UserId::new(user).unwrap(), Attrs::from_pairs(attrs))
-            })
+            .map(|(user, pairs)| (UserId::new(user).unwrap(), Attrs::parse(pairs).unwrap()))
             .collect(),
     )
     .unwrap()

@@ -3,7 +3,7 @@
 
 mod common;
 
-use attrsync::model::{AttrName, AttrValue, Attrs, UserId};
+use attrsync::model::{Attrs, UserId};
 use attrsync::state::{Holder, Store};
 use common::{Repo, SDKAPPID};
 
@@ -15,12 +15,7 @@ const EXPORT: &str = "\
 ";
 
 fn attrs(pairs: &[(&str, &str)]) -> Attrs {
-    Attrs::from_pairs(
-        pairs
-            .iter()
-            .map(|(n, v)| (AttrName::new(n).unwrap(), AttrValue::new(v).unwrap()))
-            .collect(),
-    )
+    Attrs::parse(pairs).unwrap()
 }
 
 /// A repository whose snapshot holds the users of [`EXPORT`] (written in another order).

@@ -312,12 +312,7 @@ pub(crate) mod testing {
 
     /// `attrs(&[("city", "Paris")])`.
     pub fn attrs(pairs: &[(&str, &str)]) -> Attrs {
-        Attrs::from_pairs(
-            pairs
-                .iter()
-                .map(|(n, v)| (AttrName::new(n).unwrap(), AttrValue::new(v).unwrap()))
-                .collect(),
-        )
+        Attrs::parse(pairs).unwrap()
     }
 
     /// `desired(&[("Mary", &[("city", "Paris")])])`.
