@@ -1,10 +1,13 @@
-//! The executor: plan → batches → API calls through the shared rate limiter → one snapshot
-//! commit per accepted batch → a report. Owns the retry policy.
+//! The executor: plan → batches → API calls through the shared rate limiter → snapshot
+//! commits → a report. Owns the retry policy.
 //!
-//! Invariant: the snapshot never claims what the server did not accept. A batch is committed
-//! only after every call it needs (`set_attr`, then `remove_attr`) was answered `OK`, and only
-//! for the users not refused in an `ErrorList`. A crash at any moment therefore loses at most
-//! the batches in flight, and the next run re-plans and re-sends only what is missing.
+//! Invariant: the snapshot never claims what the server does not hold. Before a batch is
+//! sent, its users are marked *in doubt* with the values being sent (one commit). After the
+//! calls, one more commit settles each user: recorded when every call it needed was answered
+//! `OK` for it; cleared when an answer proves nothing was applied (the server refused the call
+//! or listed the user in an `ErrorList`, or the request never left this machine); left in doubt
+//! otherwise (no answer, a timeout, a 5xx, "internal error", retries exhausted). A kill at any
+//! moment leaves the batches in flight in doubt, and the next plan re-sends them in full.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,8 +17,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::api::{ApiError, Client, Endpoint, UserAttrNames, UserAttrs};
-use crate::model::{Action, Attrs, Change, Plan, Snapshot};
-use crate::state::{self, Store, Write};
+use crate::model::{
+    Action, AttrName, Attrs, Change, DoubtNote, InDoubt, Plan, Snapshot, UserId, UserMap,
+};
+use crate::state::{self, Commit, Store};
 
 /// Attempts per call for transient and rate-limited failures, the first included.
 pub const MAX_ATTEMPTS: u32 = 8;
@@ -27,7 +32,9 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// to cover the latency: 100 calls/s × 50 ms needs 5 in flight, 16 leaves room for slow answers.
 pub const IN_FLIGHT: usize = 16;
 /// The server's code for an invalid attribute: the batch is split to find the offending users.
-const INVALID_ATTRIBUTE: u32 = 90033;
+const INVALID_ATTRIBUTE: i64 = 90033;
+/// Why a user is in doubt after its write was sent (the text plans show).
+pub const SENT_REASON: &str = "a write was sent and no answer confirmed or refused it";
 
 /// How the executor runs.
 #[derive(Clone, Copy, Debug)]
@@ -78,9 +85,12 @@ pub struct FailedUser {
     /// The user.
     pub user: String,
     /// The server's code (per-user `ErrorList` code, or the call's error code).
-    pub code: Option<u32>,
+    pub code: Option<i64>,
     /// Why.
     pub reason: String,
+    /// Whether the server may hold the write anyway: the user stays in doubt, and the next
+    /// apply re-sends its full desired state.
+    pub in_doubt: bool,
 }
 
 /// What an apply did.
@@ -92,7 +102,7 @@ pub struct Report {
     pub updated: usize,
     /// Users deleted and forgotten.
     pub deleted: usize,
-    /// Users the server refused, with its code and reason.
+    /// Users not applied, with the server's code and reason (those in doubt say so).
     pub failed: Vec<FailedUser>,
     /// Users not attempted because the run stopped (interrupt or fatal error).
     pub skipped: usize,
@@ -123,6 +133,11 @@ impl Report {
         self.failed.is_empty() && self.error.is_none() && self.skipped == 0
     }
 
+    /// Users the run left in doubt.
+    pub fn in_doubt(&self) -> usize {
+        self.failed.iter().filter(|f| f.in_doubt).count()
+    }
+
     /// Users applied (created, updated or deleted).
     pub fn applied(&self) -> usize {
         self.created + self.updated + self.deleted
@@ -141,8 +156,19 @@ pub struct Progress {
 /// One user's work: the change and what the snapshot records once it is accepted.
 struct Item<'a> {
     change: &'a Change,
-    /// `None` forgets the user (a delete).
+    /// What the server holds once the change is applied; `None` forgets the user (a delete).
     record: Option<Attrs>,
+}
+
+impl Item<'_> {
+    fn user(&self) -> &UserId {
+        &self.change.user
+    }
+
+    /// Whether the change needs any call at all.
+    fn sends(&self) -> bool {
+        self.change.sets() || self.change.to_remove().next().is_some()
+    }
 }
 
 /// Applies `plan` (computed against `snapshot`) through `client`, committing to `store`.
@@ -156,24 +182,20 @@ pub async fn execute(
     on_progress: &(dyn Fn(Progress) + Sync),
 ) -> Report {
     let started = Instant::now();
+    let empty = Attrs::default();
     let items: Vec<Item<'_>> = plan
         .changes
         .iter()
         .filter(|c| c.action.writes())
         .map(|change| {
-            let record = match change.action {
-                Action::Delete | Action::Orphaned => None,
-                Action::Create => Some(Attrs::default().with_changes(&change.attrs)),
-                Action::Update => {
-                    let before = snapshot
-                        .users
-                        .get(change.user.as_str())
-                        .map(|e| e.attrs.clone())
-                        .unwrap_or_default();
-                    Some(before.with_changes(&change.attrs))
-                }
-            };
-            Item { change, record }
+            let recorded = snapshot
+                .users
+                .get(change.user.as_str())
+                .map_or(&empty, |e| &e.attrs);
+            Item {
+                change,
+                record: change.result(recorded),
+            }
         })
         .collect();
     let total = items.len();
@@ -196,7 +218,7 @@ pub async fn execute(
             if shared.stop.is_stopped() || shared.fatal.load(Ordering::SeqCst) {
                 break;
             }
-            let Some(batch) = queue.lock().expect("queue lock").pop_front() else {
+            let Some(batch) = lock(&queue).pop_front() else {
                 break;
             };
             shared.run_batch(batch).await;
@@ -204,17 +226,18 @@ pub async fn execute(
     };
     // Workers are futures on this task, not spawned tasks: they borrow the plan, and the
     // limiter and the server's latency, not CPU, bound the throughput.
-    let mut running: Vec<_> = (0..workers).map(|_| Some(Box::pin(worker()))).collect();
-    join_all(&mut running).await;
-    drop(running);
-    let mut report = shared.report.into_inner().expect("report lock");
+    futures_util::future::join_all((0..workers).map(|_| worker())).await;
+    let mut report = shared
+        .report
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     report.calls_by_endpoint = shared.stats.by_endpoint();
     report.calls = shared.stats.calls.into_inner();
     report.retries = shared.stats.retries.into_inner();
     report.throttled = shared.stats.throttled.into_inner();
     let left: usize = queue
         .into_inner()
-        .expect("queue lock")
+        .unwrap_or_else(|p| p.into_inner())
         .iter()
         .map(|b| b.len())
         .sum();
@@ -225,27 +248,12 @@ pub async fn execute(
     report
 }
 
-/// Polls every future to completion (a tiny `join_all`, to avoid a dependency for one call).
-async fn join_all<F: std::future::Future<Output = ()> + Unpin>(futures: &mut [Option<F>]) {
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for slot in futures.iter_mut() {
-            if let Some(future) = slot {
-                if std::pin::Pin::new(future).poll(cx).is_pending() {
-                    pending = true;
-                } else {
-                    // A finished future must not be polled again.
-                    *slot = None;
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
+/// Locks a mutex whose data stays valid whatever a panicking holder was doing: every update
+/// under these locks is a single push, pop or increment.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct Shared<'a> {
@@ -276,18 +284,13 @@ pub struct CallStats {
 impl CallStats {
     /// Counts one attempt's outcome.
     pub fn record(&self, endpoint: Endpoint, outcome: CallOutcome) {
-        *self
-            .outcomes
-            .lock()
-            .expect("stats lock")
-            .entry((endpoint, outcome))
-            .or_default() += 1;
+        *lock(&self.outcomes).entry((endpoint, outcome)).or_default() += 1;
     }
 
     /// Attempts per endpoint name and outcome name.
     pub fn by_endpoint(&self) -> BTreeMap<String, BTreeMap<String, usize>> {
         let mut out: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-        for ((endpoint, outcome), calls) in self.outcomes.lock().expect("stats lock").iter() {
+        for ((endpoint, outcome), calls) in lock(&self.outcomes).iter() {
             out.entry(endpoint.name().to_owned())
                 .or_default()
                 .insert(outcome.name().to_owned(), *calls);
@@ -350,12 +353,15 @@ pub async fn counted<T>(
 /// Why [`with_retries`] gave up.
 #[derive(Debug, thiserror::Error)]
 pub enum GaveUp {
-    /// Retrying cannot help: the run must stop.
+    /// Retrying cannot help and no other call can succeed: the run must stop.
     #[error("{0}")]
     Fatal(ApiError),
-    /// Still failing after [`MAX_ATTEMPTS`]: this batch fails, the run goes on.
+    /// Still failing after [`MAX_ATTEMPTS`]: this call fails, the run goes on.
     #[error("{0}; gave up after {MAX_ATTEMPTS} attempts: check the network and that the endpoint or region is right, then run again")]
     Exhausted(ApiError),
+    /// The server refused this call for good (an undocumented code): the run goes on.
+    #[error("{0}")]
+    Refused(ApiError),
     /// The server found an invalid attribute (90033): the caller may split the batch.
     #[error("{0}")]
     InvalidAttribute(ApiError),
@@ -364,21 +370,37 @@ pub enum GaveUp {
     Interrupted,
 }
 
+/// A call that did not succeed, and whether any of its attempts may have been applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{gave_up}")]
+pub struct CallFailure {
+    /// Why the retries stopped.
+    pub gave_up: GaveUp,
+    /// Whether the server may have applied one of the attempts (a timeout, a 5xx, …): the
+    /// users it carried stay in doubt.
+    pub maybe_applied: bool,
+}
+
 /// Runs one call with the retry policy: exponential backoff with full jitter for transient and
 /// rate-limited failures (at most [`MAX_ATTEMPTS`] attempts), one re-sign for an expired
-/// UserSig, none for fatal errors. `send` makes one attempt (the client's limiter paces it).
+/// UserSig, none for other errors. `send` makes one attempt (the client's limiter paces it).
 pub async fn with_retries<T, F, Fut>(
     client: &Client,
     stop: &StopSignal,
     stats: &CallStats,
     mut send: F,
-) -> Result<T, GaveUp>
+) -> Result<T, CallFailure>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
     let mut attempt = 0;
     let mut resigned = false;
+    let mut maybe_applied = false;
+    let fail = |gave_up, maybe_applied| CallFailure {
+        gave_up,
+        maybe_applied,
+    };
     loop {
         attempt += 1;
         stats.calls.fetch_add(1, Ordering::Relaxed);
@@ -386,6 +408,7 @@ where
             Ok(outcome) => return Ok(outcome),
             Err(error) => error,
         };
+        maybe_applied |= error.may_have_applied();
         if error.is_rate_limited() {
             stats.throttled.fetch_add(1, Ordering::Relaxed);
         }
@@ -396,14 +419,19 @@ where
             continue;
         }
         if error.code() == Some(INVALID_ATTRIBUTE) {
-            return Err(GaveUp::InvalidAttribute(error));
+            return Err(fail(GaveUp::InvalidAttribute(error), maybe_applied));
         }
         if !error.is_retryable() {
-            return Err(GaveUp::Fatal(error));
+            let gave_up = if error.stops_run() || error.needs_new_usersig() {
+                GaveUp::Fatal(error)
+            } else {
+                GaveUp::Refused(error)
+            };
+            return Err(fail(gave_up, maybe_applied));
         }
         if attempt >= MAX_ATTEMPTS {
             tracing::warn!(attempts = attempt, %error, "giving up on a call");
-            return Err(GaveUp::Exhausted(error));
+            return Err(fail(GaveUp::Exhausted(error), maybe_applied));
         }
         let delay = backoff(attempt);
         tracing::info!(
@@ -414,173 +442,348 @@ where
         );
         stats.retries.fetch_add(1, Ordering::Relaxed);
         if !stop.sleep(delay).await {
-            return Err(GaveUp::Interrupted);
+            return Err(fail(GaveUp::Interrupted, maybe_applied));
         }
     }
 }
 
-/// One request entry per user of `part` not already `refused` that `entry` has something for.
-fn requests<T>(
-    part: &[Item<'_>],
-    refused: &[FailedUser],
-    entry: impl Fn(&Change) -> Option<T>,
-) -> Vec<T> {
-    part.iter()
-        .filter(|item| !refused.iter().any(|f| f.user == item.change.user.as_str()))
-        .filter_map(|item| entry(item.change))
-        .collect()
-}
-
-/// The users an OK answer refused, as report entries.
+/// The users an OK answer refused, as report entries (`in_doubt` false: an `ErrorList` entry
+/// says the call did nothing for that user).
 fn refused_users(outcome: crate::api::BatchOutcome) -> Vec<FailedUser> {
     outcome
         .errors
         .into_iter()
         .map(|e| FailedUser {
-            reason: if e.info.is_empty() {
-                crate::api::describe(e.code).meaning.to_owned()
-            } else {
-                e.info
+            reason: match (e.info.is_empty(), e.code) {
+                (false, _) => e.info,
+                (true, Some(code)) => crate::api::describe(code).meaning.to_owned(),
+                (true, None) => "refused without an error code".to_owned(),
             },
             user: e.account,
-            code: Some(e.code),
+            code: e.code,
+            in_doubt: false,
         })
         .collect()
 }
 
+/// How one user of a sent part ended.
+enum Settled {
+    /// Every call it needed was accepted: record its new attributes.
+    Applied,
+    /// Not applied; `in_doubt` says whether the server may hold the write anyway.
+    Failed(FailedUser),
+    /// Never sent (the run stopped first); in doubt only if an earlier attempt may have
+    /// reached the server.
+    NotSent { in_doubt: bool },
+}
+
+/// What sending one part found out.
+struct Sent<'p, 'a> {
+    settled: Vec<(&'p Item<'a>, Settled)>,
+    /// A failure that ends the run, if any.
+    fatal: Option<ApiError>,
+}
+
 impl Shared<'_> {
     async fn run_batch(&self, batch: &[Item<'_>]) {
-        // Split on 90033 until the offending users are alone; the rest is applied normally.
-        let mut pending: Vec<&[Item<'_>]> = vec![batch];
-        while let Some(part) = pending.pop() {
+        // Mark the users that are sent something as in doubt before anything leaves: if the
+        // answer never comes (or this process dies), the next plan knows to re-send them.
+        let since = state::now_unix();
+        let marks: Vec<(UserId, InDoubt)> = batch
+            .iter()
+            .filter(|item| item.sends())
+            .map(|item| {
+                (
+                    item.user().clone(),
+                    InDoubt {
+                        maybe: item.record.clone().unwrap_or_default(),
+                        note: DoubtNote {
+                            since,
+                            reason: SENT_REASON.to_owned(),
+                        },
+                    },
+                )
+            })
+            .collect();
+        if !marks.is_empty() {
+            let mark = Commit {
+                doubt: marks,
+                applied_at: since,
+                ..Commit::default()
+            };
+            if let Err(error) = self.commit(mark).await {
+                // Nothing was sent: the batch is simply not attempted.
+                tracing::error!(%error, "could not mark a batch in doubt before sending it");
+                self.stop_run(error.to_string());
+                lock(&self.report).skipped += batch.len();
+                self.progress(batch.len());
+                return;
+            }
+        }
+        let mut settled: Vec<(&Item<'_>, Settled)> = Vec::with_capacity(batch.len());
+        // Split on 90033 until the offending users are alone; the rest is applied normally. A
+        // part is "tainted" when an earlier attempt at it may have been applied: none of its
+        // users can then be cleared of doubt by a later refusal.
+        let mut pending: Vec<(&[Item<'_>], bool)> = vec![(batch, false)];
+        while let Some((part, tainted)) = pending.pop() {
             if self.stop.is_stopped() && part.len() < batch.len() {
-                self.lock().skipped += part.len();
+                settled.extend(
+                    part.iter()
+                        .map(|item| (item, Settled::NotSent { in_doubt: tainted })),
+                );
                 continue;
             }
             match self.send(part).await {
-                Ok(refused) => self.commit(part, refused).await,
-                Err(GaveUp::InvalidAttribute(_)) if part.len() > 1 => {
+                Ok(sent) => {
+                    if let Some(error) = sent.fatal {
+                        self.stop_run(error.to_string());
+                    }
+                    settled.extend(
+                        sent.settled
+                            .into_iter()
+                            .map(|(item, outcome)| (item, taint(outcome, tainted))),
+                    );
+                }
+                Err(CallFailure {
+                    gave_up: GaveUp::InvalidAttribute(_),
+                    maybe_applied,
+                }) if part.len() > 1 => {
                     tracing::debug!(
                         users = part.len(),
                         "a batch was answered 90033: splitting it to find the invalid users"
                     );
                     let (left, right) = part.split_at(part.len() / 2);
-                    pending.push(right);
-                    pending.push(left);
+                    pending.push((right, tainted || maybe_applied));
+                    pending.push((left, tainted || maybe_applied));
                 }
-                Err(GaveUp::InvalidAttribute(error) | GaveUp::Exhausted(error)) => {
-                    self.fail_all(part, &error)
+                Err(failure) => {
+                    let in_doubt = tainted || failure.maybe_applied;
+                    let reason = failure.gave_up.to_string();
+                    let error = match failure.gave_up {
+                        GaveUp::Interrupted => {
+                            settled.extend(
+                                part.iter()
+                                    .map(|item| (item, Settled::NotSent { in_doubt })),
+                            );
+                            continue;
+                        }
+                        GaveUp::Fatal(error) => {
+                            self.stop_run(error.to_string());
+                            error
+                        }
+                        GaveUp::InvalidAttribute(error)
+                        | GaveUp::Exhausted(error)
+                        | GaveUp::Refused(error) => error,
+                    };
+                    settled.extend(part.iter().map(|item| {
+                        (
+                            item,
+                            Settled::Failed(FailedUser {
+                                user: item.user().as_str().to_owned(),
+                                code: error.code(),
+                                reason: reason.clone(),
+                                in_doubt,
+                            }),
+                        )
+                    }));
                 }
-                Err(GaveUp::Fatal(error)) => {
-                    if !self.fatal.swap(true, Ordering::SeqCst) {
-                        self.lock().error = Some(error.to_string());
-                    }
-                    self.fail_all(part, &error);
-                }
-                Err(GaveUp::Interrupted) => self.lock().skipped += part.len(),
             }
         }
+        self.settle(batch.len(), settled).await;
     }
 
-    /// Sends the calls a batch needs; returns the users refused along the way.
-    async fn send(&self, part: &[Item<'_>]) -> Result<Vec<FailedUser>, GaveUp> {
-        let mut refused: Vec<FailedUser> = Vec::new();
-        let sets = requests(part, &refused, |change| {
-            let attrs: std::collections::BTreeMap<String, String> = change
-                .to_set()
-                .map(|(n, v)| (n.as_str().to_owned(), v.as_str().to_owned()))
-                .collect();
-            (!attrs.is_empty()).then(|| UserAttrs {
-                account: change.user.as_str().to_owned(),
-                attrs,
+    /// Sends the calls a part needs: `set_attr` with each user's full desired attributes, then
+    /// `remove_attr` for the attributes to remove. `Err` when the first call failed as a
+    /// whole (nothing of the part is known to be applied).
+    async fn send<'p, 'a>(&self, part: &'p [Item<'a>]) -> Result<Sent<'p, 'a>, CallFailure> {
+        let mut settled: Vec<(&'p Item<'a>, Settled)> = Vec::with_capacity(part.len());
+        let sets: Vec<UserAttrs> = part
+            .iter()
+            .filter(|item| item.change.sets())
+            .map(|item| UserAttrs {
+                account: item.user().as_str().to_owned(),
+                attrs: item
+                    .record
+                    .iter()
+                    .flat_map(Attrs::iter)
+                    .map(|(n, v)| (n.as_str().to_owned(), v.as_str().to_owned()))
+                    .collect(),
             })
-        });
+            .collect();
+        let mut refused: Vec<FailedUser> = Vec::new();
         if !sets.is_empty() {
             let outcome = with_retries(self.client, self.stop, &self.stats, || {
                 counted(&self.stats, Endpoint::SetAttr, self.client.set_attr(&sets))
             })
             .await?;
-            refused.extend(refused_users(outcome));
+            refused = refused_users(outcome);
         }
-        // A user refused by set_attr is not recorded, so its removals wait for the next run.
-        let removes = requests(part, &refused, |change| {
-            let names: Vec<String> = change.to_remove().map(|n| n.as_str().to_owned()).collect();
-            (!names.is_empty()).then(|| UserAttrNames {
-                account: change.user.as_str().to_owned(),
-                names,
-            })
-        });
+        let refused_of =
+            |item: &Item<'_>| refused.iter().position(|f| f.user == item.user().as_str());
+        let mut removes: Vec<UserAttrNames> = Vec::new();
+        let mut pending: Vec<&'p Item<'a>> = Vec::new();
+        for item in part {
+            if let Some(i) = refused_of(item) {
+                // set_attr refused it: nothing was applied for this user.
+                settled.push((item, Settled::Failed(refused[i].clone())));
+                continue;
+            }
+            let names: Vec<String> = item
+                .change
+                .to_remove()
+                .map(|n| n.as_str().to_owned())
+                .collect();
+            if names.is_empty() {
+                settled.push((item, Settled::Applied));
+            } else {
+                removes.push(UserAttrNames {
+                    account: item.user().as_str().to_owned(),
+                    names,
+                });
+                pending.push(item);
+            }
+        }
+        let mut fatal = None;
         if !removes.is_empty() {
-            let outcome = with_retries(self.client, self.stop, &self.stats, || {
+            let result = with_retries(self.client, self.stop, &self.stats, || {
                 counted(
                     &self.stats,
                     Endpoint::RemoveAttr,
                     self.client.remove_attr(&removes),
                 )
             })
-            .await?;
-            refused.extend(refused_users(outcome));
+            .await;
+            match result {
+                Ok(outcome) => {
+                    let refused = refused_users(outcome);
+                    for item in pending {
+                        match refused.iter().find(|f| f.user == item.user().as_str()) {
+                            // Its set_attr was applied, its removal refused: whether the server
+                            // kept the old attributes depends on how set_attr treats them.
+                            Some(f) => settled.push((
+                                item,
+                                Settled::Failed(FailedUser {
+                                    in_doubt: item.change.sets(),
+                                    ..f.clone()
+                                }),
+                            )),
+                            None => settled.push((item, Settled::Applied)),
+                        }
+                    }
+                }
+                Err(failure) => {
+                    let reason = failure.gave_up.to_string();
+                    let error = match failure.gave_up {
+                        GaveUp::Interrupted => None,
+                        GaveUp::Fatal(error) => {
+                            fatal = Some(error.clone());
+                            Some(error)
+                        }
+                        GaveUp::Exhausted(error)
+                        | GaveUp::Refused(error)
+                        | GaveUp::InvalidAttribute(error) => Some(error),
+                    };
+                    for item in pending {
+                        let in_doubt = item.change.sets() || failure.maybe_applied;
+                        let outcome = match &error {
+                            None => Settled::NotSent { in_doubt },
+                            Some(error) => Settled::Failed(FailedUser {
+                                user: item.user().as_str().to_owned(),
+                                code: error.code(),
+                                reason: reason.clone(),
+                                in_doubt,
+                            }),
+                        };
+                        settled.push((item, outcome));
+                    }
+                }
+            }
         }
-        Ok(refused)
+        Ok(Sent { settled, fatal })
     }
 
-    async fn commit(&self, part: &[Item<'_>], refused: Vec<FailedUser>) {
-        let writes: Vec<Write> = part
-            .iter()
-            .filter(|item| !refused.iter().any(|f| f.user == item.change.user.as_str()))
-            .map(|item| (item.change.user.clone(), item.record.clone()))
-            .collect();
-        let store = Arc::clone(self.store);
-        let accepted = writes.len();
-        let committed = if writes.is_empty() {
+    /// Records what the batch settled, in one commit, and counts it in the report.
+    async fn settle(&self, batch_len: usize, settled: Vec<(&Item<'_>, Settled)>) {
+        let mut commit = Commit {
+            applied_at: state::now_unix(),
+            ..Commit::default()
+        };
+        for (item, outcome) in &settled {
+            match outcome {
+                Settled::Applied => commit
+                    .record
+                    .push((item.user().clone(), item.record.clone())),
+                Settled::Failed(FailedUser {
+                    in_doubt: false, ..
+                })
+                | Settled::NotSent { in_doubt: false } => {
+                    if item.sends() {
+                        commit.clear.push(item.user().clone());
+                    }
+                }
+                Settled::Failed(_) | Settled::NotSent { in_doubt: true } => {}
+            }
+        }
+        let committed = if commit.is_empty() {
             Ok(0)
         } else {
-            // sled's flush blocks on fsync: keep it off the async worker threads.
-            tokio::task::spawn_blocking(move || store.commit_batch(&writes, state::now_unix()))
-                .await
-                .unwrap_or_else(|join| panic!("snapshot commit panicked: {join}"))
+            self.commit(commit).await
         };
+        let mut report = lock(&self.report);
         match committed {
             Ok(_) => {
-                let mut report = self.lock();
-                for item in part {
-                    if refused.iter().any(|f| f.user == item.change.user.as_str()) {
-                        continue;
-                    }
-                    match item.change.action {
-                        Action::Create => report.created += 1,
-                        Action::Update => report.updated += 1,
-                        Action::Delete | Action::Orphaned => report.deleted += 1,
+                for (item, outcome) in settled {
+                    match outcome {
+                        Settled::Applied => match item.change.action {
+                            Action::Create => report.created += 1,
+                            Action::Update | Action::Resend => report.updated += 1,
+                            Action::Delete | Action::Orphaned => report.deleted += 1,
+                        },
+                        Settled::Failed(failed) => report.failed.push(failed),
+                        Settled::NotSent { .. } => report.skipped += 1,
                     }
                 }
-                report.failed.extend(refused);
             }
             Err(error) => {
-                // The server has these users but the snapshot could not say so: stop, so the
-                // snapshot falls behind the server (safe: the next run re-sends) and no further.
-                tracing::error!(%error, users = accepted, "could not record an accepted batch");
+                // The users stay marked in doubt: the next plan re-sends them. Stop, so the
+                // snapshot falls no further behind.
+                tracing::error!(%error, users = batch_len, "could not record a batch's outcome");
                 if !self.fatal.swap(true, Ordering::SeqCst) {
-                    self.lock().error = Some(error.to_string());
+                    report.error = Some(error.to_string());
                 }
-                let mut report = self.lock();
-                report.skipped += accepted;
-                report.failed.extend(refused);
+                for (item, outcome) in settled {
+                    match outcome {
+                        Settled::Failed(failed) => report.failed.push(FailedUser {
+                            in_doubt: failed.in_doubt || item.sends(),
+                            ..failed
+                        }),
+                        _ => report.failed.push(FailedUser {
+                            user: item.user().as_str().to_owned(),
+                            code: None,
+                            reason: format!("the outcome could not be recorded: {error}"),
+                            in_doubt: item.sends(),
+                        }),
+                    }
+                }
             }
         }
-        self.progress(part.len());
+        drop(report);
+        self.progress(batch_len);
     }
 
-    fn fail_all(&self, part: &[Item<'_>], error: &ApiError) {
-        let mut report = self.lock();
-        for item in part {
-            report.failed.push(FailedUser {
-                user: item.change.user.as_str().to_owned(),
-                code: error.code(),
-                reason: error.to_string(),
-            });
+    /// One snapshot commit, off the async worker threads (sled's flush blocks on fsync).
+    async fn commit(&self, commit: Commit) -> Result<u64, state::StateError> {
+        let store = Arc::clone(self.store);
+        tokio::task::spawn_blocking(move || store.commit(&commit))
+            .await
+            .unwrap_or_else(|join| panic!("snapshot commit panicked: {join}"))
+    }
+
+    /// Stops dispatching; the first error stopping the run is the one reported.
+    fn stop_run(&self, error: String) {
+        if !self.fatal.swap(true, Ordering::SeqCst) {
+            lock(&self.report).error = Some(error);
         }
-        drop(report);
-        self.progress(part.len());
     }
 
     fn progress(&self, users: usize) {
@@ -590,75 +793,121 @@ impl Shared<'_> {
             total: self.total,
         });
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Report> {
-        self.report.lock().expect("report lock")
+/// A settled outcome in a part an earlier attempt may have applied: a refusal now proves
+/// nothing about that earlier attempt.
+fn taint(outcome: Settled, tainted: bool) -> Settled {
+    match outcome {
+        Settled::Failed(failed) if tainted => Settled::Failed(FailedUser {
+            in_doubt: true,
+            ..failed
+        }),
+        Settled::NotSent { in_doubt } => Settled::NotSent {
+            in_doubt: in_doubt || tainted,
+        },
+        other => other,
     }
+}
+
+/// What `get_attr` found: the live attributes of the users it could read, and the users it
+/// could not (with the server's code), who must be left as they were.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// User → live attributes (only the configured names).
+    pub attrs: UserMap<Attrs>,
+    /// Users the server answered with an error, or whose answer could not be read.
+    pub errors: Vec<FailedUser>,
 }
 
 /// Reads the live attributes of `users` with `get_attr`, 100 per call, [`IN_FLIGHT`] calls at
 /// once through the client's limiter. Only the configured `attributes` are kept (others on the
-/// server are not attrsync's); a user the server does not know (70107) has none.
+/// server are not attrsync's). A user the server answers with an error (70107 included), or
+/// with a value attrsync cannot hold, is in [`Live::errors`], never read as having none.
 pub async fn read_live(
     client: &Client,
-    users: &[crate::model::UserId],
-    attributes: &[crate::model::AttrName],
+    users: &[UserId],
+    attributes: &[AttrName],
     stop: &StopSignal,
     stats: &CallStats,
-) -> Result<crate::model::UserMap<Attrs>, GaveUp> {
-    use crate::model::{AttrValue, UserMap};
-    let queue: Mutex<VecDeque<&[crate::model::UserId]>> =
+) -> Result<Live, CallFailure> {
+    use crate::model::AttrValue;
+    let queue: Mutex<VecDeque<&[UserId]>> =
         Mutex::new(users.chunks(crate::model::MAX_BATCH_SIZE).collect());
-    let found: Mutex<Vec<(crate::model::UserId, Attrs)>> =
-        Mutex::new(Vec::with_capacity(users.len()));
-    let failure: Mutex<Option<GaveUp>> = Mutex::new(None);
+    let found: Mutex<Vec<(UserId, Attrs)>> = Mutex::new(Vec::with_capacity(users.len()));
+    let errors: Mutex<Vec<FailedUser>> = Mutex::new(Vec::new());
+    let failure: Mutex<Option<CallFailure>> = Mutex::new(None);
     let worker = || async {
         loop {
-            if stop.is_stopped() || failure.lock().expect("failure lock").is_some() {
+            if stop.is_stopped() || lock(&failure).is_some() {
                 break;
             }
-            let Some(chunk) = queue.lock().expect("queue lock").pop_front() else {
+            let Some(chunk) = lock(&queue).pop_front() else {
                 break;
             };
             let accounts: Vec<String> = chunk.iter().map(|u| u.as_str().to_owned()).collect();
-            match with_retries(client, stop, stats, || {
+            let outcome = match with_retries(client, stop, stats, || {
                 counted(stats, Endpoint::GetAttr, client.get_attr(&accounts))
             })
             .await
             {
-                Ok(outcome) => {
-                    let mut found = found.lock().expect("found lock");
-                    for user in chunk {
-                        let pairs = outcome
-                            .attrs
-                            .get(user.as_str())
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|(name, value)| {
-                                let name = attributes.iter().find(|a| a.as_str() == name)?;
-                                Some((name.clone(), AttrValue::new(value).ok()?))
-                            })
-                            .collect();
-                        found.push((user.clone(), Attrs::from_pairs(pairs)));
+                Ok(outcome) => outcome,
+                Err(gave_up) => {
+                    lock(&failure).get_or_insert(gave_up);
+                    continue;
+                }
+            };
+            let mut refused = refused_users(crate::api::BatchOutcome {
+                errors: outcome.errors,
+            });
+            let mut read = Vec::with_capacity(chunk.len());
+            for user in chunk {
+                let Some(live) = outcome.attrs.get(user.as_str()) else {
+                    continue;
+                };
+                let mut pairs = Vec::with_capacity(live.len());
+                let mut bad = None;
+                for (name, value) in live {
+                    let Some(name) = attributes.iter().find(|a| a.as_str() == name) else {
+                        continue;
+                    };
+                    match AttrValue::new(value) {
+                        Ok(value) => pairs.push((name.clone(), value)),
+                        Err(err) => bad = Some(format!("the server holds {name} = {value:?}, which attrsync cannot hold ({err})")),
                     }
                 }
-                Err(gave_up) => {
-                    failure.lock().expect("failure lock").get_or_insert(gave_up);
+                match bad {
+                    None => read.push((user.clone(), Attrs::from_pairs(pairs))),
+                    Some(reason) => refused.push(FailedUser {
+                        user: user.as_str().to_owned(),
+                        code: None,
+                        reason,
+                        in_doubt: false,
+                    }),
                 }
             }
+            lock(&found).extend(read);
+            lock(&errors).extend(refused);
         }
     };
-    let mut running: Vec<_> = (0..IN_FLIGHT).map(|_| Some(Box::pin(worker()))).collect();
-    join_all(&mut running).await;
-    drop(running);
-    if let Some(gave_up) = failure.into_inner().expect("failure lock") {
-        return Err(gave_up);
+    futures_util::future::join_all((0..IN_FLIGHT).map(|_| worker())).await;
+    if let Some(failure) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(failure);
     }
     if stop.is_stopped() {
-        return Err(GaveUp::Interrupted);
+        return Err(CallFailure {
+            gave_up: GaveUp::Interrupted,
+            maybe_applied: false,
+        });
     }
-    let found = found.into_inner().expect("found lock");
-    Ok(UserMap::from_unsorted(found).unwrap_or_else(|_| unreachable!("each user is read once")))
+    let found = found.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut errors = errors.into_inner().unwrap_or_else(|p| p.into_inner());
+    errors.sort_by(|a, b| a.user.cmp(&b.user));
+    Ok(Live {
+        attrs: UserMap::from_unsorted(found)
+            .unwrap_or_else(|_| unreachable!("each user is asked about once")),
+        errors,
+    })
 }
 
 /// Exponential backoff with full jitter: a random wait in `[0, min(cap, base × 2^(attempt-1))]`.

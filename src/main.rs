@@ -80,7 +80,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
         format: PlanFormat,
         /// Also save the plan as JSON to FILE, for `attrsync apply FILE`.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "refresh")]
         out: Option<PathBuf>,
         /// Exit 2 when the plan has changes, 0 when it has none (1 stays an error).
         #[arg(long)]
@@ -92,7 +92,9 @@ enum Command {
         #[arg(long)]
         allow_empty: bool,
         /// Read the live attributes from the server (get_attr), show users changed outside
-        /// attrsync, and plan against the live values.
+        /// attrsync, and plan against the live values. Users in doubt that are read are
+        /// recorded with their live values. Cannot be saved with --out: a plan against live
+        /// values cannot be verified against the snapshot when it is applied.
         #[arg(long)]
         refresh: bool,
     },
@@ -153,6 +155,14 @@ enum Command {
         /// Plan and log the plan on every reconcile; never apply.
         #[arg(long)]
         plan_only: bool,
+        /// Share of rate_limit (percent) the drift scan may use to read live attributes and
+        /// find users changed outside attrsync; 0 turns the scan off.
+        #[arg(long, value_name = "PERCENT", default_value_t = attrsync::watch::drift::DEFAULT_DRIFT_BUDGET,
+              value_parser = clap::value_parser!(u32).range(0..=100))]
+        drift_budget: u32,
+        /// Only report drift (log and attrsync_drift_users_total); do not repair it.
+        #[arg(long)]
+        no_self_heal: bool,
     },
     /// Run the local Tencent Cloud IM stand-in (for tests and demos).
     Emulator(attrsync::emulator::EmulatorArgs),
@@ -280,10 +290,11 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
             } else if report.calls > 0 || !report.succeeded() {
                 print!("{}", remote::render_report(&report));
             }
+            // A signal that came after the apply finished interrupted nothing.
             Ok(match signal.received() {
-                Some(code) => ExitCode::from(code),
-                None if report.succeeded() => ExitCode::SUCCESS,
-                None => ExitCode::FAILURE,
+                Some(code) if report.interrupted => ExitCode::from(code),
+                _ if report.succeeded() => ExitCode::SUCCESS,
+                _ => ExitCode::FAILURE,
             })
         }
         Command::Import { users } => print_ok(runtime()?.block_on(remote::import(ctx, &users))?),
@@ -302,12 +313,16 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
             debounce,
             listen,
             plan_only,
+            drift_budget,
+            no_self_heal,
         } => {
             let options = attrsync::watch::WatchOptions {
                 interval,
                 debounce,
                 listen,
                 plan_only,
+                drift_budget,
+                self_heal: !no_self_heal,
             };
             runtime()?.block_on(async {
                 let shutdown = attrsync::watch::shutdown_signal()?;

@@ -7,8 +7,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// Most bytes a user id may have (the API's account ids are short strings).
-pub const MAX_USER_ID_BYTES: usize = 32;
+/// Most bytes a user id may have.
+///
+/// The API documents no length for `To_Account`, which takes a UserID or a push
+/// RegistrationID: IM UserIDs are at most 32 bytes, and the docs' own RegistrationID example is
+/// a 36-byte UUID. 128 bytes refuses neither, and still stops a runaway value
+/// (`docs/api.md`, "Limits").
+pub const MAX_USER_ID_BYTES: usize = 128;
 /// Most bytes an attribute value may have (the API rejects longer values with 90033).
 pub const MAX_VALUE_BYTES: usize = 50;
 /// Most bytes an attribute name may have.
@@ -25,7 +30,8 @@ pub const MAX_RATE_LIMIT: u32 = 100;
 pub struct UserId(Box<str>);
 
 impl UserId {
-    /// Validates `raw` as a user id: non-empty, at most 32 bytes, no control characters.
+    /// Validates `raw` as a user id: non-empty, at most [`MAX_USER_ID_BYTES`], no control
+    /// characters.
     pub fn new(raw: &str) -> Result<Self, InvalidValue> {
         if raw.is_empty() {
             return Err(InvalidValue::new("a user id must not be empty"));
@@ -100,7 +106,7 @@ impl fmt::Debug for AttrName {
     }
 }
 
-/// A validated attribute value: 1..=50 bytes of UTF-8.
+/// A validated attribute value: 1..=50 bytes of UTF-8 without control characters.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AttrValue(Box<str>);
 
@@ -114,6 +120,14 @@ impl AttrValue {
             return Err(InvalidValue::new(format!(
                 "value is {} bytes long, at most {MAX_VALUE_BYTES} are allowed",
                 raw.len()
+            )));
+        }
+        // A line break or tab inside a push attribute is never intended: it is a YAML block
+        // scalar's trailing newline or a paste accident, and the server would store it as is.
+        if let Some(c) = raw.chars().find(|c| c.is_control()) {
+            return Err(InvalidValue::new(format!(
+                "an attribute value must not contain control characters (found {})",
+                describe_control(c)
             )));
         }
         Ok(Self(raw.into()))
@@ -134,6 +148,16 @@ impl fmt::Display for AttrValue {
 impl fmt::Debug for AttrValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// A control character as people know it: `a line break (\n)`, `a tab (\t)`, `U+0007`.
+fn describe_control(c: char) -> String {
+    match c {
+        '\n' => "a line break (\\n)".to_owned(),
+        '\r' => "a carriage return (\\r)".to_owned(),
+        '\t' => "a tab (\\t)".to_owned(),
+        other => format!("U+{:04X}", u32::from(other)),
     }
 }
 
@@ -302,11 +326,38 @@ pub struct SnapshotEntry {
     pub applied_at: u64,
 }
 
+/// A user whose attributes on the server attrsync does not know: a write was sent and no answer
+/// confirmed or refused it (a lost reply, a timeout, a killed process), or a drift scan saw a
+/// live value that differs from the snapshot.
+///
+/// The snapshot entry of such a user (if any) is what the server held before; the server may
+/// hold that, or [`InDoubt::maybe`], or a mix. A plan never compares against either: it re-sends
+/// the user's full desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InDoubt {
+    /// Attributes the server may hold instead of the snapshot's: those of the unconfirmed write
+    /// (empty for a delete), or the live ones a drift scan read.
+    pub maybe: Attrs,
+    /// Why the user is in doubt, and since when.
+    pub note: DoubtNote,
+}
+
+/// Why a user is in doubt and since when, as shown in plans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DoubtNote {
+    /// When the doubt arose, in seconds since the Unix epoch.
+    pub since: u64,
+    /// What happened, e.g. "a write was sent and no answer confirmed it".
+    pub reason: String,
+}
+
 /// What attrsync last saw the server accept, per user, plus the serial of the last write.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// The users and their last applied attributes.
     pub users: UserMap<SnapshotEntry>,
+    /// Users whose value on the server is unknown (see [`InDoubt`]).
+    pub in_doubt: UserMap<InDoubt>,
     /// Grows with every committed write; a saved plan records it to detect staleness.
     pub serial: u64,
 }
@@ -372,6 +423,39 @@ impl Region {
     }
 }
 
+/// The server an app's snapshot talks about: its values mean nothing for another one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A Tencent Cloud region (`region:`).
+    Region(Region),
+    /// Any base URL (`endpoint: https://…`): a proxy, an emulator.
+    Endpoint(String),
+    /// `endpoint: embedded`: the emulator, run in-process with its data under the state dir.
+    Embedded,
+}
+
+impl Target {
+    /// The name recorded in the snapshot: `embedded`, or the API's base URL without a trailing
+    /// slash, so `region: singapore` and its own URL as `endpoint` are the same server.
+    pub fn key(&self) -> String {
+        match self {
+            Target::Region(region) => region.base_url(),
+            Target::Endpoint(url) => url.trim_end_matches('/').to_owned(),
+            Target::Embedded => "embedded".to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Region(region) => write!(f, "region {} ({})", region.name(), region.base_url()),
+            Target::Endpoint(url) => write!(f, "endpoint {url}"),
+            Target::Embedded => f.write_str("the embedded emulator"),
+        }
+    }
+}
+
 /// What a change does to a user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
@@ -384,6 +468,9 @@ pub enum Action {
     Delete,
     /// A user removed from the config without prune: reported, left alone on the server.
     Orphaned,
+    /// A user in doubt that is still declared: its full desired state is sent again with
+    /// `set_attr`, and `remove_attr` removes every attribute it may hold that is not desired.
+    Resend,
 }
 
 impl Action {
@@ -394,6 +481,7 @@ impl Action {
             Action::Update => "update",
             Action::Delete => "delete",
             Action::Orphaned => "orphaned",
+            Action::Resend => "resend",
         }
     }
 
@@ -422,19 +510,39 @@ pub struct Change {
     /// What happens to it.
     pub action: Action,
     /// The attributes involved, sorted by name. For an orphaned user these are the
-    /// attributes left on the server (before and after equal).
+    /// attributes left on the server (before and after equal). For a re-send: every desired
+    /// attribute (before is the snapshot's last known value) and every attribute to remove.
     pub attrs: Vec<AttrChange>,
+    /// Set when the user is in doubt (always for [`Action::Resend`]).
+    pub in_doubt: Option<DoubtNote>,
 }
 
 impl Change {
-    /// Attributes to send with `set_attr` (added or changed).
-    pub fn to_set(&self) -> impl Iterator<Item = (&AttrName, &AttrValue)> {
-        self.attrs
-            .iter()
-            .filter_map(|c| match (&c.before, &c.after) {
-                (before, Some(after)) if before.as_ref() != Some(after) => Some((&c.name, after)),
-                _ => None,
-            })
+    /// Whether applying the change calls `set_attr`: something is added or changed, or the
+    /// user's desired state is re-sent. The call then carries the user's complete desired
+    /// attribute set, so the result is right whether the server merges or replaces.
+    pub fn sets(&self) -> bool {
+        match self.action {
+            Action::Delete | Action::Orphaned => false,
+            Action::Resend => self.attrs.iter().any(|c| c.after.is_some()),
+            Action::Create | Action::Update => self
+                .attrs
+                .iter()
+                .any(|c| c.after.is_some() && c.after != c.before),
+        }
+    }
+
+    /// What the server holds for this user once the change is applied, given the snapshot's
+    /// `recorded` attributes: `None` for a deleted user (it leaves the snapshot).
+    pub fn result(&self, recorded: &Attrs) -> Option<Attrs> {
+        match self.action {
+            Action::Delete => None,
+            Action::Orphaned => Some(recorded.clone()),
+            Action::Create | Action::Update => Some(recorded.with_changes(&self.attrs)),
+            // A re-send lists every desired attribute: the result does not depend on the
+            // snapshot, which may be wrong.
+            Action::Resend => Some(Attrs::default().with_changes(&self.attrs)),
+        }
     }
 
     /// Attribute names to send with `remove_attr` (removed).
@@ -459,12 +567,21 @@ pub struct Summary {
     pub orphaned: usize,
     /// Users whose attributes already match.
     pub unchanged: usize,
+    /// Users in doubt whose desired state is sent again.
+    pub resend: usize,
+    /// Users in doubt, whatever their action (re-sent, deleted or orphaned).
+    pub in_doubt: usize,
 }
 
 impl Summary {
+    /// Users whose change writes to the server.
+    pub fn writes(&self) -> usize {
+        self.create + self.update + self.delete + self.resend
+    }
+
     /// Whether applying the plan would write anything.
     pub fn has_writes(&self) -> bool {
-        self.create + self.update + self.delete > 0
+        self.writes() > 0
     }
 }
 
@@ -486,6 +603,8 @@ pub struct Plan {
     pub snapshot_serial: u64,
     /// `sha256:<hex>` of the desired state the plan was computed from.
     pub desired_digest: String,
+    /// Whether users removed from the config are deleted (prune) or only reported.
+    pub prune: bool,
     /// Counts per action.
     pub summary: Summary,
     /// The changes: deletes (and orphans) first, then by user id.
@@ -508,11 +627,13 @@ mod tests {
     fn user_id_rules() {
         assert!(UserId::new("Mary").is_ok());
         assert!(UserId::new("").is_err());
-        assert!(UserId::new(&"x".repeat(32)).is_ok());
-        assert!(UserId::new(&"x".repeat(33)).is_err());
+        // The docs' own RegistrationID example is 36 bytes.
+        assert!(UserId::new("379C2F0D-7E9A-4F5C-9B1A-2D3E4F5A6B7C").is_ok());
+        assert!(UserId::new(&"x".repeat(MAX_USER_ID_BYTES)).is_ok());
+        assert!(UserId::new(&"x".repeat(MAX_USER_ID_BYTES + 1)).is_err());
         assert!(UserId::new("a\tb").is_err());
-        // 11 three-byte characters are 33 bytes: the limit is on bytes, not characters.
-        assert!(UserId::new(&"中".repeat(11)).is_err());
+        // 43 three-byte characters are 129 bytes: the limit is on bytes, not characters.
+        assert!(UserId::new(&"中".repeat(43)).is_err());
     }
 
     #[test]
@@ -521,6 +642,9 @@ mod tests {
         assert!(AttrValue::new(&"v".repeat(50)).is_ok());
         assert!(AttrValue::new(&"v".repeat(51)).is_err());
         assert!(AttrValue::new(&"é".repeat(26)).is_err());
+        let err = AttrValue::new("gold\n").unwrap_err().to_string();
+        assert!(err.contains("a line break"), "{err}");
+        assert!(AttrValue::new("a\tb").is_err());
     }
 
     #[test]

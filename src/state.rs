@@ -1,17 +1,27 @@
-//! The snapshot store: what the server last accepted, per user, kept in sled.
+//! The snapshot store: what the server last accepted, per user, and who is in doubt, kept in
+//! sled.
 //!
 //! sled 0.34 makes a write durable only at `flush`, and lets one process open a database at a
-//! time. So every commit is one transaction followed by a flush before it returns, the
-//! snapshot is only ever written after the server accepted a batch, and a second process gets
-//! [`StateError::Locked`] naming whoever holds the database (from a small `holder.json` that
-//! the holder writes next to it).
+//! time. So every commit is one transaction followed by a flush before it returns, and a second
+//! process gets [`StateError::Locked`] naming whoever holds the database (from a small
+//! `holder.json` that the holder writes next to it).
 //!
 //! Users are stored in chunks: one sled key per sorted run of about [`CHUNK_USERS`] users,
 //! keyed by the run's first user id. sled spends about a microsecond per key on iteration, so
 //! one key per user made reading a million-user snapshot take seconds; chunks read in tens of
 //! milliseconds, and a batch (up to 100 users, consecutive in plan order) rewrites one or two.
+//!
+//! The store checks itself, because a snapshot that silently went back in time would make
+//! `plan` lie: every chunk and in-doubt record carries a CRC-32; the user count is kept beside
+//! the data; and the serial of the last commit is also written to a small `serial` file
+//! outside the database, after the database is durable. A database older than that file (a
+//! damaged log that sled truncated, files put back from a copy) is refused with
+//! [`StateError::RolledBack`], never read as if nothing happened. The directory's identity is
+//! checked before every commit, so a state directory deleted under a running process stops it
+//! ([`StateError::Gone`]) instead of committing into files nobody will read.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,23 +29,35 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use crate::model::{AttrName, AttrValue, Attrs, Snapshot, SnapshotEntry, UserId, UserMap};
+use crate::model::{
+    AttrName, AttrValue, Attrs, DoubtNote, InDoubt, Snapshot, SnapshotEntry, Target, UserId,
+    UserMap,
+};
 
-/// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
+/// The on-disk format this build writes. It reads format 1 too, and upgrades it on open.
+pub const FORMAT_VERSION: u64 = 2;
 
 const KEY_FORMAT: &[u8] = b"format_version";
 const KEY_SDKAPPID: &[u8] = b"sdkappid";
 const KEY_SERIAL: &[u8] = b"serial";
+const KEY_TARGET: &[u8] = b"target";
+const KEY_USER_COUNT: &[u8] = b"user_count";
 const KEY_USERS_TREE: &[u8] = b"users_tree";
+const KEY_DRIFT_CURSOR: &[u8] = b"drift_cursor";
 const META_TREE: &[u8] = b"meta";
+const DOUBT_TREE: &[u8] = b"in_doubt";
 const HOLDER_FILE: &str = "holder.json";
+/// The serial of the last commit, outside the database: 8 bytes LE then their CRC-32.
+const SERIAL_FILE: &str = "serial";
 /// Users per chunk when chunks are built or split.
 pub const CHUNK_USERS: usize = 128;
 /// A chunk that grows past this is split.
 const CHUNK_SPLIT_ABOVE: usize = 2 * CHUNK_USERS;
 /// sled's default cache is 1 GiB; the snapshot is read once per run, so a small one is enough.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// What `attrsync import` does about a damaged snapshot, for every message that needs it.
+const REBUILD: &str = "move the directory aside and rebuild the snapshot from the server with \
+                       `attrsync import` (the server is the truth; the snapshot is a record of it)";
 
 /// Why the snapshot cannot be opened, read or written.
 #[derive(Debug, thiserror::Error)]
@@ -58,23 +80,53 @@ pub enum StateError {
         /// The sdkappid in the settings.
         expected: u64,
     },
+    /// The snapshot records another server than the one the settings point at.
+    #[error("the snapshot at {dir} records what {found} holds, but attrsync.yaml now points at {expected}; \
+             its values say nothing about that server. Point --state (or state_dir) at a snapshot of {expected}, \
+             or run `attrsync import` to adopt {expected}'s current values into this snapshot")]
+    OtherTarget {
+        /// The state directory.
+        dir: PathBuf,
+        /// The server recorded in the snapshot.
+        found: String,
+        /// The server in the settings.
+        expected: String,
+    },
     /// Written by an incompatible attrsync.
-    #[error("the snapshot at {dir} has format version {found}, this attrsync reads {FORMAT_VERSION}; use a matching attrsync version")]
+    #[error("the snapshot at {dir} has format version {found}, this attrsync reads 1 to {FORMAT_VERSION}; use a matching attrsync version")]
     Version {
         /// The state directory.
         dir: PathBuf,
         /// The version found.
         found: u64,
     },
-    /// A record could not be decoded.
-    #[error("the snapshot at {dir} is corrupt ({what}); move the directory aside and rebuild it with `attrsync import`")]
+    /// A record could not be decoded, or failed its checksum.
+    #[error("the snapshot at {dir} is damaged ({what}); {REBUILD}")]
     Corrupt {
         /// The state directory.
         dir: PathBuf,
         /// What was wrong.
         what: String,
     },
-    /// sled failed.
+    /// The database is older than its last commit.
+    #[error("the snapshot at {dir} went back in time: its last commit was serial {expected}, but the database holds serial {found} \
+             (damaged or truncated files, or files put back from an older copy), so it may claim values the server no longer holds; {REBUILD}")]
+    RolledBack {
+        /// The state directory.
+        dir: PathBuf,
+        /// The serial in the `serial` file.
+        expected: u64,
+        /// The serial in the database.
+        found: u64,
+    },
+    /// The state directory was removed or replaced while the store was open.
+    #[error("the state directory {dir} was removed or replaced while attrsync was using it; nothing more is recorded. \
+             Restore it, or start again with a new snapshot (`attrsync import` reads the server's values)")]
+    Gone {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    /// sled or the file system failed.
     #[error("cannot {doing} the snapshot at {dir}: {source}; check the disk and the directory's permissions")]
     Store {
         /// What was being done ("open", "commit to", …).
@@ -120,15 +172,67 @@ impl Holder {
     }
 }
 
-/// One user's write in a commit: `Some` records attributes, `None` forgets the user.
-pub type Write = (UserId, Option<Attrs>);
+/// The app and server a snapshot is about.
+#[derive(Clone, Copy, Debug)]
+pub struct Binding<'a> {
+    /// The app's SDKAppID.
+    pub sdkappid: u64,
+    /// The server the values were read from or written to.
+    pub target: &'a Target,
+}
+
+/// What opening a snapshot recorded for another server does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOtherTarget {
+    /// Refuse with [`StateError::OtherTarget`] (every command but import).
+    Refuse,
+    /// Open it; the caller replaces its whole content with [`Store::replace_all`], which binds
+    /// it to the new server (`attrsync import`).
+    Adopt,
+}
+
+/// One atomic write to the snapshot: users recorded after the server accepted them, users
+/// marked in doubt before a write is sent, and users whose doubt is cleared.
+#[derive(Clone, Debug, Default)]
+pub struct Commit {
+    /// Users the server accepted: `Some` records attributes (no attributes forgets the user),
+    /// `None` forgets the user. Each also leaves doubt.
+    pub record: Vec<(UserId, Option<Attrs>)>,
+    /// Users to mark in doubt (their snapshot entry stays as it is).
+    pub doubt: Vec<(UserId, InDoubt)>,
+    /// Users whose doubt is cleared without a new entry: the server proved it applied nothing.
+    pub clear: Vec<UserId>,
+    /// When the recorded users were applied, in seconds since the Unix epoch.
+    pub applied_at: u64,
+}
+
+impl Commit {
+    /// Whether the commit changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.record.is_empty() && self.doubt.is_empty() && self.clear.is_empty()
+    }
+}
+
+/// The identity of a directory, to notice it being removed or replaced.
+type DirId = (u64, u64);
+
+fn dir_id(dir: &Path) -> Option<DirId> {
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
 
 /// The open snapshot store.
 pub struct Store {
     dir: PathBuf,
+    dir_id: Option<DirId>,
     db: sled::Db,
     meta: sled::Tree,
     users: sled::Tree,
+    doubt: sled::Tree,
+    serial_file: std::fs::File,
+    /// The server to bind the snapshot to at its next commit (a format-1 snapshot has none).
+    bind_target: Option<String>,
+    /// The other server the snapshot records, when it was opened to adopt a new one.
+    other_target: Option<String>,
     /// Commits read the chunks they change before their transaction (sled transactions
     /// cannot range-scan), so commits must not interleave.
     commit_lock: std::sync::Mutex<()>,
@@ -142,67 +246,73 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The u64 at `key`, if any.
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, Option<sled::Error>> {
+    match tree.get(key).map_err(Some)? {
+        None => Ok(None),
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
+            .map(|b| Some(u64::from_le_bytes(b)))
+            .map_err(|_| None),
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) the snapshot at `dir` for app `sdkappid`.
-    pub fn open(dir: &Path, sdkappid: u64, holder: &Holder) -> Result<Store, StateError> {
+    /// Opens (creating if needed) the snapshot at `dir` for `binding`, refusing one recorded
+    /// for another app or server.
+    pub fn open(dir: &Path, binding: Binding<'_>, holder: &Holder) -> Result<Store, StateError> {
+        Self::open_with(dir, binding, holder, OnOtherTarget::Refuse)
+    }
+
+    /// Opens (creating if needed) the snapshot at `dir`, saying what to do when it records
+    /// another server.
+    pub fn open_with(
+        dir: &Path,
+        binding: Binding<'_>,
+        holder: &Holder,
+        on_other_target: OnOtherTarget,
+    ) -> Result<Store, StateError> {
         let store_err = |doing, source| StateError::Store {
             doing,
             dir: dir.to_owned(),
             source,
         };
-        let db = match sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            // Every write path flushes before it returns; a background flusher would only wake
-            // an idle daemon for nothing.
-            .flush_every_ms(None)
-            .open()
-        {
-            Ok(db) => db,
-            Err(sled::Error::Io(err)) if err.to_string().contains("could not acquire lock") => {
-                let holder = std::fs::read(dir.join(HOLDER_FILE))
-                    .ok()
-                    .and_then(|bytes| serde_json::from_slice::<Holder>(&bytes).ok())
-                    .map(|h| h.describe())
-                    .unwrap_or_default();
-                return Err(StateError::Locked {
-                    dir: dir.to_owned(),
-                    holder,
-                });
-            }
-            Err(sled::Error::Corruption { .. }) => {
-                return Err(StateError::Corrupt {
-                    dir: dir.to_owned(),
-                    what: "sled reported corruption at open".to_owned(),
-                })
-            }
-            Err(err) => return Err(store_err("open", err)),
+        let corrupt = |what: String| StateError::Corrupt {
+            dir: dir.to_owned(),
+            what,
         };
+        let db = open_sled(dir)?;
         let meta = db.open_tree(META_TREE).map_err(|e| store_err("open", e))?;
-        let read_u64 = |key: &[u8]| -> Result<Option<u64>, StateError> {
-            match meta.get(key).map_err(|e| store_err("read", e))? {
-                None => Ok(None),
-                Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
-                    .map(|b| Some(u64::from_le_bytes(b)))
-                    .map_err(|_| StateError::Corrupt {
-                        dir: dir.to_owned(),
-                        what: format!("meta key {}", String::from_utf8_lossy(key)),
-                    }),
-            }
+        let read = |key: &[u8]| {
+            read_u64(&meta, key).map_err(|e| match e {
+                Some(source) => store_err("read", source),
+                None => corrupt(format!("meta key {}", String::from_utf8_lossy(key))),
+            })
         };
-        match read_u64(KEY_FORMAT)? {
+        let target = binding.target.key();
+        let found_format = read(KEY_FORMAT)?;
+        let (serial_file, file_serial) = open_serial_file(dir)?;
+        match found_format {
             None => {
-                meta.insert(KEY_FORMAT, &FORMAT_VERSION.to_le_bytes())
-                    .map_err(|e| store_err("initialise", e))?;
-                meta.insert(KEY_SDKAPPID, &sdkappid.to_le_bytes())
-                    .map_err(|e| store_err("initialise", e))?;
-                meta.insert(KEY_SERIAL, &0u64.to_le_bytes())
-                    .map_err(|e| store_err("initialise", e))?;
-                meta.insert(KEY_USERS_TREE, b"users.0".as_slice())
+                if let Some(expected) = file_serial.filter(|s| *s > 0) {
+                    // The database files are gone but the serial file is not.
+                    return Err(StateError::RolledBack {
+                        dir: dir.to_owned(),
+                        expected,
+                        found: 0,
+                    });
+                }
+                let mut batch = sled::Batch::default();
+                batch.insert(KEY_FORMAT, &FORMAT_VERSION.to_le_bytes());
+                batch.insert(KEY_SDKAPPID, &binding.sdkappid.to_le_bytes());
+                batch.insert(KEY_SERIAL, &0u64.to_le_bytes());
+                batch.insert(KEY_USER_COUNT, &0u64.to_le_bytes());
+                batch.insert(KEY_USERS_TREE, b"users.0".as_slice());
+                batch.insert(KEY_TARGET, target.as_bytes());
+                meta.apply_batch(batch)
                     .map_err(|e| store_err("initialise", e))?;
                 db.flush().map_err(|e| store_err("initialise", e))?;
             }
-            Some(FORMAT_VERSION) => {}
+            Some(1 | FORMAT_VERSION) => {}
             Some(found) => {
                 return Err(StateError::Version {
                     dir: dir.to_owned(),
@@ -210,15 +320,42 @@ impl Store {
                 })
             }
         }
-        match read_u64(KEY_SDKAPPID)? {
-            Some(found) if found != sdkappid => {
+        match read(KEY_SDKAPPID)? {
+            Some(found) if found != binding.sdkappid => {
                 return Err(StateError::OtherApp {
                     dir: dir.to_owned(),
                     found,
-                    expected: sdkappid,
+                    expected: binding.sdkappid,
                 })
             }
             _ => {}
+        }
+        let recorded_target = meta
+            .get(KEY_TARGET)
+            .map_err(|e| store_err("read", e))?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+        let (bind_target, other_target) = match recorded_target {
+            Some(found) if found != target => match on_other_target {
+                OnOtherTarget::Refuse => {
+                    return Err(StateError::OtherTarget {
+                        dir: dir.to_owned(),
+                        found,
+                        expected: target,
+                    })
+                }
+                OnOtherTarget::Adopt => (Some(target), Some(found)),
+            },
+            Some(_) => (None, None),
+            // A snapshot written before targets were recorded: adopted at its first write.
+            None => (Some(target), None),
+        };
+        let db_serial = read(KEY_SERIAL)?.unwrap_or(0);
+        if let Some(expected) = file_serial.filter(|s| *s > db_serial) {
+            return Err(StateError::RolledBack {
+                dir: dir.to_owned(),
+                expected,
+                found: db_serial,
+            });
         }
         let users_name = meta
             .get(KEY_USERS_TREE)
@@ -227,35 +364,79 @@ impl Store {
         let users = db
             .open_tree(&users_name)
             .map_err(|e| store_err("open", e))?;
+        let doubt = db.open_tree(DOUBT_TREE).map_err(|e| store_err("open", e))?;
         // A crash during `replace_all` can leave an unreferenced tree behind: drop it.
         for name in db.tree_names() {
             if name.starts_with(b"users.") && name != users_name {
                 db.drop_tree(&name).map_err(|e| store_err("clean up", e))?;
             }
         }
-        let holder_json = serde_json::to_vec(holder).expect("holder serialises");
-        // Best effort: the file only improves the message another process shows.
-        let _ = std::fs::write(dir.join(HOLDER_FILE), holder_json);
-        Ok(Store {
+        let store = Store {
             dir: dir.to_owned(),
+            dir_id: dir_id(dir),
             db,
             meta,
             users,
+            doubt,
+            serial_file,
+            bind_target,
+            other_target,
             commit_lock: std::sync::Mutex::new(()),
-        })
+        };
+        if found_format == Some(1) {
+            store.upgrade_from_format_1()?;
+        }
+        if file_serial != Some(db_serial) {
+            // New, written by a version without the file, or a crash came between the
+            // database flush and the file write: the database is the later of the two.
+            store.write_serial_file(db_serial)?;
+        }
+        // Best effort: the file only improves the message another process shows.
+        let _ = std::fs::write(dir.join(HOLDER_FILE), holder_json(holder));
+        Ok(store)
     }
 
     /// Opens the snapshot at `dir` if one exists; `None` (and nothing created) otherwise.
     pub fn open_existing(
         dir: &Path,
-        sdkappid: u64,
+        binding: Binding<'_>,
         holder: &Holder,
     ) -> Result<Option<Store>, StateError> {
-        if dir.join("db").exists() || dir.join("conf").exists() {
-            Self::open(dir, sdkappid, holder).map(Some)
+        if Self::exists(dir) {
+            Self::open(dir, binding, holder).map(Some)
         } else {
             Ok(None)
         }
+    }
+
+    /// Whether a snapshot (or what is left of one) is at `dir`.
+    pub fn exists(dir: &Path) -> bool {
+        ["db", "conf", SERIAL_FILE]
+            .iter()
+            .any(|name| dir.join(name).exists())
+    }
+
+    /// Format 1 had no user count: count once, and mark the database as format 2.
+    fn upgrade_from_format_1(&self) -> Result<(), StateError> {
+        let mut count = 0u64;
+        for item in self.users.iter() {
+            let (_, chunk) = item.map_err(self.err("read"))?;
+            count += decode_chunk(&chunk)
+                .ok_or_else(|| self.corrupt("a chunk of users"))?
+                .len() as u64;
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_USER_COUNT, &count.to_le_bytes());
+        batch.insert(KEY_FORMAT, &FORMAT_VERSION.to_le_bytes());
+        self.meta.apply_batch(batch).map_err(self.err("upgrade"))?;
+        self.db.flush().map_err(self.err("upgrade"))?;
+        Ok(())
+    }
+
+    /// The server this snapshot records, when it was opened with [`OnOtherTarget::Adopt`] for
+    /// another one: its content must be replaced ([`Store::replace_all`]), not added to.
+    pub fn other_target(&self) -> Option<&str> {
+        self.other_target.as_deref()
     }
 
     /// The state directory.
@@ -265,10 +446,7 @@ impl Store {
 
     /// Updates the holder record (e.g. once the daemon knows its listen address).
     pub fn set_holder(&self, holder: &Holder) {
-        let _ = std::fs::write(
-            self.dir.join(HOLDER_FILE),
-            serde_json::to_vec(holder).expect("holder serialises"),
-        );
+        let _ = std::fs::write(self.dir.join(HOLDER_FILE), holder_json(holder));
     }
 
     fn err(&self, doing: &'static str) -> impl Fn(sled::Error) -> StateError + '_ {
@@ -279,15 +457,26 @@ impl Store {
         }
     }
 
-    /// The serial of the last committed write.
-    pub fn serial(&self) -> Result<u64, StateError> {
-        let bytes = self.meta.get(KEY_SERIAL).map_err(self.err("read"))?;
-        Ok(bytes
-            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-            .map_or(0, u64::from_le_bytes))
+    fn corrupt(&self, what: &str) -> StateError {
+        StateError::Corrupt {
+            dir: self.dir.clone(),
+            what: what.to_owned(),
+        }
     }
 
-    /// Reads the whole snapshot.
+    fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StateError> {
+        read_u64(&self.meta, key).map_err(|e| match e {
+            Some(source) => self.err("read")(source),
+            None => self.corrupt(&format!("meta key {}", String::from_utf8_lossy(key))),
+        })
+    }
+
+    /// The serial of the last committed write.
+    pub fn serial(&self) -> Result<u64, StateError> {
+        Ok(self.meta_u64(KEY_SERIAL)?.unwrap_or(0))
+    }
+
+    /// Reads the whole snapshot, checking every checksum and the user count.
     pub fn load(&self) -> Result<Snapshot, StateError> {
         let mut names = NameInterner::default();
         let mut users = Vec::new();
@@ -303,8 +492,26 @@ impl Store {
             }
         }
         let users = UserMap::from_sorted(users).ok_or_else(|| self.corrupt("user order"))?;
+        if let Some(count) = self.meta_u64(KEY_USER_COUNT)? {
+            if count != users.len() as u64 {
+                return Err(self.corrupt(&format!(
+                    "it should hold {count} users but {} were found",
+                    users.len()
+                )));
+            }
+        }
+        let mut in_doubt = Vec::new();
+        for item in self.doubt.iter() {
+            let (key, record) = item.map_err(self.err("read"))?;
+            let user = decode_user(&key).ok_or_else(|| self.corrupt("a user id"))?;
+            let doubt = decode_doubt(&record, &mut names)
+                .ok_or_else(|| self.corrupt(&format!("the in-doubt record of user {user}")))?;
+            in_doubt.push((user, doubt));
+        }
         Ok(Snapshot {
             users,
+            in_doubt: UserMap::from_sorted(in_doubt)
+                .ok_or_else(|| self.corrupt("in-doubt order"))?,
             serial: self.serial()?,
         })
     }
@@ -329,32 +536,194 @@ impl Store {
         }
     }
 
-    fn corrupt(&self, what: &str) -> StateError {
-        StateError::Corrupt {
-            dir: self.dir.clone(),
-            what: what.to_owned(),
+    /// One user's doubt, if it is in doubt.
+    pub fn doubt(&self, user: &str) -> Result<Option<InDoubt>, StateError> {
+        match self.doubt.get(user.as_bytes()).map_err(self.err("read"))? {
+            None => Ok(None),
+            Some(record) => decode_doubt(&record, &mut NameInterner::default())
+                .map(Some)
+                .ok_or_else(|| self.corrupt(&format!("the in-doubt record of user {user}"))),
         }
     }
 
-    /// Records one accepted batch atomically and durably; returns the new serial.
+    /// Up to `limit` users after `after` (from the first with `None`), in user-id order, with
+    /// their entries: the drift scan's page.
+    pub fn users_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, SnapshotEntry)>, StateError> {
+        let start: &[u8] = after.map_or(b"", str::as_bytes);
+        // The chunk holding `after` starts at or before it.
+        let first = match after {
+            Some(after) => self
+                .users
+                .range(..=after.as_bytes())
+                .next_back()
+                .transpose()
+                .map_err(self.err("read"))?
+                .map(|(k, _)| k),
+            None => None,
+        };
+        let mut names = NameInterner::default();
+        let mut out = Vec::with_capacity(limit);
+        let range = match &first {
+            Some(key) => self.users.range(key.as_ref()..),
+            None => self.users.range::<&[u8], _>(..),
+        };
+        for item in range {
+            let (_, chunk) = item.map_err(self.err("read"))?;
+            for (id, entry) in
+                decode_chunk(&chunk).ok_or_else(|| self.corrupt("a chunk of users"))?
+            {
+                if after.is_some() && id <= start {
+                    continue;
+                }
+                let user = decode_user(id).ok_or_else(|| self.corrupt("a user id"))?;
+                let entry = decode_entry(entry, &mut names)
+                    .ok_or_else(|| self.corrupt(&format!("the record of user {user}")))?;
+                out.push((user, entry));
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where the daemon's drift scan stopped (the last user it read), if it was saved.
+    pub fn drift_cursor(&self) -> Result<Option<String>, StateError> {
+        Ok(self
+            .meta
+            .get(KEY_DRIFT_CURSOR)
+            .map_err(self.err("read"))?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Saves where the drift scan stopped (`None`: start over), durably. Not a commit: the
+    /// serial does not move, since the cursor says nothing about the server.
+    pub fn save_drift_cursor(&self, cursor: Option<&str>) -> Result<(), StateError> {
+        match cursor {
+            Some(cursor) => self.meta.insert(KEY_DRIFT_CURSOR, cursor.as_bytes()),
+            None => self.meta.remove(KEY_DRIFT_CURSOR),
+        }
+        .map_err(self.err("write"))?;
+        self.db.flush().map_err(self.err("flush"))?;
+        Ok(())
+    }
+
+    /// Checks that the state directory is still the one that was opened.
+    fn check_dir(&self) -> Result<(), StateError> {
+        if dir_id(&self.dir) != self.dir_id {
+            return Err(StateError::Gone {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `commit` atomically and durably; returns the new serial.
     ///
-    /// A user written with `None` or with no attributes is forgotten. The serial grows by one.
-    pub fn commit_batch(&self, writes: &[Write], applied_at: u64) -> Result<u64, StateError> {
+    /// The serial grows by one. Recorded users leave doubt; users written with `None` or with
+    /// no attributes are forgotten.
+    pub fn commit(&self, commit: &Commit) -> Result<u64, StateError> {
         let _guard = self
             .commit_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut writes: Vec<(&[u8], Option<Vec<u8>>)> = writes
+        self.check_dir()?;
+        if let (Some(found), Some(expected)) = (&self.other_target, &self.bind_target) {
+            // Adding to another server's records would mix two servers in one snapshot.
+            return Err(StateError::OtherTarget {
+                dir: self.dir.clone(),
+                found: found.clone(),
+                expected: expected.clone(),
+            });
+        }
+        let mut writes: Vec<(&[u8], Option<Vec<u8>>)> = commit
+            .record
             .iter()
             .map(|(user, attrs)| {
                 let record = attrs
                     .as_ref()
                     .filter(|a| !a.is_empty())
-                    .map(|a| encode_entry(a, applied_at));
+                    .map(|a| encode_entry(a, commit.applied_at));
                 (user.as_str().as_bytes(), record)
             })
             .collect();
         writes.sort_by(|a, b| a.0.cmp(b.0));
+        writes.dedup_by(|later, earlier| {
+            // The same user twice in one commit: the later write wins.
+            if later.0 == earlier.0 {
+                std::mem::swap(later, earlier);
+                true
+            } else {
+                false
+            }
+        });
+        let (removals, inserts, user_delta) = self.rechunk(writes)?;
+        let doubt_inserts: Vec<(&[u8], Vec<u8>)> = commit
+            .doubt
+            .iter()
+            .map(|(user, doubt)| (user.as_str().as_bytes(), encode_doubt(doubt)))
+            .collect();
+        let doubt_removals: Vec<&[u8]> = commit
+            .record
+            .iter()
+            .map(|(user, _)| user.as_str().as_bytes())
+            .chain(commit.clear.iter().map(|user| user.as_str().as_bytes()))
+            .collect();
+        let bind_target = self.bind_target.as_deref();
+        let serial = (&self.meta, &self.users, &self.doubt)
+            .transaction(|(meta, users, doubt)| {
+                for key in &removals {
+                    users.remove(key)?;
+                }
+                for (key, chunk) in &inserts {
+                    users.insert(key.as_slice(), chunk.as_slice())?;
+                }
+                for key in &doubt_removals {
+                    doubt.remove(*key)?;
+                }
+                for (key, record) in &doubt_inserts {
+                    doubt.insert(*key, record.as_slice())?;
+                }
+                let read =
+                    |key: &[u8]| -> Result<u64, sled::transaction::UnabortableTransactionError> {
+                        Ok(meta
+                            .get(key)?
+                            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+                            .map_or(0, u64::from_le_bytes))
+                    };
+                let serial = read(KEY_SERIAL)? + 1;
+                meta.insert(KEY_SERIAL, &serial.to_le_bytes())?;
+                let count = read(KEY_USER_COUNT)?.saturating_add_signed(user_delta);
+                meta.insert(KEY_USER_COUNT, &count.to_le_bytes())?;
+                if let Some(target) = bind_target {
+                    meta.insert(KEY_TARGET, target.as_bytes())?;
+                }
+                Ok::<u64, ConflictableTransactionError<()>>(serial)
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(source) => StateError::Store {
+                    doing: "commit to",
+                    dir: self.dir.clone(),
+                    source,
+                },
+                TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
+            })?;
+        self.db.flush().map_err(self.err("flush"))?;
+        self.write_serial_file(serial)?;
+        Ok(serial)
+    }
+
+    /// The chunk rewrites that apply `writes` (sorted by user, each user once): chunk keys to
+    /// remove, chunks to insert, and how the user count changes.
+    #[allow(clippy::type_complexity)]
+    fn rechunk(
+        &self,
+        writes: Vec<(&[u8], Option<Vec<u8>>)>,
+    ) -> Result<(Vec<sled::IVec>, Vec<(Vec<u8>, Vec<u8>)>, i64), StateError> {
         // Which chunk each write lands in: the last chunk starting at or before the user, or
         // the first chunk for a user before all of them.
         let first_key = self
@@ -383,6 +752,7 @@ impl Store {
         }
         let mut removals: Vec<sled::IVec> = Vec::new();
         let mut inserts: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut delta = 0i64;
         for (key, members) in groups {
             let old = match &key {
                 Some(key) => self.users.get(key).map_err(self.err("read"))?,
@@ -396,6 +766,7 @@ impl Store {
                     .collect(),
                 None => Vec::new(),
             };
+            let before = records.len() as i64;
             for (user, record) in members {
                 match (
                     records.binary_search_by(|(id, _)| id.as_slice().cmp(user)),
@@ -409,6 +780,7 @@ impl Store {
                     (Err(_), None) => {}
                 }
             }
+            delta += records.len() as i64 - before;
             if let Some(key) = key.filter(|_| old.is_some()) {
                 removals.push(key);
             }
@@ -422,43 +794,21 @@ impl Store {
                 inserts.push((piece[0].0.clone(), encode_chunk(piece)));
             }
         }
-        let serial = (&self.meta, &self.users)
-            .transaction(|(meta, users)| {
-                for key in &removals {
-                    users.remove(key)?;
-                }
-                for (key, chunk) in &inserts {
-                    users.insert(key.as_slice(), chunk.as_slice())?;
-                }
-                let serial = meta
-                    .get(KEY_SERIAL)?
-                    .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-                    .map_or(0, u64::from_le_bytes)
-                    + 1;
-                meta.insert(KEY_SERIAL, &serial.to_le_bytes())?;
-                Ok::<u64, ConflictableTransactionError<()>>(serial)
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(source) => StateError::Store {
-                    doing: "commit to",
-                    dir: self.dir.clone(),
-                    source,
-                },
-                TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
-            })?;
-        self.db.flush().map_err(self.err("flush"))?;
-        Ok(serial)
+        Ok((removals, inserts, delta))
     }
 
-    /// Replaces the whole snapshot with `users` atomically; returns the new serial.
+    /// Replaces the whole snapshot with `users` and `in_doubt` atomically and binds it to the
+    /// server it was opened for; returns the new serial.
     ///
     /// The new content goes to a fresh tree first; one small transaction then switches the
     /// snapshot over, so a crash leaves either the old or the new snapshot, never a mix.
     pub fn replace_all(
         &mut self,
         users: &UserMap<Attrs>,
+        in_doubt: &UserMap<InDoubt>,
         applied_at: u64,
     ) -> Result<u64, StateError> {
+        self.check_dir()?;
         let current = self
             .meta
             .get(KEY_USERS_TREE)
@@ -489,15 +839,62 @@ impl Store {
         next.apply_batch(batch).map_err(self.err("write"))?;
         self.db.flush().map_err(self.err("flush"))?;
         let serial = self.serial()? + 1;
-        let mut switch = sled::Batch::default();
-        switch.insert(KEY_USERS_TREE, next_name.as_bytes());
-        switch.insert(KEY_SERIAL, &serial.to_le_bytes());
-        self.meta.apply_batch(switch).map_err(self.err("write"))?;
+        let target = self
+            .bind_target
+            .clone()
+            .map(String::into_bytes)
+            .or_else(|| self.meta.get(KEY_TARGET).ok().flatten().map(|t| t.to_vec()));
+        let old_doubts: Vec<sled::IVec> = self
+            .doubt
+            .iter()
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(self.err("read"))?;
+        let new_doubts: Vec<(Vec<u8>, Vec<u8>)> = in_doubt
+            .iter()
+            .map(|(user, doubt)| (user.as_str().as_bytes().to_vec(), encode_doubt(doubt)))
+            .collect();
+        (&self.meta, &self.doubt)
+            .transaction(|(meta, doubt)| {
+                for key in &old_doubts {
+                    doubt.remove(key)?;
+                }
+                for (key, record) in &new_doubts {
+                    doubt.insert(key.as_slice(), record.as_slice())?;
+                }
+                meta.insert(KEY_USERS_TREE, next_name.as_bytes())?;
+                meta.insert(KEY_SERIAL, &serial.to_le_bytes())?;
+                meta.insert(KEY_USER_COUNT, &(records.len() as u64).to_le_bytes())?;
+                if let Some(target) = &target {
+                    meta.insert(KEY_TARGET, target.as_slice())?;
+                }
+                meta.remove(KEY_DRIFT_CURSOR)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(source) => self.err("write")(source),
+                TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
+            })?;
         self.db.flush().map_err(self.err("flush"))?;
+        self.write_serial_file(serial)?;
         self.users = next;
+        self.bind_target = None;
+        self.other_target = None;
         self.db.drop_tree(&current).map_err(self.err("clean up"))?;
         self.db.flush().map_err(self.err("flush"))?;
         Ok(serial)
+    }
+
+    /// Records `serial` outside the database, after the database holds it durably.
+    ///
+    /// One 12-byte write in place: a sector is written whole, so a crash leaves the old or the
+    /// new value. No fsync: a value lost in a crash is older than the database, which is
+    /// allowed (the database is then the later of the two); only a database older than the
+    /// file is refused.
+    fn write_serial_file(&self, serial: u64) -> Result<(), StateError> {
+        self.serial_file
+            .write_all_at(&encode_serial(serial), 0)
+            .map_err(|e| self.err("record the serial of")(sled::Error::Io(e)))
     }
 }
 
@@ -508,6 +905,102 @@ impl Drop for Store {
     }
 }
 
+/// How long opening waits for a handle of this same process to let go of the database.
+const OWN_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens the sled database at `dir`, telling "held by another process" apart.
+///
+/// sled releases its file lock when the last reference to the database goes, and its own
+/// worker threads may hold one for a moment after the store was dropped; so when the holder is
+/// this process (or nobody says), opening is retried for up to [`OWN_RELEASE_WAIT`].
+fn open_sled(dir: &Path) -> Result<sled::Db, StateError> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            // Every write path flushes before it returns; a background flusher would only
+            // wake an idle daemon for nothing.
+            .flush_every_ms(None)
+            .open();
+        let holder = match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(err)) if err.to_string().contains("could not acquire lock") => {
+                std::fs::read(dir.join(HOLDER_FILE))
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<Holder>(&bytes).ok())
+            }
+            Err(sled::Error::Corruption { .. }) => {
+                return Err(StateError::Corrupt {
+                    dir: dir.to_owned(),
+                    what: "sled reported corruption at open".to_owned(),
+                })
+            }
+            Err(err) => {
+                return Err(StateError::Store {
+                    doing: "open",
+                    dir: dir.to_owned(),
+                    source: err,
+                })
+            }
+        };
+        let ours = holder.as_ref().is_none_or(|h| h.pid == std::process::id());
+        if !ours || started.elapsed() >= OWN_RELEASE_WAIT {
+            return Err(StateError::Locked {
+                dir: dir.to_owned(),
+                holder: holder.map(|h| h.describe()).unwrap_or_default(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn holder_json(holder: &Holder) -> Vec<u8> {
+    serde_json::to_vec(holder).unwrap_or_default()
+}
+
+/// Opens (creating) the `serial` file and reads the serial in it, if any.
+fn open_serial_file(dir: &Path) -> Result<(std::fs::File, Option<u64>), StateError> {
+    let path = dir.join(SERIAL_FILE);
+    let io_err = |doing, e: std::io::Error| StateError::Store {
+        doing,
+        dir: dir.to_owned(),
+        source: sled::Error::Io(e),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_err("open", e))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| io_err("read", e))?;
+    if bytes.is_empty() {
+        return Ok((file, None));
+    }
+    let serial = decode_serial(&bytes).ok_or_else(|| StateError::Corrupt {
+        dir: dir.to_owned(),
+        what: format!("{} fails its checksum", path.display()),
+    })?;
+    Ok((file, Some(serial)))
+}
+
+fn encode_serial(serial: u64) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[..8].copy_from_slice(&serial.to_le_bytes());
+    let crc = crc32fast::hash(&out[..8]);
+    out[8..].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn decode_serial(bytes: &[u8]) -> Option<u64> {
+    let bytes: &[u8; 12] = bytes.try_into().ok()?;
+    let (serial, crc) = bytes.split_at(8);
+    (crc32fast::hash(serial).to_le_bytes() == crc)
+        .then(|| u64::from_le_bytes(serial.try_into().unwrap_or_default()))
+}
+
 /// Seconds since the Unix epoch, for `applied_at`.
 pub fn now_unix() -> u64 {
     SystemTime::now()
@@ -515,12 +1008,9 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Record layout, version 1: `[1][applied_at: u64 LE][n: u8]` then n × `[len: u8][name][len: u8][value]`.
-/// Names and values are at most 50 bytes, so a byte holds each length.
-fn encode_entry(attrs: &Attrs, applied_at: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(10 + attrs.len() * 24);
-    out.push(1);
-    out.extend_from_slice(&applied_at.to_le_bytes());
+/// Attributes as `[n: u8]` then n × `[len: u8][name][len: u8][value]`. Names and values are at
+/// most 50 bytes, so a byte holds each length.
+fn encode_attrs(attrs: &Attrs, out: &mut Vec<u8>) {
     out.push(attrs.len() as u8);
     for (name, value) in attrs.iter() {
         out.push(name.as_str().len() as u8);
@@ -528,18 +1018,90 @@ fn encode_entry(attrs: &Attrs, applied_at: u64) -> Vec<u8> {
         out.push(value.as_str().len() as u8);
         out.extend_from_slice(value.as_str().as_bytes());
     }
+}
+
+fn decode_attrs(cursor: &mut &[u8], names: &mut NameInterner) -> Option<Attrs> {
+    let (&count, rest) = cursor.split_first()?;
+    *cursor = rest;
+    let mut pairs = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let name = names.get(take_field(cursor)?)?;
+        let value = AttrValue::new(std::str::from_utf8(take_field(cursor)?).ok()?).ok()?;
+        pairs.push((name, value));
+    }
+    Some(Attrs::from_pairs(pairs))
+}
+
+/// Record layout, version 1: `[1][applied_at: u64 LE]` then the attributes.
+fn encode_entry(attrs: &Attrs, applied_at: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + attrs.len() * 24);
+    out.push(1);
+    out.extend_from_slice(&applied_at.to_le_bytes());
+    encode_attrs(attrs, &mut out);
     out
 }
 
-/// Chunk layout: `[1][count: u32 LE]` then count × `[id len: u8][id][record len: u16 LE][record]`.
+fn decode_entry(bytes: &[u8], names: &mut NameInterner) -> Option<SnapshotEntry> {
+    let (&version, rest) = bytes.split_first()?;
+    if version != 1 || rest.len() < 9 {
+        return None;
+    }
+    let applied_at = u64::from_le_bytes(rest[..8].try_into().ok()?);
+    let mut cursor = &rest[8..];
+    let attrs = decode_attrs(&mut cursor, names)?;
+    cursor
+        .is_empty()
+        .then_some(SnapshotEntry { attrs, applied_at })
+}
+
+/// In-doubt record: `[1][crc32 of the rest: u32 LE][since: u64 LE][reason len: u16 LE][reason]`
+/// then the attributes the server may hold.
+fn encode_doubt(doubt: &InDoubt) -> Vec<u8> {
+    let reason = doubt.note.reason.as_bytes();
+    let reason = &reason[..reason.len().min(u16::MAX as usize)];
+    let mut body = Vec::with_capacity(12 + reason.len() + doubt.maybe.len() * 24);
+    body.extend_from_slice(&doubt.note.since.to_le_bytes());
+    body.extend_from_slice(&(reason.len() as u16).to_le_bytes());
+    body.extend_from_slice(reason);
+    encode_attrs(&doubt.maybe, &mut body);
+    let mut out = Vec::with_capacity(5 + body.len());
+    out.push(1);
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode_doubt(bytes: &[u8], names: &mut NameInterner) -> Option<InDoubt> {
+    let (&version, rest) = bytes.split_first()?;
+    let (crc, body) = rest.split_at_checked(4)?;
+    if version != 1 || crc32fast::hash(body).to_le_bytes() != crc {
+        return None;
+    }
+    let (since, rest) = body.split_at_checked(8)?;
+    let (len, rest) = rest.split_at_checked(2)?;
+    let (reason, mut cursor) =
+        rest.split_at_checked(u16::from_le_bytes(len.try_into().ok()?) as usize)?;
+    let maybe = decode_attrs(&mut cursor, names)?;
+    cursor.is_empty().then(|| InDoubt {
+        maybe,
+        note: DoubtNote {
+            since: u64::from_le_bytes(since.try_into().unwrap_or_default()),
+            reason: String::from_utf8_lossy(reason).into_owned(),
+        },
+    })
+}
+
+/// Chunk layout, version 2: `[2][crc32 of the rest: u32 LE][count: u32 LE]` then count ×
+/// `[id len: u8][id][record len: u16 LE][record]`. Version 1 had no checksum.
 fn encode_chunk(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(
-        5 + records
+        9 + records
             .iter()
             .map(|(id, r)| 3 + id.len() + r.len())
             .sum::<usize>(),
     );
-    out.push(1);
+    out.push(2);
+    out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
     for (id, record) in records {
         out.push(id.len() as u8);
@@ -547,17 +1109,28 @@ fn encode_chunk(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
         out.extend_from_slice(&(record.len() as u16).to_le_bytes());
         out.extend_from_slice(record);
     }
+    let crc = crc32fast::hash(&out[5..]);
+    out[1..5].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
-/// The `(user id, record)` pairs of a chunk, borrowed from it; `None` if it is malformed.
+/// The `(user id, record)` pairs of a chunk, borrowed from it; `None` if it is malformed or
+/// fails its checksum.
 fn decode_chunk(chunk: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     let (&version, rest) = chunk.split_first()?;
-    if version != 1 || rest.len() < 4 {
-        return None;
-    }
-    let count = u32::from_le_bytes(rest[..4].try_into().ok()?) as usize;
-    let mut cursor = &rest[4..];
+    let rest = match version {
+        1 => rest,
+        2 => {
+            let (crc, rest) = rest.split_at_checked(4)?;
+            if crc32fast::hash(rest).to_le_bytes() != crc {
+                return None;
+            }
+            rest
+        }
+        _ => return None,
+    };
+    let (count, mut cursor) = rest.split_at_checked(4)?;
+    let count = u32::from_le_bytes(count.try_into().ok()?) as usize;
     let mut records = Vec::with_capacity(count.min(4 * CHUNK_SPLIT_ABOVE));
     for _ in 0..count {
         let id = take_field(&mut cursor)?;
@@ -589,26 +1162,6 @@ fn decode_user(key: &[u8]) -> Option<UserId> {
     UserId::new(std::str::from_utf8(key).ok()?).ok()
 }
 
-fn decode_entry(bytes: &[u8], names: &mut NameInterner) -> Option<SnapshotEntry> {
-    let (&version, rest) = bytes.split_first()?;
-    if version != 1 || rest.len() < 9 {
-        return None;
-    }
-    let applied_at = u64::from_le_bytes(rest[..8].try_into().ok()?);
-    let count = rest[8] as usize;
-    let mut cursor = &rest[9..];
-    let mut pairs = Vec::with_capacity(count);
-    for _ in 0..count {
-        let name = names.get(take_field(&mut cursor)?)?;
-        let value = AttrValue::new(std::str::from_utf8(take_field(&mut cursor)?).ok()?).ok()?;
-        pairs.push((name, value));
-    }
-    cursor.is_empty().then(|| SnapshotEntry {
-        attrs: Attrs::from_pairs(pairs),
-        applied_at,
-    })
-}
-
 /// Splits one length-prefixed field off the front of `cursor`.
 fn take_field<'b>(cursor: &mut &'b [u8]) -> Option<&'b [u8]> {
     let (&len, tail) = cursor.split_first()?;
@@ -623,18 +1176,51 @@ fn take_field<'b>(cursor: &mut &'b [u8]) -> Option<&'b [u8]> {
 struct Line {
     user: String,
     attrs: BTreeMap<String, serde_json::Value>,
+    /// Present for a user in doubt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    in_doubt: Option<DoubtLine>,
+}
+
+/// Why a user is in doubt, in an export line.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DoubtLine {
+    /// The attributes the server may hold instead of `attrs`.
+    maybe: BTreeMap<String, serde_json::Value>,
+    since: u64,
+    reason: String,
+}
+
+fn attrs_json(attrs: &Attrs) -> BTreeMap<String, serde_json::Value> {
+    attrs
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_str().into()))
+        .collect()
 }
 
 /// Writes the snapshot as JSON Lines, one `{"user": …, "attrs": {…}}` per user, sorted by user.
+/// A user in doubt also has `"in_doubt": {"maybe": {…}, "since": …, "reason": …}` (and
+/// `"attrs": {}` when the snapshot holds nothing for it).
 pub fn export(snapshot: &Snapshot, out: &mut impl std::io::Write) -> std::io::Result<()> {
-    for (user, entry) in snapshot.users.iter() {
+    let empty = Attrs::default();
+    let mut users = snapshot.users.iter().peekable();
+    let mut doubts = snapshot.in_doubt.iter().peekable();
+    loop {
+        let user = match (users.peek(), doubts.peek()) {
+            (None, None) => break,
+            (Some((u, _)), None) | (None, Some((u, _))) => *u,
+            (Some((u, _)), Some((d, _))) => (*u).min(*d),
+        };
+        let entry = users.next_if(|(u, _)| *u == user).map(|(_, e)| e);
+        let doubt = doubts.next_if(|(d, _)| *d == user).map(|(_, d)| d);
         let line = Line {
             user: user.as_str().to_owned(),
-            attrs: entry
-                .attrs
-                .iter()
-                .map(|(n, v)| (n.as_str().to_owned(), v.as_str().into()))
-                .collect(),
+            attrs: attrs_json(entry.map_or(&empty, |e| &e.attrs)),
+            in_doubt: doubt.map(|d| DoubtLine {
+                maybe: attrs_json(&d.maybe),
+                since: d.note.since,
+                reason: d.note.reason.clone(),
+            }),
         };
         serde_json::to_writer(&mut *out, &line)?;
         out.write_all(b"\n")?;
@@ -651,14 +1237,21 @@ pub struct ImportProblem {
     pub message: String,
 }
 
+/// What an import file holds: recorded users, and users in doubt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// Users and their recorded attributes.
+    pub users: UserMap<Attrs>,
+    /// Users in doubt.
+    pub in_doubt: UserMap<InDoubt>,
+}
+
 /// Reads JSON Lines written by [`export`], validating ids, names (against `attributes`) and
 /// values like the YAML loader does. Returns every problem, not just the first.
-pub fn parse_import(
-    text: &str,
-    attributes: &[AttrName],
-) -> Result<UserMap<Attrs>, Vec<ImportProblem>> {
+pub fn parse_import(text: &str, attributes: &[AttrName]) -> Result<Imported, Vec<ImportProblem>> {
     let mut problems = Vec::new();
     let mut entries = Vec::new();
+    let mut doubts = Vec::new();
     let mut lines_of: HashMap<UserId, usize> = HashMap::new();
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
@@ -687,41 +1280,70 @@ pub fn parse_import(
             continue;
         }
         lines_of.insert(user.clone(), line);
-        let mut pairs = Vec::new();
-        for (name, value) in &parsed.attrs {
-            let Some(known) = attributes.iter().find(|a| a.as_str() == name) else {
-                problem(format!(
-                    "user {user}: unknown attribute {name:?}; attrsync.yaml lists {}",
-                    attributes
-                        .iter()
-                        .map(AttrName::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                continue;
-            };
-            let Some(text) = value.as_str() else {
-                problem(format!(
-                    "user {user}: attribute {name} must be a string, found {value}"
-                ));
-                continue;
-            };
-            match AttrValue::new(text) {
-                Ok(v) => pairs.push((known.clone(), v)),
-                Err(err) => problem(format!("user {user}: attribute {name}: {err}")),
+        let mut attrs = |json: &BTreeMap<String, serde_json::Value>| {
+            let mut pairs = Vec::new();
+            for (name, value) in json {
+                let Some(known) = attributes.iter().find(|a| a.as_str() == name) else {
+                    problem(format!(
+                        "user {user}: unknown attribute {name:?}; attrsync.yaml lists {}",
+                        attributes
+                            .iter()
+                            .map(AttrName::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    continue;
+                };
+                let Some(text) = value.as_str() else {
+                    problem(format!(
+                        "user {user}: attribute {name} must be a string, found {value}"
+                    ));
+                    continue;
+                };
+                match AttrValue::new(text) {
+                    Ok(v) => pairs.push((known.clone(), v)),
+                    Err(err) => problem(format!("user {user}: attribute {name}: {err}")),
+                }
             }
+            Attrs::from_pairs(pairs)
+        };
+        let recorded = attrs(&parsed.attrs);
+        if let Some(doubt) = &parsed.in_doubt {
+            let maybe = attrs(&doubt.maybe);
+            doubts.push((
+                user.clone(),
+                InDoubt {
+                    maybe,
+                    note: DoubtNote {
+                        since: doubt.since,
+                        reason: doubt.reason.clone(),
+                    },
+                },
+            ));
         }
-        entries.push((user, Attrs::from_pairs(pairs)));
+        entries.push((user, recorded));
     }
     if !problems.is_empty() {
         return Err(problems);
     }
-    Ok(UserMap::from_unsorted(entries).expect("duplicates were rejected above"))
+    Ok(Imported {
+        users: UserMap::from_unsorted(entries).expect("duplicates were rejected above"),
+        in_doubt: UserMap::from_unsorted(doubts).expect("duplicates were rejected above"),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const EMBEDDED: Target = Target::Embedded;
+
+    fn app(sdkappid: u64) -> Binding<'static> {
+        Binding {
+            sdkappid,
+            target: &EMBEDDED,
+        }
+    }
 
     fn attrs(pairs: &[(&str, &str)]) -> Attrs {
         Attrs::parse(pairs).unwrap()
@@ -729,6 +1351,24 @@ mod tests {
 
     fn id(s: &str) -> UserId {
         UserId::new(s).unwrap()
+    }
+
+    fn record(writes: &[(&str, Option<Attrs>)], applied_at: u64) -> Commit {
+        Commit {
+            record: writes.iter().map(|(u, a)| (id(u), a.clone())).collect(),
+            applied_at,
+            ..Commit::default()
+        }
+    }
+
+    fn doubt(maybe: &[(&str, &str)]) -> InDoubt {
+        InDoubt {
+            maybe: attrs(maybe),
+            note: DoubtNote {
+                since: 7,
+                reason: "sent".to_owned(),
+            },
+        }
     }
 
     #[test]
@@ -748,25 +1388,46 @@ mod tests {
     }
 
     #[test]
+    fn chunks_and_doubts_fail_their_checksum_when_a_bit_flips() {
+        let chunk = encode_chunk(&[(b"a".to_vec(), encode_entry(&attrs(&[("x", "1")]), 1))]);
+        assert!(decode_chunk(&chunk).is_some());
+        for bit in 0..chunk.len() * 8 {
+            let mut bad = chunk.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_chunk(&bad).is_none(), "bit {bit}");
+        }
+        let record = encode_doubt(&doubt(&[("x", "2")]));
+        assert_eq!(
+            decode_doubt(&record, &mut NameInterner::default()),
+            Some(doubt(&[("x", "2")]))
+        );
+        let mut bad = record.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(decode_doubt(&bad, &mut NameInterner::default()).is_none());
+        assert_eq!(decode_serial(&encode_serial(99)), Some(99));
+        assert_eq!(decode_serial(&[0; 12][..]), None);
+    }
+
+    #[test]
     fn commit_grows_the_serial_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let holder = Holder::this_process("test");
         {
-            let store = Store::open(dir.path(), 7, &holder).unwrap();
+            let store = Store::open(dir.path(), app(7), &holder).unwrap();
             assert_eq!(store.serial().unwrap(), 0);
             let serial = store
-                .commit_batch(
+                .commit(&record(
                     &[
-                        (id("b"), Some(attrs(&[("x", "1")]))),
-                        (id("a"), Some(attrs(&[("x", "2")]))),
+                        ("b", Some(attrs(&[("x", "1")]))),
+                        ("a", Some(attrs(&[("x", "2")]))),
                     ],
                     100,
-                )
+                ))
                 .unwrap();
             assert_eq!(serial, 1);
-            assert_eq!(store.commit_batch(&[(id("b"), None)], 101).unwrap(), 2);
+            assert_eq!(store.commit(&record(&[("b", None)], 101)).unwrap(), 2);
         }
-        let store = Store::open(dir.path(), 7, &holder).unwrap();
+        let store = Store::open(dir.path(), app(7), &holder).unwrap();
         let snapshot = store.load().unwrap();
         assert_eq!(snapshot.serial, 2);
         assert_eq!(
@@ -781,26 +1442,155 @@ mod tests {
     }
 
     #[test]
+    fn doubt_is_marked_then_cleared_by_a_record_or_a_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), app(7), &Holder::default()).unwrap();
+        store
+            .commit(&record(&[("a", Some(attrs(&[("x", "1")])))], 1))
+            .unwrap();
+        store
+            .commit(&Commit {
+                doubt: vec![(id("a"), doubt(&[("x", "2")])), (id("b"), doubt(&[]))],
+                ..Commit::default()
+            })
+            .unwrap();
+        let snapshot = store.load().unwrap();
+        // The entry stays what the server held before; the doubt says what it may hold now.
+        assert_eq!(snapshot.users.get("a").unwrap().attrs, attrs(&[("x", "1")]));
+        assert_eq!(snapshot.in_doubt.get("a"), Some(&doubt(&[("x", "2")])));
+        assert_eq!(store.doubt("b").unwrap(), Some(doubt(&[])));
+        store
+            .commit(&Commit {
+                record: vec![(id("a"), Some(attrs(&[("x", "2")])))],
+                clear: vec![id("b")],
+                applied_at: 2,
+                ..Commit::default()
+            })
+            .unwrap();
+        let snapshot = store.load().unwrap();
+        assert!(snapshot.in_doubt.is_empty());
+        assert_eq!(snapshot.users.get("a").unwrap().attrs, attrs(&[("x", "2")]));
+        assert_eq!(snapshot.serial, 3);
+    }
+
+    #[test]
+    fn a_database_older_than_its_serial_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), app(7), &Holder::default()).unwrap();
+            store
+                .commit(&record(&[("a", Some(attrs(&[("x", "1")])))], 1))
+                .unwrap();
+        }
+        // An older copy of the database files, without the serial file.
+        for name in ["conf", "db"] {
+            std::fs::copy(dir.path().join(name), copy.path().join(name)).unwrap();
+        }
+        {
+            let store = Store::open(dir.path(), app(7), &Holder::default()).unwrap();
+            store
+                .commit(&record(&[("a", Some(attrs(&[("x", "2")])))], 2))
+                .unwrap();
+        }
+        for name in ["conf", "db"] {
+            std::fs::copy(copy.path().join(name), dir.path().join(name)).unwrap();
+        }
+        let err = Store::open(dir.path(), app(7), &Holder::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StateError::RolledBack {
+                    expected: 2,
+                    found: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("attrsync import"), "{err}");
+    }
+
+    #[test]
+    fn a_removed_state_directory_stops_the_next_commit() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state");
+        let store = Store::open(&dir, app(7), &Holder::default()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = store
+            .commit(&record(&[("a", Some(attrs(&[("x", "1")])))], 1))
+            .unwrap_err();
+        assert!(matches!(err, StateError::Gone { .. }), "{err}");
+        // Recreated empty under the same name: still not the directory that was opened.
+        std::fs::create_dir(&dir).unwrap();
+        assert!(matches!(
+            store.commit(&record(&[("a", None)], 1)),
+            Err(StateError::Gone { .. })
+        ));
+    }
+
+    #[test]
+    fn the_snapshot_is_bound_to_its_server() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), app(7), &Holder::default()).unwrap());
+        let region = Target::Region(crate::model::Region::Singapore);
+        let other = Binding {
+            sdkappid: 7,
+            target: &region,
+        };
+        let err = Store::open(dir.path(), other, &Holder::default()).unwrap_err();
+        assert!(matches!(err, StateError::OtherTarget { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("embedded") && text.contains("adminapisgp"),
+            "{text}"
+        );
+        assert!(text.contains("attrsync import"), "{text}");
+        // Import adopts the new server by replacing the whole content.
+        let mut store =
+            Store::open_with(dir.path(), other, &Holder::default(), OnOtherTarget::Adopt).unwrap();
+        store
+            .replace_all(&UserMap::default(), &UserMap::default(), 1)
+            .unwrap();
+        drop(store);
+        assert!(Store::open(dir.path(), other, &Holder::default()).is_ok());
+        assert!(Store::open(dir.path(), app(7), &Holder::default()).is_err());
+    }
+
+    #[test]
     fn chunks_split_and_stay_sorted_under_scattered_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 7, &Holder::default()).unwrap();
+        let store = Store::open(dir.path(), app(7), &Holder::default()).unwrap();
         let mut expected = std::collections::BTreeMap::new();
         // 1,000 users in 10 interleaved batches, then every third one removed.
         for round in 0..10u32 {
-            let writes: Vec<Write> = (0..100u32)
+            let writes: Vec<(UserId, Option<Attrs>)> = (0..100u32)
                 .map(|i| {
                     let user = format!("u{:04}", i * 10 + round);
                     expected.insert(user.clone(), round.to_string());
                     (id(&user), Some(attrs(&[("x", &round.to_string())])))
                 })
                 .collect();
-            store.commit_batch(&writes, 1).unwrap();
+            store
+                .commit(&Commit {
+                    record: writes,
+                    applied_at: 1,
+                    ..Commit::default()
+                })
+                .unwrap();
         }
-        let removed: Vec<Write> = expected.keys().step_by(3).map(|u| (id(u), None)).collect();
+        let removed: Vec<(UserId, Option<Attrs>)> =
+            expected.keys().step_by(3).map(|u| (id(u), None)).collect();
         for (user, _) in &removed {
             expected.remove(user.as_str());
         }
-        store.commit_batch(&removed, 2).unwrap();
+        store
+            .commit(&Commit {
+                record: removed,
+                applied_at: 2,
+                ..Commit::default()
+            })
+            .unwrap();
         let snapshot = store.load().unwrap();
         let got: Vec<(String, String)> = snapshot
             .users
@@ -828,13 +1618,21 @@ mod tests {
         );
         assert!(store.get("u0000").unwrap().is_none());
         assert!(store.get("a").unwrap().is_none());
+        // Pages for the drift scan resume after the given user.
+        let page = store.users_after(Some("u0001"), 3).unwrap();
+        assert_eq!(
+            page.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(),
+            ["u0002", "u0004", "u0005"]
+        );
+        assert_eq!(store.users_after(None, 1).unwrap()[0].0.as_str(), "u0001");
+        assert!(store.users_after(Some("u0999"), 5).unwrap().is_empty());
     }
 
     #[test]
     fn refuses_another_apps_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path(), 7, &Holder::default()).unwrap());
-        let err = Store::open(dir.path(), 8, &Holder::default()).unwrap_err();
+        drop(Store::open(dir.path(), app(7), &Holder::default()).unwrap());
+        let err = Store::open(dir.path(), app(8), &Holder::default()).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -852,7 +1650,7 @@ mod tests {
     fn open_existing_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
-        assert!(Store::open_existing(&path, 1, &Holder::default())
+        assert!(Store::open_existing(&path, app(1), &Holder::default())
             .unwrap()
             .is_none());
         assert!(!path.exists());
@@ -861,16 +1659,22 @@ mod tests {
     #[test]
     fn replace_all_swaps_the_whole_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), 7, &Holder::default()).unwrap();
+        let mut store = Store::open(dir.path(), app(7), &Holder::default()).unwrap();
         store
-            .commit_batch(&[(id("old"), Some(attrs(&[("x", "1")])))], 1)
+            .commit(&Commit {
+                record: vec![(id("old"), Some(attrs(&[("x", "1")])))],
+                doubt: vec![(id("doubtful"), doubt(&[]))],
+                applied_at: 1,
+                ..Commit::default()
+            })
             .unwrap();
         let new = UserMap::from_unsorted(vec![
             (id("n1"), attrs(&[("x", "2")])),
             (id("n2"), attrs(&[("x", "3")])),
         ])
         .unwrap();
-        assert_eq!(store.replace_all(&new, 5).unwrap(), 2);
+        let doubts = UserMap::from_unsorted(vec![(id("n3"), doubt(&[("x", "4")]))]).unwrap();
+        assert_eq!(store.replace_all(&new, &doubts, 5).unwrap(), 2);
         let snapshot = store.load().unwrap();
         assert_eq!(
             snapshot
@@ -880,8 +1684,16 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["n1", "n2"]
         );
+        assert_eq!(
+            snapshot
+                .in_doubt
+                .iter()
+                .map(|(u, _)| u.as_str())
+                .collect::<Vec<_>>(),
+            ["n3"]
+        );
         drop(store);
-        let store = Store::open(dir.path(), 7, &Holder::default()).unwrap();
+        let store = Store::open(dir.path(), app(7), &Holder::default()).unwrap();
         assert_eq!(store.load().unwrap().users.len(), 2);
         assert_eq!(
             store
@@ -921,13 +1733,43 @@ mod tests {
                     .collect(),
             )
             .unwrap(),
+            in_doubt: UserMap::default(),
             serial: 3,
         };
         let mut out = Vec::new();
         export(&snapshot, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text, "{\"user\":\"a\",\"attrs\":{\"city\":\"Rome\",\"sex\":\"f\"}}\n{\"user\":\"b\",\"attrs\":{\"city\":\"Oslo\"}}\n");
-        assert_eq!(parse_import(&text, &names).unwrap(), users);
+        assert_eq!(parse_import(&text, &names).unwrap().users, users);
+    }
+
+    #[test]
+    fn export_shows_users_in_doubt_and_import_keeps_them() {
+        let names = vec![AttrName::new("city").unwrap()];
+        let snapshot = Snapshot {
+            users: UserMap::default(),
+            in_doubt: UserMap::from_unsorted(vec![(
+                id("a"),
+                InDoubt {
+                    maybe: attrs(&[("city", "Rome")]),
+                    note: DoubtNote {
+                        since: 5,
+                        reason: "no answer".into(),
+                    },
+                },
+            )])
+            .unwrap(),
+            serial: 1,
+        };
+        let mut out = Vec::new();
+        export(&snapshot, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "{\"user\":\"a\",\"attrs\":{},\"in_doubt\":{\"maybe\":{\"city\":\"Rome\"},\"since\":5,\"reason\":\"no answer\"}}\n"
+        );
+        let imported = parse_import(&text, &names).unwrap();
+        assert_eq!(imported.in_doubt, snapshot.in_doubt);
     }
 
     #[test]

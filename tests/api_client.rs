@@ -2,7 +2,8 @@
 //! every error class is produced by the emulator and classified by the client.
 
 use attrsync::api::{
-    ApiError, Client, ClientConfig, Endpoint, SecretKey, UserAttrNames, UserAttrs, UserError,
+    ApiError, AttrSlot, Client, ClientConfig, Endpoint, SecretKey, UserAttrNames, UserAttrs,
+    UserError,
 };
 use attrsync::emulator::{
     Clock, Emulator, EmulatorConfig, FailMode, RunningEmulator, DEMO_SECRET_KEY,
@@ -60,15 +61,26 @@ async fn attribute_names_round_trip() {
     let emulator = emulator(EmulatorConfig::default()).await;
     let client = client_for(&emulator);
     assert!(client.get_attr_name().await.unwrap().is_empty());
-    let names = BTreeMap::from([(0, "sex".to_owned()), (1, "city".to_owned())]);
+    let slot = |name: &str, account_type| AttrSlot {
+        name: name.to_owned(),
+        account_type,
+    };
+    let names = BTreeMap::from([(0, slot("sex", 0)), (1, slot("city", 1))]);
     client.set_attr_name(&names).await.unwrap();
     assert_eq!(client.get_attr_name().await.unwrap(), names);
     // A partial update changes only the given slot.
     client
-        .set_attr_name(&BTreeMap::from([(2, "tier".to_owned())]))
+        .set_attr_name(&BTreeMap::from([(2, slot("tier", 0))]))
         .await
         .unwrap();
     assert_eq!(client.get_attr_name().await.unwrap().len(), 3);
+    // The account type of a registered name cannot change, as the docs say.
+    let err = client
+        .set_attr_name(&BTreeMap::from([(1, slot("city", 0))]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(90033), "{err}");
+    assert_eq!(client.get_attr_name().await.unwrap()[&1], slot("city", 1));
 }
 
 #[tokio::test]
@@ -150,7 +162,7 @@ async fn unknown_users_are_a_partial_success_with_70107() {
         .unwrap();
     assert_eq!(outcome.errors.len(), 1);
     assert_eq!(outcome.errors[0].account, "ghost");
-    assert_eq!(outcome.errors[0].code, 70107);
+    assert_eq!(outcome.errors[0].code, Some(70107));
     assert!(outcome.refused("ghost") && !outcome.refused("Mary"));
     assert!(emulator.state().users.contains_key("Mary"));
     assert!(!emulator.state().users.contains_key("ghost"));
@@ -161,7 +173,7 @@ async fn unknown_users_are_a_partial_success_with_70107() {
         .unwrap();
     assert_eq!(
         read.errors.iter().map(|e| e.code).collect::<Vec<_>>(),
-        vec![70107]
+        vec![Some(70107)]
     );
     assert!(!read.attrs.contains_key("ghost"));
 
@@ -174,7 +186,10 @@ async fn unknown_users_are_a_partial_success_with_70107() {
         .unwrap();
     assert!(matches!(
         removed.errors.as_slice(),
-        [UserError { code: 70107, .. }]
+        [UserError {
+            code: Some(70107),
+            ..
+        }]
     ));
     assert_eq!(emulator.state().calls["set_attr"].partial, 1);
 }
@@ -295,7 +310,13 @@ async fn the_servers_rate_limit_is_classified_as_rate_limited() {
         .map(|result| result.as_ref().unwrap_err())
     {
         assert!(
-            matches!(err, ApiError::RateLimited { code: 60007, .. }),
+            matches!(
+                err,
+                ApiError::RateLimited {
+                    code: Some(60007),
+                    ..
+                }
+            ),
             "{err:?}"
         );
         assert!(err.is_retryable() && err.is_rate_limited());

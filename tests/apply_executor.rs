@@ -7,9 +7,9 @@ use std::sync::Arc;
 use attrsync::api::{Client, ClientConfig, SecretKey};
 use attrsync::apply::{self, ApplyOptions, StopSignal};
 use attrsync::emulator::{Clock, Emulator, EmulatorConfig, RunningEmulator, DEMO_SECRET_KEY};
-use attrsync::model::{Attrs, Desired, Snapshot, UserId, UserMap};
+use attrsync::model::{Attrs, Desired, Snapshot, Target, UserId, UserMap};
 use attrsync::plan::{self, PlanOptions};
-use attrsync::state::{Holder, Store};
+use attrsync::state::{Binding, Holder, Store};
 
 fn desired(users: &[(String, Vec<(&str, &str)>)]) -> Desired {
     UserMap::from_unsorted(
@@ -33,6 +33,16 @@ fn client(server: &RunningEmulator) -> Client {
         SecretKey::new(DEMO_SECRET_KEY),
     ))
     .unwrap()
+}
+
+const EMBEDDED: Target = Target::Embedded;
+
+fn open_store(dir: &std::path::Path) -> Store {
+    let binding = Binding {
+        sdkappid: 1_400_000_000,
+        target: &EMBEDDED,
+    };
+    Store::open(dir, binding, &Holder::default()).unwrap()
 }
 
 fn options() -> ApplyOptions {
@@ -61,7 +71,7 @@ async fn invalid_attribute_batches_are_split_to_isolate_the_offending_users() {
         .collect();
     let desired = desired(&users);
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), 1_400_000_000, &Holder::default()).unwrap());
+    let store = Arc::new(open_store(dir.path()));
     let snapshot = Snapshot::default();
     let plan = plan::plan(
         &desired,
@@ -83,7 +93,7 @@ async fn invalid_attribute_batches_are_split_to_isolate_the_offending_users() {
     )
     .await;
 
-    let failed: Vec<(&str, Option<u32>)> = report
+    let failed: Vec<(&str, Option<i64>)> = report
         .failed
         .iter()
         .map(|f| (f.user.as_str(), f.code))
@@ -118,7 +128,7 @@ async fn an_expired_usersig_is_renewed_once_then_the_run_stops() {
         .collect();
     let desired = desired(&users);
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), 1_400_000_000, &Holder::default()).unwrap());
+    let store = Arc::new(open_store(dir.path()));
     let snapshot = Snapshot::default();
     let plan = plan::plan(&desired, &snapshot, PlanOptions::default());
 
@@ -167,7 +177,7 @@ async fn a_stop_before_the_start_sends_nothing() {
         .collect();
     let desired = desired(&users);
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), 1_400_000_000, &Holder::default()).unwrap());
+    let store = Arc::new(open_store(dir.path()));
     let plan = plan::plan(&desired, &Snapshot::default(), PlanOptions::default());
     let stop = StopSignal::new();
     stop.stop();

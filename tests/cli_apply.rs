@@ -467,7 +467,8 @@ fn a_saved_plan_is_applied_exactly_and_refused_once_stale() {
     assert!(
         moved
             .stderr
-            .contains("the snapshot moved from serial 1 to 2"),
+            // Each batch is two commits: marked in doubt before sending, settled after.
+            .contains("the snapshot moved from serial 2 to 4"),
         "{}",
         moved.stderr
     );

@@ -3,7 +3,7 @@
 
 mod common;
 
-use attrsync::state::{Holder, Store};
+use attrsync::state::Holder;
 use common::{Repo, SDKAPPID, SETTINGS};
 use serde_json::{json, Value};
 
@@ -224,7 +224,9 @@ mod json_format {
                 "sdkappid": SDKAPPID,
                 "snapshot_serial": 2,
                 "desired_digest": digest,
-                "summary": {"create": 1, "update": 1, "delete": 0, "orphaned": 1, "unchanged": 1},
+                "prune": false,
+                "summary": {"create": 1, "update": 1, "delete": 0, "orphaned": 1, "unchanged": 1,
+                            "resend": 0, "in_doubt": 0},
                 "changes": [
                     {"user": "ghost", "action": "orphaned", "attrs": {"city": {"before": "Oslo", "after": "Oslo"}}},
                     {"user": "Mary", "action": "update", "attrs": {
@@ -264,7 +266,8 @@ mod json_format {
         );
         assert_eq!(
             plan["summary"],
-            json!({"create": 0, "update": 1, "delete": 1, "orphaned": 0, "unchanged": 0})
+            json!({"create": 0, "update": 1, "delete": 1, "orphaned": 0, "unchanged": 0,
+                   "resend": 0, "in_doubt": 0})
         );
     }
 
@@ -645,7 +648,7 @@ mod snapshot_access {
             command: "watch".into(),
             listen: Some("127.0.0.1:9464".into()),
         };
-        let store = Store::open(&repo.path("state"), SDKAPPID, &holder).expect("open the snapshot");
+        let store = common::open_store(&repo.path("state"), &holder);
         let out = repo.run(&["plan"]);
         drop(store);
         out.expect_code(1);
@@ -665,7 +668,7 @@ mod snapshot_access {
     fn state_flag_points_at_another_snapshot() {
         let repo = drifted();
         let other = tempfile::tempdir().unwrap();
-        let store = Store::open(other.path(), SDKAPPID, &Holder::this_process("test")).unwrap();
+        let store = common::open_store(other.path(), &Holder::this_process("test"));
         let user = |s: &str| attrsync::model::UserId::new(s).unwrap();
         let attrs = |city: &str| {
             attrsync::model::Attrs::from_pairs(vec![(
@@ -673,18 +676,15 @@ mod snapshot_access {
                 attrsync::model::AttrValue::new(city).unwrap(),
             )])
         };
-        store
-            .commit_batch(
-                &[
-                    (user("Mary"), Some(attrs("NewYork"))),
-                    (user("Zoe"), Some(attrs("Lima"))),
-                ],
-                1_700_000_000,
-            )
-            .unwrap();
-        store
-            .commit_batch(&[(user("Zoe"), None)], 1_700_000_001)
-            .unwrap();
+        common::record(
+            &store,
+            &[
+                (user("Mary"), Some(attrs("NewYork"))),
+                (user("Zoe"), Some(attrs("Lima"))),
+            ],
+            1_700_000_000,
+        );
+        common::record(&store, &[(user("Zoe"), None)], 1_700_000_001);
         drop(store);
         let plan = repo
             .run(&[

@@ -4,8 +4,8 @@
 mod common;
 
 use attrsync::model::{Attrs, UserId};
-use attrsync::state::{Holder, Store};
-use common::{Repo, SDKAPPID};
+use attrsync::state::Holder;
+use common::Repo;
 
 /// Three users, one with non-ASCII text, in the order `state export` writes them.
 const EXPORT: &str = "\
@@ -85,14 +85,13 @@ fn export_then_import_into_another_repository_round_trips() {
 #[test]
 fn show_prints_one_users_attributes_and_when_they_were_applied() {
     let repo = Repo::with_users(&[]);
-    let store = Store::open(&repo.path("state"), SDKAPPID, &Holder::this_process("test")).unwrap();
+    let store = common::open_store(&repo.path("state"), &Holder::this_process("test"));
     let mary = UserId::new("Mary").unwrap();
-    store
-        .commit_batch(
-            &[(mary, Some(attrs(&[("sex", "female"), ("city", "Boston")])))],
-            1_700_000_000,
-        )
-        .unwrap();
+    common::record(
+        &store,
+        &[(mary, Some(attrs(&[("sex", "female"), ("city", "Boston")])))],
+        1_700_000_000,
+    );
     drop(store);
     insta::assert_snapshot!(repo.run(&["state", "show", "Mary"]).success().stdout, @r#"
     user: Mary
@@ -237,14 +236,13 @@ fn the_serial_grows_with_every_committed_write() {
         2,
         "an import grows it even when the content is the same"
     );
-    let store = Store::open(&repo.path("state"), SDKAPPID, &Holder::this_process("test")).unwrap();
+    let store = common::open_store(&repo.path("state"), &Holder::this_process("test"));
     assert_eq!(
-        store
-            .commit_batch(
-                &[(UserId::new("Bob").unwrap(), Some(attrs(&[("sex", "male")])))],
-                1
-            )
-            .unwrap(),
+        common::record(
+            &store,
+            &[(UserId::new("Bob").unwrap(), Some(attrs(&[("sex", "male")])))],
+            1
+        ),
         3
     );
     drop(store);
@@ -256,16 +254,14 @@ fn the_serial_grows_with_every_committed_write() {
 fn import_into_a_snapshot_in_use_is_refused_and_changes_nothing() {
     let repo = imported();
     repo.write("next.jsonl", "");
-    let store = Store::open(
+    let store = common::open_store(
         &repo.path("state"),
-        SDKAPPID,
         &Holder {
             pid: 4242,
             command: "watch".into(),
             listen: None,
         },
-    )
-    .unwrap();
+    );
     let out = repo.run(&["state", "import", "next.jsonl"]);
     drop(store);
     out.expect_code(1);

@@ -199,18 +199,19 @@ mod rules {
     }
 
     #[test]
-    fn user_ids_are_non_empty_at_most_32_bytes_without_control_characters() {
+    fn user_ids_are_non_empty_at_most_128_bytes_without_control_characters() {
+        // 128 bytes: the docs' 36-byte RegistrationID example must pass (docs/api.md, "Limits").
         let text = format!(
             "users:\n  \"\": {{}}\n  {}: {{}}\n  \"tab\\there\": {{}}\n  {}: {{}}\n",
-            "x".repeat(33),
-            "y".repeat(32)
+            "x".repeat(129),
+            "y".repeat(128)
         );
         let repo = Repo::with_users(&[("users/a.yaml", &text)]);
         assert_eq!(
             located(&problems(&repo)),
             [
                 "users/a.yaml:2:3 invalid user id \"\": a user id must not be empty",
-                format!("users/a.yaml:3:3 invalid user id \"{}\": user id is 33 bytes long, at most 32 are allowed", "x".repeat(33)).as_str(),
+                format!("users/a.yaml:3:3 invalid user id \"{}\": user id is 129 bytes long, at most 128 are allowed", "x".repeat(129)).as_str(),
                 "users/a.yaml:4:3 invalid user id \"tab\\there\": a user id must not contain control characters",
             ]
         );

@@ -12,8 +12,8 @@ use super::limiter::{RateLimiter, MAX_RATE};
 use super::secret::{scrub, SecretKey, UserSig};
 use super::usersig;
 use super::wire::{
-    BatchOutcome, GetAttrOutcome, GetAttrRequest, RemoveAttrRequest, Response, SetAttrNameRequest,
-    SetAttrRequest, UserAttrNames, UserAttrs,
+    decode_response, BatchOutcome, GetAttrOutcome, GetAttrRequest, RemoveAttrRequest, Response,
+    SetAttrNameRequest, SetAttrRequest, UserAttrNames, UserAttrs,
 };
 
 /// Lifetime of the admin UserSig the client signs (the docs recommend at least 24 h).
@@ -31,6 +31,22 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Idle keep-alive connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The largest answer read. Real ones are a few kilobytes (100 users × 10 attributes); a larger
+/// body is not the server's, and reading it whole could exhaust memory.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// How much of an unexpected body an error message quotes.
+const QUOTED_BODY_BYTES: usize = 120;
+
+/// One registered attribute name and the account type it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttrSlot {
+    /// The attribute's name.
+    pub name: String,
+    /// 0: the IM UserID; 1: the push RegistrationID. Fixed once set (`docs/api.md`).
+    pub account_type: u8,
+}
 
 /// Everything a [`Client`] needs to talk to one application.
 #[derive(Debug, Clone)]
@@ -147,6 +163,9 @@ impl Client {
             .timeout(config.request_timeout)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .tcp_keepalive(Duration::from_secs(60))
+            // A redirect would carry the admin UserSig in its query string to wherever it
+            // points, and turn the POST into a GET whose answer means nothing.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|err| ClientBuildError::Http(err.without_url().to_string()))?;
         Ok(Self {
@@ -209,44 +228,80 @@ impl Client {
             accounts: accounts.to_vec(),
         };
         let response = self.call(endpoint, &request, accounts.len()).await?;
-        Ok(GetAttrOutcome {
-            attrs: response
-                .user_attrs
-                .unwrap_or_default()
-                .into_iter()
-                .map(|user| (user.account, user.attrs))
-                .collect(),
-            errors: response.error_list.unwrap_or_default(),
-        })
+        let mut errors = response.error_list.unwrap_or_default();
+        let mut attrs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for user in response.user_attrs.unwrap_or_default() {
+            match attrs.entry(user.account) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(user.attrs);
+                }
+                std::collections::btree_map::Entry::Occupied(slot) => {
+                    errors.push(super::UserError {
+                        account: slot.key().clone(),
+                        code: None,
+                        info: "the server answered this user twice".to_owned(),
+                    });
+                }
+            }
+        }
+        // A user the answer does not mention at all is not known to have no attributes.
+        for account in accounts {
+            if !attrs.contains_key(account) && !errors.iter().any(|e| &e.account == account) {
+                errors.push(super::UserError {
+                    account: account.clone(),
+                    code: None,
+                    info: "the server's answer did not mention this user".to_owned(),
+                });
+            }
+        }
+        // An error wins over attributes answered for the same user.
+        attrs.retain(|account, _| !errors.iter().any(|e| &e.account == account));
+        Ok(GetAttrOutcome { attrs, errors })
     }
 
-    /// Reads the app's attribute names: slot (0..=9) → name.
-    pub async fn get_attr_name(&self) -> Result<BTreeMap<u8, String>, ApiError> {
+    /// Reads the app's attribute names: slot (0..=9) → name and account type (0 when the
+    /// answer has no `AttrTypes`, the documented default).
+    pub async fn get_attr_name(&self) -> Result<BTreeMap<u8, AttrSlot>, ApiError> {
         let endpoint = Endpoint::GetAttrName;
         // The body must never be empty: the docs ask for `{}` when there is nothing to say.
         let response = self.call(endpoint, &serde_json::Map::new(), 0).await?;
+        let types = response.attr_types.unwrap_or_default();
         response
             .attr_names
             .unwrap_or_default()
             .into_iter()
-            .map(|(slot, name)| match slot.parse::<u8>() {
-                Ok(slot) => Ok((slot, name)),
+            .map(|(key, name)| match key.parse::<u8>() {
+                Ok(slot) => Ok((
+                    slot,
+                    AttrSlot {
+                        name,
+                        account_type: types.get(&key).copied().unwrap_or(0),
+                    },
+                )),
                 Err(_) => Err(ApiError::UnexpectedResponse {
                     endpoint,
-                    reason: format!("attribute slot {slot:?} is not a number"),
+                    reason: format!("attribute slot {key:?} is not a number"),
+                    maybe_applied: false,
                 }),
             })
             .collect()
     }
 
-    /// Registers attribute names: slot (0..=9) → name.
-    pub async fn set_attr_name(&self, names: &BTreeMap<u8, String>) -> Result<(), ApiError> {
+    /// Registers attribute names: slot (0..=9) → name and account type. Every slot is sent
+    /// with its `AttrTypes` entry: an omitted type defaults to 0 and cannot be changed once
+    /// set, so re-sending a registered slot without its type could try to change it.
+    pub async fn set_attr_name(&self, slots: &BTreeMap<u8, AttrSlot>) -> Result<(), ApiError> {
         let request = SetAttrNameRequest {
-            names: names
+            names: slots
                 .iter()
-                .map(|(slot, name)| (slot.to_string(), name.clone()))
+                .map(|(slot, attr)| (slot.to_string(), attr.name.clone()))
                 .collect(),
-            types: None,
+            types: Some(
+                slots
+                    .iter()
+                    .map(|(slot, attr)| (slot.to_string(), attr.account_type))
+                    .collect(),
+            ),
         };
         self.call(Endpoint::SetAttrName, &request, 0).await?;
         Ok(())
@@ -306,45 +361,98 @@ impl Client {
         body: &impl Serialize,
         usersig: &UserSig,
     ) -> Result<Response, ApiError> {
-        let transient = |reason: String| ApiError::Transient {
-            endpoint,
-            code: None,
-            reason,
-        };
-        let answer = self
+        let mut answer = self
             .inner
             .http
             .post(url)
             .json(body)
             .send()
             .await
-            .map_err(|err| transient(self.describe_transport_error(err, usersig)))?;
+            .map_err(|err| self.transport_error(endpoint, err, usersig))?;
         let status = answer.status();
-        let bytes = answer
-            .bytes()
+        let content_type = answer
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        let unexpected = |reason: String, maybe_applied: bool| ApiError::UnexpectedResponse {
+            endpoint,
+            reason: self.scrub(&reason, usersig),
+            maybe_applied,
+        };
+        if status.is_redirection() {
+            let location = answer
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_else(|| "nowhere".to_owned());
+            return Err(unexpected(
+                format!(
+                    "HTTP {status}, redirecting to {location}; attrsync never follows redirects                      (they would carry the admin UserSig elsewhere): set endpoint to the API's own URL"
+                ),
+                true,
+            ));
+        }
+        if answer
+            .content_length()
+            .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(unexpected(
+                format!("HTTP {status} with a body over {MAX_RESPONSE_BYTES} bytes"),
+                true,
+            ));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = answer
+            .chunk()
             .await
-            .map_err(|err| transient(self.describe_transport_error(err, usersig)))?;
-        if status.is_server_error() {
-            return Err(transient(format!("HTTP {status}")));
+            .map_err(|err| self.transport_error(endpoint, err, usersig))?
+        {
+            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(unexpected(
+                    format!("HTTP {status} with a body over {MAX_RESPONSE_BYTES} bytes"),
+                    true,
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let quote = || quote_body(&bytes);
+        if status.is_server_error() || status == reqwest::StatusCode::REQUEST_TIMEOUT {
+            return Err(ApiError::Transient {
+                endpoint,
+                code: None,
+                reason: format!("HTTP {status}"),
+                maybe_applied: true,
+            });
         }
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(ApiError::RateLimited {
                 endpoint,
-                code: status.as_u16().into(),
+                code: None,
                 info: format!("HTTP {status}"),
             });
         }
         if status != reqwest::StatusCode::OK {
-            return Err(ApiError::UnexpectedResponse {
-                endpoint,
-                reason: format!("HTTP {status}"),
-            });
+            // A 4xx is an answer from something that did not pass the call on.
+            return Err(unexpected(
+                format!(
+                    "HTTP {status}, content type {content_type}, body starts: {}",
+                    quote()
+                ),
+                !status.is_client_error(),
+            ));
         }
-        let mut response: Response =
-            serde_json::from_slice(&bytes).map_err(|err| ApiError::UnexpectedResponse {
-                endpoint,
-                reason: format!("the body is not the documented JSON: {err}"),
-            })?;
+        let mut response = decode_response(&bytes).map_err(|why| {
+            unexpected(
+                format!(
+                    "{}: HTTP {status}, content type {content_type}, body starts: {}",
+                    why.0,
+                    quote()
+                ),
+                true,
+            )
+        })?;
         if response.is_ok() {
             for error in response.error_list.iter_mut().flatten() {
                 error.info = self.scrub(&error.info, usersig);
@@ -352,13 +460,30 @@ impl Client {
             return Ok(response);
         }
         if response.error_code == 0 {
-            return Err(ApiError::UnexpectedResponse {
-                endpoint,
-                reason: format!("ActionStatus {:?} with ErrorCode 0", response.action_status),
-            });
+            return Err(unexpected(
+                format!("ActionStatus {:?} with ErrorCode 0", response.action_status),
+                true,
+            ));
         }
         let info = self.scrub(&response.error_info, usersig);
         Err(ApiError::from_code(endpoint, response.error_code, info))
+    }
+
+    /// A transport failure, classified: a connection that was never made proves the call
+    /// was not applied; anything later (a timeout, a cut-off answer) does not.
+    fn transport_error(
+        &self,
+        endpoint: Endpoint,
+        err: reqwest::Error,
+        usersig: &UserSig,
+    ) -> ApiError {
+        let maybe_applied = !err.is_connect();
+        ApiError::Transient {
+            endpoint,
+            code: None,
+            reason: self.describe_transport_error(err, usersig),
+            maybe_applied,
+        }
     }
 
     /// A transport error as text without the URL (it carries the UserSig) and without secrets.
@@ -432,6 +557,23 @@ impl Client {
             .usersig
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The first bytes of a body, printable, for an error message.
+fn quote_body(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "(empty)".to_owned();
+    }
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(QUOTED_BODY_BYTES)]);
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if bytes.len() > QUOTED_BODY_BYTES {
+        format!("`{}…`", text.trim_end())
+    } else {
+        format!("`{}`", text.trim_end())
     }
 }
 

@@ -1,4 +1,5 @@
-//! Error classes of a REST call, so that the caller can decide what to retry (REFERENCE.md §3.3).
+//! Error classes of a REST call, so that the caller can decide what to retry and what a
+//! failure proves about the server (`docs/api.md`, "Error codes").
 
 use std::fmt;
 
@@ -60,31 +61,35 @@ impl fmt::Display for Endpoint {
 /// The most users one call may carry (every timpush user API).
 pub const MAX_USERS_PER_CALL: usize = 100;
 
-/// Why a call failed, classified for the caller's retry policy.
+/// Why a call failed, classified for the caller's retry policy and for what the failure says
+/// about the server's state.
 ///
 /// Messages start lower-case, say what failed and what to do, and never contain the URL, the
 /// secret key or a UserSig (text from the server is scrubbed of both before it lands here).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// The call may succeed if repeated with the same payload: transport errors, timeouts,
-    /// HTTP 5xx, and the server's "busy / timeout" codes (60008, 60013, 60014, 91000).
+    /// HTTP 5xx and 408, and the server's "busy / timeout" codes (60008, 60013, 60014, 91000).
     #[error("{endpoint} failed with a transient error ({reason}); retry with backoff")]
     Transient {
         /// The endpoint called.
         endpoint: Endpoint,
         /// The server's error code, if the failure came with one.
-        code: Option<u32>,
+        code: Option<i64>,
         /// What happened, e.g. `request timed out after 30s` or `HTTP 502 Bad Gateway`.
         reason: String,
+        /// Whether the server may have applied the call anyway (false only when the request
+        /// provably never reached it, e.g. the connection was refused).
+        maybe_applied: bool,
     },
-    /// The server refused the call for its rate limit (60007, 60011, 60018, 60019).
-    #[error("{endpoint} was rate-limited by the server (error {code}: {info}); back off and retry, or lower rate_limit")]
+    /// The server refused the call for its rate limit (60007, 60011, 60018, 60019, HTTP 429).
+    #[error("{endpoint} was rate-limited by the server ({}); back off and retry, or lower rate_limit", rate_limit_said(*code, info))]
     RateLimited {
+        /// The server's error code (none for HTTP 429).
+        code: Option<i64>,
         /// The endpoint called.
         endpoint: Endpoint,
-        /// The server's error code.
-        code: u32,
-        /// The server's `ErrorInfo`.
+        /// The server's `ErrorInfo`, or the HTTP status.
         info: String,
     },
     /// The UserSig expired (70001): re-sign (`Client::renew_usersig`) and retry once.
@@ -93,7 +98,8 @@ pub enum ApiError {
         /// The endpoint called.
         endpoint: Endpoint,
     },
-    /// Retrying cannot help: configuration, permission or request errors.
+    /// Retrying cannot help, and no other call will do better: configuration, permission or
+    /// request errors. The run stops.
     #[error(
         "{endpoint} failed with error {code} ({meaning}{}): {check}",
         server_said(info)
@@ -102,12 +108,23 @@ pub enum ApiError {
         /// The endpoint called.
         endpoint: Endpoint,
         /// The server's error code.
-        code: u32,
+        code: i64,
         /// What the code means, from the documentation.
         meaning: &'static str,
         /// What to check or change.
         check: &'static str,
         /// The server's `ErrorInfo`, for support tickets.
+        info: String,
+    },
+    /// The server refused the call with a code the documentation does not list: the call
+    /// failed and is not retried, but other calls may still succeed.
+    #[error("{endpoint} was refused with undocumented error code {code}{}; look the code up in the Tencent Cloud IM error code list", server_said(info))]
+    Refused {
+        /// The endpoint called.
+        endpoint: Endpoint,
+        /// The server's error code.
+        code: i64,
+        /// The server's `ErrorInfo`.
         info: String,
     },
     /// The call was not sent because it carries more users than the server accepts.
@@ -118,13 +135,16 @@ pub enum ApiError {
         /// The number of users in the batch.
         users: usize,
     },
-    /// The answer was not a Tencent Cloud IM response (not JSON, wrong shape, unexpected status).
-    #[error("{endpoint} got an answer that is not a Tencent Cloud IM response ({reason}); check that the endpoint or region points to the IM REST API")]
+    /// The answer was not a Tencent Cloud IM response (not the documented JSON, a redirect,
+    /// an unexpected status, a body too large).
+    #[error("{endpoint}: the endpoint did not answer like Tencent Cloud IM: {reason}; check that the endpoint or region points to the IM REST API")]
     UnexpectedResponse {
         /// The endpoint called.
         endpoint: Endpoint,
-        /// What was wrong with the answer.
+        /// What was wrong with the answer (status, content type, the first bytes of the body).
         reason: String,
+        /// Whether whatever answered may have passed the call on to the server.
+        maybe_applied: bool,
     },
 }
 
@@ -139,6 +159,14 @@ impl ApiError {
         )
     }
 
+    /// Whether the run must stop: no other call can succeed either.
+    pub fn stops_run(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Fatal { .. } | ApiError::BatchTooLarge { .. }
+        )
+    }
+
     /// Whether the server asked us to slow down (back off longer than for a transient error).
     pub fn is_rate_limited(&self) -> bool {
         matches!(self, ApiError::RateLimited { .. })
@@ -149,11 +177,27 @@ impl ApiError {
         matches!(self, ApiError::UserSigExpired { .. })
     }
 
-    /// The server's error code, when the failure came with one.
-    pub fn code(&self) -> Option<u32> {
+    /// Whether the server may have applied the call although it failed: no answer, a cut-off
+    /// answer, a 5xx, the server's own "internal error, retry", or an answer that is not the
+    /// server's. `false` means the failure proves nothing was applied (the server refused the
+    /// call, or the request never left this machine).
+    pub fn may_have_applied(&self) -> bool {
         match self {
-            ApiError::Transient { code, .. } => *code,
-            ApiError::RateLimited { code, .. } | ApiError::Fatal { code, .. } => Some(*code),
+            ApiError::Transient { maybe_applied, .. }
+            | ApiError::UnexpectedResponse { maybe_applied, .. } => *maybe_applied,
+            ApiError::RateLimited { .. }
+            | ApiError::UserSigExpired { .. }
+            | ApiError::Fatal { .. }
+            | ApiError::Refused { .. }
+            | ApiError::BatchTooLarge { .. } => false,
+        }
+    }
+
+    /// The server's error code, when the failure came with one.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            ApiError::Transient { code, .. } | ApiError::RateLimited { code, .. } => *code,
+            ApiError::Fatal { code, .. } | ApiError::Refused { code, .. } => Some(*code),
             ApiError::UserSigExpired { .. } => Some(70001),
             ApiError::BatchTooLarge { .. } | ApiError::UnexpectedResponse { .. } => None,
         }
@@ -166,19 +210,20 @@ impl ApiError {
             | ApiError::RateLimited { endpoint, .. }
             | ApiError::UserSigExpired { endpoint }
             | ApiError::Fatal { endpoint, .. }
+            | ApiError::Refused { endpoint, .. }
             | ApiError::BatchTooLarge { endpoint, .. }
             | ApiError::UnexpectedResponse { endpoint, .. } => *endpoint,
         }
     }
 
-    /// Classifies a non-zero `ErrorCode` from a response body (REFERENCE.md §3.3).
+    /// Classifies a non-zero `ErrorCode` from a response body (`docs/api.md`, "Error codes").
     ///
     /// `info` must already be scrubbed of secrets.
-    pub fn from_code(endpoint: Endpoint, code: u32, info: String) -> Self {
+    pub fn from_code(endpoint: Endpoint, code: i64, info: String) -> Self {
         match code {
             60007 | 60011 | 60018 | 60019 => ApiError::RateLimited {
                 endpoint,
-                code,
+                code: Some(code),
                 info,
             },
             70001 => ApiError::UserSigExpired { endpoint },
@@ -186,18 +231,32 @@ impl ApiError {
                 endpoint,
                 code: Some(code),
                 reason: format!("server error {code}: {}", describe(code).meaning),
+                // "Internal error, please retry": nothing says the write did not happen.
+                maybe_applied: true,
             },
-            _ => {
-                let CodeInfo { meaning, check } = describe(code);
-                ApiError::Fatal {
+            _ => match documented(code) {
+                Some(CodeInfo { meaning, check }) => ApiError::Fatal {
                     endpoint,
                     code,
                     meaning,
                     check,
                     info,
-                }
-            }
+                },
+                None => ApiError::Refused {
+                    endpoint,
+                    code,
+                    info,
+                },
+            },
         }
+    }
+}
+
+fn rate_limit_said(code: Option<i64>, info: &str) -> String {
+    match code {
+        Some(code) if info.is_empty() => format!("error {code}"),
+        Some(code) => format!("error {code}: {info}"),
+        None => info.to_owned(),
     }
 }
 
@@ -220,7 +279,15 @@ pub struct CodeInfo {
 }
 
 /// Looks up an error code (public 60000–79999 or timpush-private 90000–91999).
-pub fn describe(code: u32) -> CodeInfo {
+pub fn describe(code: i64) -> CodeInfo {
+    documented(code).unwrap_or(CodeInfo {
+        meaning: "undocumented error code",
+        check: "look the code up in the Tencent Cloud IM error code list",
+    })
+}
+
+/// The documentation's entry for `code`, if it has one.
+fn documented(code: i64) -> Option<CodeInfo> {
     let (meaning, check) = match code {
         60002 => ("the request URL could not be parsed", "this is a bug in attrsync's request building, please report it"),
         60003 => ("the request body is not valid JSON", "this is a bug in attrsync's request building, please report it"),
@@ -256,9 +323,9 @@ pub fn describe(code: u32) -> CodeInfo {
         90033 => ("an attribute is invalid", "check that every attribute name is registered on the app (attrsync attributes push) and every value is at most 50 bytes"),
         90035 => ("an attribute can only apply to one account type", "check the attribute's account type (UserID or RegistrationID) in the IM console"),
         91000 => ("internal service error", "retry; report it if it persists"),
-        _ => ("undocumented error code", "look the code up in the Tencent Cloud IM error code list"),
+        _ => return None,
     };
-    CodeInfo { meaning, check }
+    Some(CodeInfo { meaning, check })
 }
 
 #[cfg(test)]
@@ -280,11 +347,24 @@ mod tests {
         for code in [
             60002, 60003, 60004, 60005, 60006, 60009, 60010, 60012, 60015, 60016, 60017, 60020,
             60021, 70003, 70009, 70013, 70014, 70016, 70020, 70050, 70051, 90001, 90009, 90018,
-            90033, 12345,
+            90033,
         ] {
             assert!(matches!(class(code), ApiError::Fatal { .. }), "{code}");
             assert!(!class(code).is_retryable(), "{code}");
+            assert!(class(code).stops_run(), "{code}");
+            assert!(!class(code).may_have_applied(), "{code}");
         }
+        // An undocumented code (negative ones included) fails the call, not the run.
+        for code in [12345, -1] {
+            assert!(matches!(class(code), ApiError::Refused { .. }), "{code}");
+            assert!(
+                !class(code).stops_run() && !class(code).is_retryable(),
+                "{code}"
+            );
+        }
+        // "Internal error, please retry" may have applied the write; a rate limit did not.
+        assert!(class(91000).may_have_applied());
+        assert!(!class(60007).may_have_applied());
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub mod usersig;
 pub mod wire;
 
 pub use client::{
-    Client, ClientBuildError, ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
-    USERSIG_LIFETIME, USERSIG_RENEW_BEFORE,
+    AttrSlot, Client, ClientBuildError, ClientConfig, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT, MAX_RESPONSE_BYTES, USERSIG_LIFETIME, USERSIG_RENEW_BEFORE,
 };
 pub use error::{describe, ApiError, CodeInfo, Endpoint, MAX_USERS_PER_CALL};
 pub use limiter::RateLimiter;

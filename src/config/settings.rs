@@ -2,23 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
+pub use crate::model::Target;
 use crate::model::{AttrName, Region, MAX_ATTRIBUTES, MAX_BATCH_SIZE, MAX_RATE_LIMIT};
 
 use super::yaml::{Pos, Problem, Reader, Resolved, Scalar};
 
 /// The name of the settings file at the root of a config repository.
 pub const SETTINGS_FILE: &str = "attrsync.yaml";
-
-/// Where the API lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// A Tencent Cloud region (`region:`).
-    Region(Region),
-    /// Any base URL (`endpoint: http://…`): an emulator, a proxy.
-    Endpoint(String),
-    /// `endpoint: embedded`: the emulator, run in-process with its data under the state dir.
-    Embedded,
-}
 
 /// The validated settings of a config repository.
 #[derive(Clone, Debug, PartialEq, Eq)]

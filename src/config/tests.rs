@@ -222,6 +222,38 @@ users:
     }
 
     #[test]
+    fn a_block_scalar_at_the_end_of_a_file_without_a_final_newline_has_no_line_break() {
+        for text in [
+            "users:\n  Ann:\n    tier: |\n      gold",
+            "users:\n  Ann:\n    tier: >\n      gold",
+            "users:\n  Ann:\n    tier: |+\n      gold",
+            "users:\n  Ann:\n    tier: |-\n      gold",
+            "users:\n  Ann:\n    tier: |-\n      gold\n",
+        ] {
+            let file = user_file(text);
+            assert_eq!(file.problems, [], "{text:?}");
+            assert_eq!(
+                declared(&file),
+                [("Ann", vec![("tier", "gold")])],
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_line_break_inside_a_value_is_refused_at_its_place() {
+        // A clipped block scalar keeps its final line break: a value cannot hold one.
+        let file = user_file("users:\n  Ann:\n    tier: |\n      gold\n  Bob: {city: \"a\\nb\"}\n");
+        assert_eq!(
+            located(&file.problems),
+            [
+                "4:7 `tier` of user `Ann`: an attribute value must not contain control characters (found a line break (\\n))",
+                "5:15 `city` of user `Bob`: an attribute value must not contain control characters (found a line break (\\n))",
+            ]
+        );
+    }
+
+    #[test]
     fn an_empty_quoted_value_is_refused() {
         let file = user_file("users:\n  Ann: {city: \"\"}\n");
         assert_eq!(
@@ -298,23 +330,30 @@ users:
     }
 
     #[test]
-    fn user_ids_are_non_empty_at_most_32_bytes_without_control_characters() {
+    fn user_ids_are_non_empty_at_most_128_bytes_without_control_characters() {
         let file = user_file(&format!(
-            "users:\n  \"\": {{}}\n  {}: {{}}\n  {}: {{}}\n  \"a\\tb\": {{}}\n  {}: {{}}\n",
-            "x".repeat(33),
-            "中".repeat(11),
-            "x".repeat(32),
+            "users:\n  \"\": {{}}\n  {}: {{}}\n  {}: {{}}\n  \"a\\tb\": {{}}\n  {}: {{}}\n  379C2F0D-7E9A-4F5C-9B1A-2D3E4F5A6B7C: {{}}\n",
+            "x".repeat(129),
+            "中".repeat(43),
+            "x".repeat(128),
         ));
         assert_eq!(
             located(&file.problems),
             [
-                "2:3 invalid user id \"\": a user id must not be empty",
-                "3:3 invalid user id \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\": user id is 33 bytes long, at most 32 are allowed",
-                "4:3 invalid user id \"中中中中中中中中中中中\": user id is 33 bytes long, at most 32 are allowed",
-                "5:3 invalid user id \"a\\tb\": a user id must not contain control characters",
+                "2:3 invalid user id \"\": a user id must not be empty".to_owned(),
+                format!("3:3 invalid user id \"{}\": user id is 129 bytes long, at most 128 are allowed", "x".repeat(129)),
+                format!("4:3 invalid user id \"{}\": user id is 129 bytes long, at most 128 are allowed", "中".repeat(43)),
+                "5:3 invalid user id \"a\\tb\": a user id must not contain control characters".to_owned(),
             ]
         );
-        assert_eq!(declared(&file), [("x".repeat(32).as_str(), vec![])]);
+        // A 36-byte push RegistrationID, as in the API's own example, is a valid id.
+        assert_eq!(
+            declared(&file),
+            [
+                ("379C2F0D-7E9A-4F5C-9B1A-2D3E4F5A6B7C", vec![]),
+                ("x".repeat(128).as_str(), vec![])
+            ]
+        );
     }
 
     #[test]

@@ -194,8 +194,14 @@ fn attribute<'a>(
     match AttrValue::new(&value.text) {
         Ok(v) => Ok(known.map(|k| (k, v))),
         Err(e) => {
-            r.problems
-                .push(Problem::new(value.pos, format!("{}: {e}", what())));
+            let mut problem = Problem::new(value.pos, format!("{}: {e}", what()));
+            if value.text.ends_with('\n') {
+                problem = problem.hint(
+                    "a block scalar (`|` or `>`) keeps its final line break: write `|-` or `>-`, \
+                     or put the value on the key's line",
+                );
+            }
+            r.problems.push(problem);
             Ok(None)
         }
     }

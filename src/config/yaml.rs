@@ -181,6 +181,10 @@ fn describe(event: &Event<'_>) -> &'static str {
 /// Reads one YAML document from text, collecting problems as it goes.
 pub struct Reader<'a> {
     events: Parser<'a, StrInput<'a>>,
+    /// The text, for the one question events do not answer (see [`Reader::block_at_eof`]).
+    source: &'a str,
+    /// The text's length in characters, counted when first needed.
+    source_chars: Option<usize>,
     peeked: Option<(Event<'a>, Span)>,
     last_pos: Pos,
     /// Problems found so far; reading goes on after most of them.
@@ -198,6 +202,8 @@ impl<'a> Reader<'a> {
     pub fn new(text: &'a str) -> Self {
         Self {
             events: Parser::new_from_str(text),
+            source: text,
+            source_chars: None,
             peeked: None,
             last_pos: Pos { line: 1, column: 1 },
             problems: Vec::new(),
@@ -392,11 +398,34 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// Whether a block scalar spanning `span` ends the text on a line without a line break.
+    ///
+    /// saphyr-parser then adds a line break that is not in the text (`tier: |` then `gold` at
+    /// the end of a file reads as `"gold\n"`); the YAML spec keeps only line breaks that exist,
+    /// as other YAML readers do, so the loader takes it off again.
+    fn block_at_eof(&mut self, style: ScalarStyle, span: &Span) -> bool {
+        if !matches!(style, ScalarStyle::Literal | ScalarStyle::Folded)
+            || self.source.ends_with('\n')
+            || self.source.ends_with('\r')
+        {
+            return false;
+        }
+        let source = self.source;
+        let chars = *self
+            .source_chars
+            .get_or_insert_with(|| source.chars().count());
+        span.end.index() >= chars
+    }
+
     /// Reads a scalar value. Records a problem and returns `None` for anything else.
     pub fn scalar(&mut self, what: &dyn Fn() -> String) -> Step<Option<Scalar<'a>>> {
         let (event, span) = self.next()?;
         match event {
-            Event::Scalar(text, style, _, tag) => {
+            Event::Scalar(mut text, style, _, tag) => {
+                if text.ends_with('\n') && self.block_at_eof(style, &span) {
+                    let len = text.len() - 1;
+                    text.to_mut().truncate(len);
+                }
                 let pos = Pos::of(&span);
                 match tag {
                     None => Ok(Some(Scalar {

@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Emulator, EmulatorConfig, FailMode, DEFAULT_SDKAPPID, DEMO_SECRET_KEY};
+use super::{Emulator, EmulatorConfig, FailMode, SetAttrMode, DEFAULT_SDKAPPID, DEMO_SECRET_KEY};
 use crate::api::SecretKey;
 
 /// Command-line arguments of `attrsync emulator`.
@@ -38,6 +38,10 @@ pub struct EmulatorArgs {
     /// The fault to inject.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = FailMode::Mixed)]
     pub fail_mode: FailMode,
+    /// What set_attr does with attributes it does not name: keep them (merge) or drop them
+    /// (replace). The documentation does not say; attrsync is right under both.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = SetAttrMode::Merge)]
+    pub set_attr: SetAttrMode,
     /// Seed of the fault-injection RNG (same seed, same faults for the same calls).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
@@ -68,6 +72,7 @@ pub async fn run_from_cli(args: EmulatorArgs) -> anyhow::Result<()> {
         latency: Duration::from_millis(args.latency),
         fail_rate: args.fail_rate,
         fail_mode: args.fail_mode,
+        set_attr: args.set_attr,
         seed: args.seed,
         data_dir: args.data,
         ..EmulatorConfig::default()

@@ -104,6 +104,17 @@ pub enum FailMode {
     Mixed,
 }
 
+/// What `set_attr` does with a user's attributes it does not name. The documentation does not
+/// say; attrsync must be right under both readings, and its tests run under both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SetAttrMode {
+    /// The given attributes replace their old values; the others stay.
+    #[default]
+    Merge,
+    /// The given attributes become the user's whole attribute set.
+    Replace,
+}
+
 /// The emulator's notion of "now" for UserSig expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Clock {
@@ -151,6 +162,8 @@ pub struct EmulatorConfig {
     pub fail_rate: f64,
     /// Which fault.
     pub fail_mode: FailMode,
+    /// Whether `set_attr` merges or replaces.
+    pub set_attr: SetAttrMode,
     /// Seed of the fault-injection RNG.
     pub seed: u64,
     /// Keep the data in sled under this directory instead of in memory.
@@ -170,6 +183,7 @@ impl Default for EmulatorConfig {
             latency: Duration::ZERO,
             fail_rate: 0.0,
             fail_mode: FailMode::default(),
+            set_attr: SetAttrMode::default(),
             seed: 0,
             data_dir: None,
             clock: Clock::System,
@@ -231,6 +245,7 @@ impl Emulator {
             latency: config.latency,
             fail_rate: config.fail_rate,
             fail_mode: config.fail_mode,
+            set_attr: config.set_attr,
             clock: config.clock,
         };
         Ok(Self {

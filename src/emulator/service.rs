@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::stats::{Outcome, Record, StateReport, Stats};
 use super::store::{AttrSlot, Change, Data, Store};
-use super::{Clock, FailMode};
+use super::{Clock, FailMode, SetAttrMode};
 use crate::api::usersig::{self, VerifyError};
 use crate::api::wire::{
     GetAttrRequest, RemoveAttrRequest, Response as ApiResponse, SetAttrNameRequest, SetAttrRequest,
@@ -44,6 +44,7 @@ pub struct Settings {
     pub latency: std::time::Duration,
     pub fail_rate: f64,
     pub fail_mode: FailMode,
+    pub set_attr: SetAttrMode,
     pub clock: Clock,
 }
 
@@ -92,7 +93,7 @@ struct Answer {
 }
 
 impl Answer {
-    fn fail(code: u32, info: impl Into<String>) -> Self {
+    fn fail(code: i64, info: impl Into<String>) -> Self {
         Self {
             body: ApiResponse::fail(code, info),
             accounts: 0,
@@ -103,12 +104,12 @@ impl Answer {
 /// A call refused as a whole: an error code and its text, nothing applied.
 #[derive(Debug)]
 struct Rejection {
-    code: u32,
+    code: i64,
     info: String,
 }
 
 impl Rejection {
-    fn new(code: u32, info: impl Into<String>) -> Self {
+    fn new(code: i64, info: impl Into<String>) -> Self {
         Self {
             code,
             info: info.into(),
@@ -248,7 +249,7 @@ fn record(
     arrived: tokio::time::Instant,
     outcome: Outcome,
     accounts: usize,
-    code: Option<u32>,
+    code: Option<i64>,
     fault: Option<Fault>,
 ) {
     let record = Record {
@@ -423,7 +424,7 @@ fn persist(shared: &Shared, data: &mut Data, change: Change) -> Result<(), Rejec
 fn unknown_user(account: &str) -> UserError {
     UserError {
         account: account.to_owned(),
-        code: 70107,
+        code: Some(70107),
         info: "the account has not been imported".to_owned(),
     }
 }
@@ -458,13 +459,16 @@ fn set_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Rejection> {
             errors.push(unknown_user(&account));
             continue;
         }
-        // Merge: the given attributes replace their old values, the others stay (REFERENCE.md
-        // §6.1 is unconfirmed; attrsync works under either reading).
-        let merged = change
+        // The documentation does not say whether set_attr merges or replaces; the emulator
+        // does either (`--set-attr`), and attrsync is tested under both.
+        let current = change
             .users
             .entry(account.clone())
             .or_insert_with(|| data.users.get(&account).cloned().unwrap_or_default());
-        merged.extend(attrs);
+        if shared.settings.set_attr == SetAttrMode::Replace {
+            current.clear();
+        }
+        current.extend(attrs);
     }
     persist(shared, &mut data, change)?;
     Ok(Answer {
@@ -570,11 +574,21 @@ fn set_attr_name(shared: &Shared, body: &[u8]) -> Result<Answer, Rejection> {
                 "the name in slot {slot} must be 1 to {MAX_VALUE_BYTES} bytes"
             )));
         }
+        // An omitted type is 0 (the documented default), and a slot's type cannot change once
+        // set: re-sending a RegistrationID slot without its AttrTypes is refused.
         let account_type = match types.get(key) {
             Some(&account_type @ (0 | 1)) => account_type,
             Some(other) => return Err(invalid(format!("account type {other} is not 0 or 1"))),
-            None => data.attr_names.get(&slot).map_or(0, |old| old.account_type),
+            None => 0,
         };
+        if let Some(old) = data.attr_names.get(&slot) {
+            if old.name == *name && old.account_type != account_type {
+                return Err(invalid(format!(
+                    "the account type of attribute {name:?} (slot {slot}) is {} and cannot be changed to {account_type}",
+                    old.account_type
+                )));
+            }
+        }
         change.attr_names.insert(
             slot,
             AttrSlot {

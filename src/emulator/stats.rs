@@ -39,7 +39,7 @@ pub struct CallRecord {
     /// Accounts in the request body (0 for the attribute-name APIs or an unreadable body).
     pub accounts: usize,
     /// The `ErrorCode` the emulator decided on; `null` for an injected HTTP 502.
-    pub code: Option<u32>,
+    pub code: Option<i64>,
     /// Entries in the answer's `ErrorList`.
     pub user_errors: usize,
     /// The injected fault, if any: `"91000"`, `"502"` or `"drop"` (a dropped call was applied
@@ -176,7 +176,7 @@ pub struct Record {
     /// Accounts in its body.
     pub accounts: usize,
     /// The `ErrorCode` decided on, if a JSON answer was produced.
-    pub code: Option<u32>,
+    pub code: Option<i64>,
     /// The injected fault's name.
     pub fault: Option<&'static str>,
 }

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::config::{self, Config, Diagnostics, ParseCache};
+use crate::config::{self, Config, Diagnostics, ParseCache, Settings};
 use crate::model::{Plan, Snapshot};
 use crate::plan::{self, Guards, PlanOptions, TextStyle};
-use crate::state::{self, Holder, Store};
+use crate::state::{self, Binding, Holder, OnOtherTarget, Store};
 
 /// What every command gets from the global flags.
 #[derive(Clone, Debug)]
@@ -192,26 +192,44 @@ pub struct PlanOutcome {
     pub warnings: Vec<String>,
 }
 
+/// The app and server the snapshot of `settings` is about.
+pub fn binding(settings: &Settings) -> Binding<'_> {
+    Binding {
+        sdkappid: settings.sdkappid,
+        target: &settings.target,
+    }
+}
+
+/// Opens the snapshot for `config` if one exists, without creating one.
+pub fn open_existing(config: &Config, command: &str) -> Result<Option<Store>> {
+    Ok(Store::open_existing(
+        &config.settings.state_dir,
+        binding(&config.settings),
+        &Holder::this_process(command),
+    )?)
+}
+
 /// Reads the snapshot for `config` without creating one when none exists yet.
 pub fn read_snapshot(config: &Config, command: &str) -> Result<Snapshot> {
-    let dir = &config.settings.state_dir;
-    let store = Store::open_existing(
-        dir,
-        config.settings.sdkappid,
-        &Holder::this_process(command),
-    )?;
-    match store {
+    match open_existing(config, command)? {
         Some(store) => Ok(store.load()?),
         None => Ok(Snapshot::default()),
     }
 }
 
 /// `attrsync plan`: diffs the config against the snapshot (or, with `--refresh`, the server).
+///
+/// With `--refresh`, users in doubt whose live values were read are recorded with them: the
+/// doubt is resolved, so the snapshot moves (a new serial) even though nothing is sent.
 pub async fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
     let started = std::time::Instant::now();
     let config = ctx.load_config()?;
     tracing::debug!(users = config.desired.len(), files = config.files, elapsed = ?started.elapsed(), "loaded the config");
-    let snapshot = read_snapshot(&config, "plan")?;
+    let store = open_existing(&config, "plan")?;
+    let mut snapshot = match &store {
+        Some(store) => store.load()?,
+        None => Snapshot::default(),
+    };
     tracing::debug!(users = snapshot.users.len(), elapsed = ?started.elapsed(), "read the snapshot");
     let settings = &config.settings;
     let guards = Guards {
@@ -220,11 +238,40 @@ pub async fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
         allow_empty: request.allow_empty,
     };
     plan::check_empty_desired(&config.desired, &snapshot, guards)?;
+    let mut warnings = Vec::new();
     let refreshed = match request.refresh {
-        true => Some(remote::refresh(&config, &snapshot).await?),
+        true => {
+            let refreshed = remote::refresh(&config, &snapshot).await?;
+            if let (Some(store), false) = (&store, refreshed.resolved.is_empty()) {
+                let resolved = refreshed.resolved.clone();
+                store.commit(&resolved)?;
+                warnings.push(format!(
+                    "{} in doubt read back from the server; the snapshot now records {} live values",
+                    plan::plural(resolved.record.len(), "user was"),
+                    if resolved.record.len() == 1 { "its" } else { "their" }
+                ));
+                snapshot = store.load()?;
+            }
+            for failed in &refreshed.unread {
+                warnings.push(format!(
+                    "could not read {} from the server ({}); it is planned against the snapshot",
+                    failed.user,
+                    describe_failed(failed)
+                ));
+            }
+            Some(refreshed)
+        }
         false => None,
     };
-    let base = refreshed.as_ref().map_or(&snapshot, |r| &r.live);
+    drop(store);
+    let live;
+    let base = match &refreshed {
+        Some(r) => {
+            live = plan::live_snapshot(&snapshot, &r.live);
+            &live
+        }
+        None => &snapshot,
+    };
     let plan = plan::plan(
         &config.desired,
         base,
@@ -234,7 +281,6 @@ pub async fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
         },
     );
     tracing::debug!(changes = plan.changes.len(), elapsed = ?started.elapsed(), "planned");
-    let mut warnings = Vec::new();
     if let Err(guard) = plan::check_mass_delete(&plan, guards) {
         warnings.push(format!("apply will refuse this plan: {guard}"));
     }
@@ -263,6 +309,14 @@ pub async fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
     })
 }
 
+/// `error 70107: the account has not been imported`, or the reason alone.
+pub fn describe_failed(failed: &crate::apply::FailedUser) -> String {
+    match failed.code {
+        Some(code) => format!("error {code}: {}", failed.reason),
+        None => failed.reason.clone(),
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
@@ -280,40 +334,63 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// `attrsync state list`: the users in the snapshot, one per line.
+/// `attrsync state list`: the users in the snapshot (recorded or in doubt), one per line.
 pub fn state_list(ctx: &Context) -> Result<String> {
     let config = ctx.load_config()?;
     let snapshot = read_snapshot(&config, "state list")?;
-    let mut out = String::with_capacity(snapshot.users.len() * 12);
-    for (user, _) in snapshot.users.iter() {
-        out.push_str(user.as_str());
+    // Users only in doubt are in the snapshot too: `state show` tells them apart.
+    let mut users: Vec<&str> = snapshot
+        .users
+        .iter()
+        .map(|(u, _)| u.as_str())
+        .chain(snapshot.in_doubt.iter().map(|(u, _)| u.as_str()))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut out = String::with_capacity(users.len() * 12);
+    for user in users {
+        out.push_str(user);
         out.push('\n');
     }
     Ok(out)
 }
 
-/// `attrsync state show USER`: one user's recorded attributes and when they were applied.
+/// `attrsync state show USER`: one user's recorded attributes, when they were applied, and
+/// whether it is in doubt.
 pub fn state_show(ctx: &Context, user: &str) -> Result<String> {
     let config = ctx.load_config()?;
-    let store = Store::open_existing(
-        &config.settings.state_dir,
-        config.settings.sdkappid,
-        &Holder::this_process("state show"),
-    )?;
-    let entry = match &store {
-        Some(store) => store.get(user)?,
-        None => None,
+    let store = open_existing(&config, "state show")?;
+    let (entry, doubt) = match &store {
+        Some(store) => (store.get(user)?, store.doubt(user)?),
+        None => (None, None),
     };
-    let Some(entry) = entry else {
+    if entry.is_none() && doubt.is_none() {
         anyhow::bail!("user {user:?} is not in the snapshot; `attrsync state list` shows who is");
+    }
+    let time = |secs: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        )
     };
-    let applied = std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.applied_at);
-    let mut out = format!(
-        "user: {user}\napplied_at: {}\nattrs:\n",
-        humantime::format_rfc3339_seconds(applied)
-    );
-    for (name, value) in entry.attrs.iter() {
-        out.push_str(&format!("  {name}: {:?}\n", value.as_str()));
+    let mut out = format!("user: {user}\n");
+    match &entry {
+        Some(entry) => {
+            out.push_str(&format!("applied_at: {}\nattrs:\n", time(entry.applied_at)));
+            for (name, value) in entry.attrs.iter() {
+                out.push_str(&format!("  {name}: {:?}\n", value.as_str()));
+            }
+        }
+        None => out.push_str("attrs: {}\n"),
+    }
+    if let Some(doubt) = &doubt {
+        out.push_str(&format!(
+            "in_doubt: {} (since {})\nmay_hold:\n",
+            doubt.note.reason,
+            time(doubt.note.since)
+        ));
+        for (name, value) in doubt.maybe.iter() {
+            out.push_str(&format!("  {name}: {:?}\n", value.as_str()));
+        }
     }
     Ok(out)
 }
@@ -352,7 +429,7 @@ pub fn state_import(ctx: &Context, file: &Path) -> Result<String> {
     let config = ctx.load_config()?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let users = state::parse_import(&text, &config.settings.attributes).map_err(|problems| {
+    let imported = state::parse_import(&text, &config.settings.attributes).map_err(|problems| {
         ImportError {
             file: file.to_owned(),
             lines: problems
@@ -361,14 +438,21 @@ pub fn state_import(ctx: &Context, file: &Path) -> Result<String> {
                 .collect(),
         }
     })?;
-    let mut store = Store::open(
+    // The file replaces everything, so the snapshot is bound to the server configured now.
+    let mut store = Store::open_with(
         &config.settings.state_dir,
-        config.settings.sdkappid,
+        binding(&config.settings),
         &Holder::this_process("state import"),
+        OnOtherTarget::Adopt,
     )?;
-    let serial = store.replace_all(&users, state::now_unix())?;
+    let serial = store.replace_all(&imported.users, &imported.in_doubt, state::now_unix())?;
+    let doubt = if imported.in_doubt.is_empty() {
+        String::new()
+    } else {
+        format!(", {} in doubt", imported.in_doubt.len())
+    };
     Ok(format!(
-        "Imported {} users into the snapshot (serial {serial}).\n",
-        users.len()
+        "Imported {} users into the snapshot{doubt} (serial {serial}).\n",
+        imported.users.len()
     ))
 }

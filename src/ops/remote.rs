@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::api::{Client, ClientConfig, SecretKey};
-use crate::apply::{self, ApplyOptions, CallStats, GaveUp, Progress, Report, StopSignal};
+use crate::api::{AttrSlot, Client, ClientConfig, SecretKey};
+use crate::apply::{self, ApplyOptions, CallStats, FailedUser, Progress, Report, StopSignal};
 use crate::config::{Config, Settings, Target};
 use crate::emulator::{Emulator, EmulatorConfig, RunningEmulator, DEMO_SECRET_KEY};
-use crate::model::{AttrName, Attrs, Drift, Plan, Snapshot, UserId, UserMap};
+use crate::model::{AttrName, Attrs, Drift, Snapshot, UserId, UserMap};
 use crate::plan::{self, Guards, PlanOptions};
-use crate::state::{self, Holder, Store};
+use crate::state::{self, Commit, Holder, OnOtherTarget, Store};
 
-use super::Context;
+use super::{binding, describe_failed, Context};
 
 /// A client for the configured target, with the embedded emulator kept alive beside it.
 pub struct Connection {
@@ -106,7 +106,7 @@ pub async fn preflight(connection: &Connection, settings: &Settings) -> Result<(
         .attributes
         .iter()
         .map(AttrName::as_str)
-        .filter(|name| !registered.values().any(|r| r == name))
+        .filter(|name| !registered.values().any(|r| r.name == *name))
         .collect();
     if !missing.is_empty() {
         bail!(
@@ -114,15 +114,15 @@ pub async fn preflight(connection: &Connection, settings: &Settings) -> Result<(
              then run again (registered now: {})",
             missing.join(", "),
             if missing.len() == 1 { "it" } else { "them" },
-            if registered.is_empty() { "none".to_owned() } else { registered.values().cloned().collect::<Vec<_>>().join(", ") }
+            if registered.is_empty() { "none".to_owned() } else { registered.values().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ") }
         );
     }
     Ok(())
 }
 
-/// Why a saved plan cannot be applied any more.
+/// Why a saved plan cannot be applied: it is not the plan the config and snapshot give now.
 #[derive(Debug, thiserror::Error)]
-#[error("the saved plan is stale: {reasons}; run `attrsync plan --out FILE` again and review the new plan")]
+#[error("the saved plan is stale or was edited: {reasons}; nothing was applied. Run `attrsync plan --out FILE` again and review the new plan")]
 pub struct StalePlan {
     reasons: String,
 }
@@ -167,7 +167,7 @@ pub async fn apply(
     })?;
     let store = Arc::new(Store::open(
         &settings.state_dir,
-        settings.sdkappid,
+        binding(settings),
         &Holder::this_process("apply"),
     )?);
     let snapshot = store.load()?;
@@ -180,9 +180,28 @@ pub async fn apply(
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the plan file {}", path.display()))?;
-            let plan = plan::from_json(&text)?;
-            check_fresh(&plan, &config, &snapshot)?;
-            plan
+            let saved = plan::from_json(&text)?;
+            // Verified, not trusted: the plan applied is the one computed now, and only when
+            // it equals the saved one in every change.
+            let now = plan::plan(
+                &config.desired,
+                &snapshot,
+                PlanOptions {
+                    sdkappid: settings.sdkappid,
+                    prune: saved.prune,
+                },
+            );
+            let differences = plan::differences(&saved, &now);
+            if !differences.is_empty() {
+                return Err(StalePlan {
+                    reasons: differences.join("; "),
+                }
+                .into());
+            }
+            if saved.prune && !(settings.prune || request.prune) {
+                tracing::info!("the saved plan was made with --prune: applying its deletions");
+            }
+            now
         }
         None => {
             plan::check_empty_desired(&config.desired, &snapshot, guards)?;
@@ -239,34 +258,6 @@ pub async fn apply(
     Ok(ApplyOutcome {
         report: Some(report),
     })
-}
-
-/// Refuses a saved plan when the snapshot or the config moved since it was made.
-fn check_fresh(plan: &Plan, config: &Config, snapshot: &Snapshot) -> Result<(), StalePlan> {
-    let mut reasons = Vec::new();
-    if plan.sdkappid != config.settings.sdkappid {
-        reasons.push(format!(
-            "it is for app {}, attrsync.yaml says {}",
-            plan.sdkappid, config.settings.sdkappid
-        ));
-    }
-    if plan.snapshot_serial != snapshot.serial {
-        reasons.push(format!(
-            "the snapshot moved from serial {} to {} (something was applied or imported since)",
-            plan.snapshot_serial, snapshot.serial
-        ));
-    }
-    let digest = plan::desired_digest(&config.desired);
-    if plan.desired_digest != digest {
-        reasons.push("the config's desired state changed since the plan was made".to_owned());
-    }
-    if reasons.is_empty() {
-        Ok(())
-    } else {
-        Err(StalePlan {
-            reasons: reasons.join("; "),
-        })
-    }
 }
 
 /// Asks on the terminal; refuses without one.
@@ -376,13 +367,16 @@ pub fn render_report(report: &Report) -> String {
     if !report.failed.is_empty() {
         out.push_str("Failed users (not recorded in the snapshot; the next apply retries them):\n");
         for failed in &report.failed {
-            match failed.code {
-                Some(code) => out.push_str(&format!(
-                    "  - {}: error {code}: {}\n",
-                    failed.user, failed.reason
-                )),
-                None => out.push_str(&format!("  - {}: {}\n", failed.user, failed.reason)),
-            }
+            let doubt = if failed.in_doubt {
+                " [in doubt: the server may hold the new values; the next apply re-sends them in full]"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "  - {}: {}{doubt}\n",
+                failed.user,
+                describe_failed(failed)
+            ));
         }
     }
     if let Some(error) = &report.error {
@@ -397,18 +391,24 @@ pub fn render_report(report: &Report) -> String {
 /// What `plan --refresh` read from the server.
 #[derive(Debug)]
 pub struct Refreshed {
-    /// A snapshot of the live values to plan against.
-    pub live: Snapshot,
+    /// The live attributes of every user that could be read.
+    pub live: UserMap<Attrs>,
     /// Users that changed outside attrsync.
     pub drift: Vec<Drift>,
+    /// Users in doubt that were read: recording their live values resolves the doubt.
+    pub resolved: Commit,
+    /// Users the server could not be asked about (answered with an error): planned against
+    /// the snapshot, neither drift nor resolved.
+    pub unread: Vec<FailedUser>,
     /// Calls made.
     pub calls: usize,
 }
 
-/// Reads the live attributes of every user in desired ∪ snapshot.
+/// Reads the live attributes of every user in desired ∪ snapshot ∪ in doubt.
 pub async fn refresh(config: &Config, snapshot: &Snapshot) -> Result<Refreshed> {
     let mut users: Vec<UserId> = config.desired.iter().map(|(u, _)| u.clone()).collect();
     users.extend(snapshot.users.iter().map(|(u, _)| u.clone()));
+    users.extend(snapshot.in_doubt.iter().map(|(u, _)| u.clone()));
     users.sort();
     users.dedup();
     let connection = connect(&config.settings).await?;
@@ -427,14 +427,28 @@ pub async fn refresh(config: &Config, snapshot: &Snapshot) -> Result<Refreshed> 
             connection.base_url
         )
     })?;
+    let resolved = Commit {
+        record: live
+            .attrs
+            .iter()
+            .filter(|(user, _)| snapshot.in_doubt.get(user.as_str()).is_some())
+            .map(|(user, attrs)| (user.clone(), Some(attrs.clone())))
+            .collect(),
+        applied_at: state::now_unix(),
+        ..Commit::default()
+    };
     Ok(Refreshed {
-        drift: plan::drift(snapshot, &live),
-        live: plan::live_snapshot(snapshot, &live),
+        drift: plan::drift(snapshot, &live.attrs),
+        live: live.attrs,
+        resolved,
+        unread: live.errors,
         calls: stats.calls.into_inner(),
     })
 }
 
-/// `attrsync import [USERS…]`: records the users' live attributes in the snapshot.
+/// `attrsync import [USERS…]`: records the users' live attributes in the snapshot, resolving
+/// any doubt about them. A snapshot recorded for another server is adopted: its whole content
+/// is replaced by what this server holds.
 pub async fn import(ctx: &Context, users: &[String]) -> Result<String> {
     let config = ctx.load_config()?;
     let settings = &config.settings;
@@ -452,14 +466,15 @@ pub async fn import(ctx: &Context, users: &[String]) -> Result<String> {
             settings.state_dir.display()
         )
     })?;
-    let store = Store::open(
+    let mut store = Store::open_with(
         &settings.state_dir,
-        settings.sdkappid,
+        binding(settings),
         &Holder::this_process("import"),
+        OnOtherTarget::Adopt,
     )?;
     let connection = connect(settings).await?;
     let stats = CallStats::default();
-    let live: UserMap<Attrs> = apply::read_live(
+    let live = apply::read_live(
         &connection.client,
         &users,
         &settings.attributes,
@@ -467,31 +482,59 @@ pub async fn import(ctx: &Context, users: &[String]) -> Result<String> {
         &stats,
     )
     .await
-    .map_err(|e: GaveUp| {
+    .map_err(|e| {
         anyhow::anyhow!(
             "cannot read the live attributes from {}: {e}",
             connection.base_url
         )
     })?;
     let now = state::now_unix();
-    let mut with_attrs = 0;
-    let writes: Vec<state::Write> = live
-        .iter()
-        .map(|(user, attrs)| {
-            with_attrs += usize::from(!attrs.is_empty());
-            (user.clone(), Some(attrs.clone()))
-        })
-        .collect();
-    for chunk in writes.chunks(10_000) {
-        store.commit_batch(chunk, now)?;
+    let with_attrs = live.attrs.iter().filter(|(_, a)| !a.is_empty()).count();
+    let mut out = String::new();
+    if let Some(previous) = store.other_target().map(str::to_owned) {
+        // Nothing recorded for the previous server says anything about this one.
+        store.replace_all(&live.attrs, &UserMap::default(), now)?;
+        out.push_str(&format!(
+            "The snapshot recorded {previous}; it now records {} and holds only the users read from it.\n",
+            settings.target
+        ));
+    } else {
+        let writes: Vec<(UserId, Option<Attrs>)> = live
+            .attrs
+            .iter()
+            .map(|(user, attrs)| (user.clone(), Some(attrs.clone())))
+            .collect();
+        for chunk in writes.chunks(10_000) {
+            store.commit(&Commit {
+                record: chunk.to_vec(),
+                applied_at: now,
+                ..Commit::default()
+            })?;
+        }
     }
-    Ok(format!(
-        "Imported {} users from the server ({with_attrs} with attributes, {} without) in {} calls; the snapshot is at serial {}.\n",
-        live.len(),
-        live.len() - with_attrs,
+    out.push_str(&format!(
+        "Imported {} from the server ({with_attrs} with attributes, {} without) in {} calls; the snapshot is at serial {}.\n",
+        plan::plural(live.attrs.len(), "user"),
+        live.attrs.len() - with_attrs,
         stats.calls.into_inner(),
         store.serial()?
-    ))
+    ));
+    if !live.errors.is_empty() {
+        out.push_str(&format!(
+            "{} could not be read and {} left as {} were:\n",
+            plan::plural(live.errors.len(), "user"),
+            if live.errors.len() == 1 { "is" } else { "are" },
+            if live.errors.len() == 1 { "it" } else { "they" },
+        ));
+        for failed in &live.errors {
+            out.push_str(&format!(
+                "  - {}: {}\n",
+                failed.user,
+                describe_failed(failed)
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// `attrsync attributes push`: registers the configured names in free slots.
@@ -509,7 +552,7 @@ pub async fn attributes_push(ctx: &Context, auto_approve: bool) -> Result<String
     let missing: Vec<&AttrName> = settings
         .attributes
         .iter()
-        .filter(|a| !registered.values().any(|r| r == a.as_str()))
+        .filter(|a| !registered.values().any(|r| r.name == a.as_str()))
         .collect();
     if missing.is_empty() {
         return Ok(format!(
@@ -529,23 +572,34 @@ pub async fn attributes_push(ctx: &Context, auto_approve: bool) -> Result<String
             missing.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
-    let additions: BTreeMap<u8, String> = free
+    // New names apply to the IM UserID (account type 0, the documented default).
+    let additions: BTreeMap<u8, AttrSlot> = free
         .iter()
         .zip(&missing)
-        .map(|(slot, name)| (*slot, name.as_str().to_owned()))
+        .map(|(slot, name)| {
+            (
+                *slot,
+                AttrSlot {
+                    name: name.as_str().to_owned(),
+                    account_type: 0,
+                },
+            )
+        })
         .collect();
     let mut preview = String::from(
         "attrsync will register these attribute names (existing slots are left as they are):\n",
     );
-    for (slot, name) in &additions {
-        preview.push_str(&format!("  + slot {slot}: {name}\n"));
+    for (slot, attr) in &additions {
+        preview.push_str(&format!("  + slot {slot}: {} (for UserIDs)\n", attr.name));
     }
     print!("{preview}");
     if !auto_approve && !confirm()? {
         return Ok("Cancelled: nothing was registered.\n".to_owned());
     }
-    // Send the registered slots unchanged with the new ones: whether the API merges or replaces
-    // a partial map is not documented (REFERENCE.md §6), and the full map is right either way.
+    // Send the registered slots unchanged, each with its account type, with the new ones:
+    // whether the API merges or replaces a partial map is not documented, the full map is
+    // right either way, and a type left out would default to 0, which cannot be changed once
+    // set (`docs/api.md`).
     let mut full = registered.clone();
     full.extend(additions.clone());
     apply::with_retries(&connection.client, &stop, &stats, || {

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Action, AttrChange, AttrName, AttrValue, Change, Drift, Plan, Summary, UserId};
+use crate::model::{
+    Action, AttrChange, AttrName, AttrValue, Change, DoubtNote, Drift, Plan, Summary, UserId,
+};
 
 /// The plan JSON format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -14,6 +16,8 @@ struct PlanDoc {
     sdkappid: u64,
     snapshot_serial: u64,
     desired_digest: String,
+    #[serde(default)]
+    prune: bool,
     summary: SummaryDoc,
     changes: Vec<ChangeDoc>,
 }
@@ -25,6 +29,10 @@ struct SummaryDoc {
     delete: usize,
     orphaned: usize,
     unchanged: usize,
+    #[serde(default)]
+    resend: usize,
+    #[serde(default)]
+    in_doubt: usize,
 }
 
 #[derive(Deserialize)]
@@ -32,6 +40,14 @@ struct ChangeDoc {
     user: String,
     action: ActionDoc,
     attrs: BTreeMap<String, AttrDoc>,
+    #[serde(default)]
+    in_doubt: Option<DoubtDoc>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DoubtDoc {
+    since: u64,
+    reason: String,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -41,6 +57,7 @@ enum ActionDoc {
     Update,
     Delete,
     Orphaned,
+    Resend,
 }
 
 #[derive(Deserialize)]
@@ -59,12 +76,15 @@ pub fn to_json(plan: &Plan) -> String {
         sdkappid: plan.sdkappid,
         snapshot_serial: plan.snapshot_serial,
         desired_digest: &plan.desired_digest,
+        prune: plan.prune,
         summary: SummaryDoc {
             create: plan.summary.create,
             update: plan.summary.update,
             delete: plan.summary.delete,
             orphaned: plan.summary.orphaned,
             unchanged: plan.summary.unchanged,
+            resend: plan.summary.resend,
+            in_doubt: plan.summary.in_doubt,
         },
         changes: ChangesOut(&plan.changes),
     };
@@ -87,6 +107,7 @@ struct PlanOut<'a> {
     sdkappid: u64,
     snapshot_serial: u64,
     desired_digest: &'a str,
+    prune: bool,
     summary: SummaryDoc,
     changes: ChangesOut<'a>,
 }
@@ -104,10 +125,20 @@ struct ChangeOut<'a>(&'a Change);
 impl Serialize for ChangeOut<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
-        let mut change = serializer.serialize_struct("Change", 3)?;
+        let mut change = serializer.serialize_struct("Change", 4)?;
         change.serialize_field("user", self.0.user.as_str())?;
         change.serialize_field("action", self.0.action.as_str())?;
         change.serialize_field("attrs", &AttrsOut(&self.0.attrs))?;
+        match &self.0.in_doubt {
+            Some(note) => change.serialize_field(
+                "in_doubt",
+                &DoubtOut {
+                    since: note.since,
+                    reason: &note.reason,
+                },
+            )?,
+            None => change.skip_field("in_doubt")?,
+        }
         change.end()
     }
 }
@@ -125,6 +156,12 @@ impl Serialize for AttrsOut<'_> {
             (a.name.as_str(), out)
         }))
     }
+}
+
+#[derive(Serialize)]
+struct DoubtOut<'a> {
+    since: u64,
+    reason: &'a str,
 }
 
 #[derive(Serialize)]
@@ -225,11 +262,16 @@ pub fn from_json(text: &str) -> Result<Plan, PlanFileError> {
             ActionDoc::Update => Action::Update,
             ActionDoc::Delete => Action::Delete,
             ActionDoc::Orphaned => Action::Orphaned,
+            ActionDoc::Resend => Action::Resend,
         };
         changes.push(Change {
             user,
             action,
             attrs,
+            in_doubt: change.in_doubt.map(|d| DoubtNote {
+                since: d.since,
+                reason: d.reason,
+            }),
         });
     }
     let s = doc.summary;
@@ -237,12 +279,15 @@ pub fn from_json(text: &str) -> Result<Plan, PlanFileError> {
         sdkappid: doc.sdkappid,
         snapshot_serial: doc.snapshot_serial,
         desired_digest: doc.desired_digest,
+        prune: doc.prune,
         summary: Summary {
             create: s.create,
             update: s.update,
             delete: s.delete,
             orphaned: s.orphaned,
             unchanged: s.unchanged,
+            resend: s.resend,
+            in_doubt: s.in_doubt,
         },
         changes,
     })
@@ -286,7 +331,8 @@ mod tests {
             .starts_with("sha256:"));
         assert_eq!(
             value["summary"],
-            serde_json::json!({"create": 1, "update": 1, "delete": 1, "orphaned": 0, "unchanged": 0})
+            serde_json::json!({"create": 1, "update": 1, "delete": 1, "orphaned": 0, "unchanged": 0,
+                               "resend": 0, "in_doubt": 0})
         );
         assert_eq!(
             value["changes"],
@@ -303,6 +349,29 @@ mod tests {
     #[test]
     fn round_trips() {
         let plan = sample();
+        assert_eq!(from_json(&to_json(&plan)).unwrap(), plan);
+    }
+
+    #[test]
+    fn users_in_doubt_are_resend_changes_with_the_reason() {
+        let snap = in_doubt(
+            snapshot(9, &[("Mary", &[("city", "NewYork")])]),
+            &[("Mary", &[("city", "Paris")])],
+        );
+        let plan = plan(
+            &desired(&[("Mary", &[("city", "NewYork")])]),
+            &snap,
+            PlanOptions::default(),
+        );
+        let value: serde_json::Value = serde_json::from_str(&to_json(&plan)).unwrap();
+        assert_eq!(
+            value["changes"][0],
+            serde_json::json!({"user": "Mary", "action": "resend",
+                "attrs": {"city": {"before": "NewYork", "after": "NewYork"}},
+                "in_doubt": {"since": 1_700_000_100u64,
+                             "reason": "a write was sent and no answer confirmed it"}})
+        );
+        assert_eq!(value["summary"]["resend"], 1);
         assert_eq!(from_json(&to_json(&plan)).unwrap(), plan);
     }
 

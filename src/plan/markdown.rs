@@ -39,6 +39,13 @@ pub fn render_markdown(plan: &Plan) -> String {
     ] {
         let _ = writeln!(out, "| {label} | {n} |");
     }
+    if s.in_doubt > 0 {
+        let _ = writeln!(
+            out,
+            "| ❓ in doubt ({} re-sent in full) | {} |",
+            s.resend, s.in_doubt
+        );
+    }
     let _ = writeln!(
         out,
         "\n<sub>app `{}` · snapshot serial {} · desired `{}`</sub>",
@@ -54,6 +61,7 @@ pub fn render_markdown(plan: &Plan) -> String {
             Action::Delete => "Deletions",
             Action::Orphaned => "Orphaned users (not deleted: prune is off)",
             Action::Create | Action::Update => "Changes",
+            Action::Resend => "In doubt: re-sent in full (no answer confirmed an earlier write)",
         };
         let mut block = String::new();
         if heading != Some(section) {
@@ -97,6 +105,7 @@ pub fn render_drift_markdown(drift: &[Drift]) -> String {
             user: user.user.clone(),
             action: Action::Update,
             attrs: user.attrs.clone(),
+            in_doubt: None,
         };
         let block = details(&change);
         if out.len() + block.len() + 200 > DRIFT_LIMIT {
@@ -121,7 +130,18 @@ fn details(change: &Change) -> String {
         Action::Update => "~",
         Action::Delete => "-",
         Action::Orphaned => "?",
+        Action::Resend => "!",
     };
+    let doubt = change
+        .in_doubt
+        .as_ref()
+        .map(|note| {
+            format!(
+                " — in doubt: {}",
+                html_escape(&super::text::doubt_text(note))
+            )
+        })
+        .unwrap_or_default();
     let before: String = change
         .attrs
         .iter()
@@ -152,7 +172,7 @@ fn details(change: &Change) -> String {
         body.push_str(op.value());
     }
     format!(
-        "<details><summary><code>{sign} {}</code> ({} attribute{})</summary>\n\n```diff\n{body}```\n</details>\n",
+        "<details><summary><code>{sign} {}</code> ({} attribute{}){doubt}</summary>\n\n```diff\n{body}```\n</details>\n",
         html_escape(change.user.as_str()),
         change.attrs.len(),
         if change.attrs.len() == 1 { "" } else { "s" }

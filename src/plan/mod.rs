@@ -14,9 +14,10 @@ pub use text::{render_drift_text, render_text, TextStyle};
 
 use sha2::{Digest, Sha256};
 
+pub use crate::model::DoubtNote;
 use crate::model::{
-    Action, AttrChange, Attrs, Change, Desired, Drift, Plan, Snapshot, SnapshotEntry, Summary,
-    UserMap,
+    Action, AttrChange, AttrName, Attrs, Change, Desired, Drift, InDoubt, Plan, Snapshot,
+    SnapshotEntry, Summary, UserId, UserMap,
 };
 
 /// Choices that shape a plan beyond desired state and snapshot.
@@ -30,62 +31,60 @@ pub struct PlanOptions {
 
 /// Computes the changes that take the snapshot to the desired state.
 ///
-/// Both inputs are sorted by user id, so this is one merge pass. Changes come out with deletes
+/// All inputs are sorted by user id, so this is one merge pass. Changes come out with deletes
 /// and orphans first, then everything else, each group by user id.
+///
+/// A user in doubt is never compared with its snapshot entry (the server may hold something
+/// else): if it is declared, its full desired state is re-sent; if not, it is deleted with
+/// prune (every attribute it may hold is removed) or reported as orphaned and in doubt.
 pub fn plan(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Plan {
     let mut summary = Summary::default();
     let mut removals = Vec::new();
     let mut others = Vec::new();
-    let mut wanted = desired.iter().peekable();
-    let mut known = snapshot.users.iter().peekable();
-    loop {
-        let order = match (wanted.peek(), known.peek()) {
-            (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some((d, _)), Some((s, _))) => d.cmp(s),
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                let (user, attrs) = wanted.next().expect("peeked");
-                let attrs = diff_attrs(&Attrs::default(), attrs);
+    let empty = Attrs::default();
+    for (user, wanted, entry, doubt) in merge(desired, snapshot) {
+        let recorded = entry.map_or(&empty, |e| &e.attrs);
+        summary.in_doubt += usize::from(doubt.is_some());
+        match (wanted, doubt) {
+            (Some(wanted), None) => {
+                let attrs = diff_attrs(recorded, wanted);
                 if attrs.is_empty() {
-                    // A user declared with no attributes and unknown to the snapshot: nothing
-                    // to send and nothing to record.
+                    // Equal, or declared with no attributes and unknown to the snapshot:
+                    // nothing to send and nothing to record.
                     summary.unchanged += 1;
+                    continue;
+                }
+                let action = if entry.is_some() {
+                    summary.update += 1;
+                    Action::Update
                 } else {
                     summary.create += 1;
-                    others.push(Change {
-                        user: user.clone(),
-                        action: Action::Create,
-                        attrs,
-                    });
-                }
+                    Action::Create
+                };
+                others.push(Change {
+                    user: user.clone(),
+                    action,
+                    attrs,
+                    in_doubt: None,
+                });
             }
-            std::cmp::Ordering::Equal => {
-                let (user, attrs) = wanted.next().expect("peeked");
-                let (_, entry) = known.next().expect("peeked");
-                let attrs = diff_attrs(&entry.attrs, attrs);
-                if attrs.is_empty() {
-                    summary.unchanged += 1;
-                } else {
-                    summary.update += 1;
-                    others.push(Change {
-                        user: user.clone(),
-                        action: Action::Update,
-                        attrs,
-                    });
-                }
+            (Some(wanted), Some(doubt)) => {
+                summary.resend += 1;
+                others.push(Change {
+                    user: user.clone(),
+                    action: Action::Resend,
+                    attrs: resend_attrs(recorded, &doubt.maybe, wanted),
+                    in_doubt: Some(doubt.note.clone()),
+                });
             }
-            std::cmp::Ordering::Greater => {
-                let (user, entry) = known.next().expect("peeked");
+            (None, doubt) => {
                 let (action, attrs) = if options.prune {
                     summary.delete += 1;
-                    (Action::Delete, diff_attrs(&entry.attrs, &Attrs::default()))
+                    let maybe = doubt.map_or(&empty, |d| &d.maybe);
+                    (Action::Delete, resend_attrs(recorded, maybe, &empty))
                 } else {
                     summary.orphaned += 1;
-                    let kept = entry
-                        .attrs
+                    let kept = recorded
                         .iter()
                         .map(|(name, value)| AttrChange {
                             name: name.clone(),
@@ -99,6 +98,7 @@ pub fn plan(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Pla
                     user: user.clone(),
                     action,
                     attrs,
+                    in_doubt: doubt.map(|d| d.note.clone()),
                 });
             }
         }
@@ -108,15 +108,73 @@ pub fn plan(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Pla
         sdkappid: options.sdkappid,
         snapshot_serial: snapshot.serial,
         desired_digest: desired_digest(desired),
+        prune: options.prune,
         summary,
         changes: removals,
     }
 }
 
-/// The users whose `live` attributes differ from the snapshot's, in user-id order.
+/// One user of desired ∪ snapshot ∪ in-doubt: its desired attributes, snapshot entry and doubt.
+type Merged<'a> = (
+    &'a UserId,
+    Option<&'a Attrs>,
+    Option<&'a SnapshotEntry>,
+    Option<&'a InDoubt>,
+);
+
+/// Walks the three sorted maps together, yielding each user once, in user-id order.
+fn merge<'a>(desired: &'a Desired, snapshot: &'a Snapshot) -> impl Iterator<Item = Merged<'a>> {
+    let mut wanted = desired.iter().peekable();
+    let mut known = snapshot.users.iter().peekable();
+    let mut doubts = snapshot.in_doubt.iter().peekable();
+    std::iter::from_fn(move || {
+        let user = [
+            wanted.peek().map(|(u, _)| *u),
+            known.peek().map(|(u, _)| *u),
+            doubts.peek().map(|(u, _)| *u),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        let wanted = wanted.next_if(|(u, _)| *u == user).map(|(_, a)| a);
+        let entry = known.next_if(|(u, _)| *u == user).map(|(_, e)| e);
+        let doubt = doubts.next_if(|(u, _)| *u == user).map(|(_, d)| d);
+        Some((user, wanted, entry, doubt))
+    })
+}
+
+/// The attributes of a re-send (or a delete in doubt): every `wanted` attribute, and the
+/// removal of every attribute the server may hold (`recorded` or `maybe`) that is not wanted.
+/// `before` is the snapshot's last known value, else the unconfirmed one.
+fn resend_attrs(recorded: &Attrs, maybe: &Attrs, wanted: &Attrs) -> Vec<AttrChange> {
+    let mut names: Vec<&AttrName> = recorded
+        .iter()
+        .chain(maybe.iter())
+        .chain(wanted.iter())
+        .map(|(name, _)| name)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| AttrChange {
+            name: name.clone(),
+            before: recorded
+                .get(name.as_str())
+                .or_else(|| maybe.get(name.as_str()))
+                .cloned(),
+            after: wanted.get(name.as_str()).cloned(),
+        })
+        .collect()
+}
+
+/// The users whose `live` attributes differ from the snapshot's, in user-id order: changed
+/// outside attrsync. Users in doubt are left out: attrsync itself may have written what the
+/// server holds, and reading it back resolves the doubt rather than revealing drift.
 pub fn drift(snapshot: &Snapshot, live: &UserMap<Attrs>) -> Vec<Drift> {
     let empty = Attrs::default();
     live.iter()
+        .filter(|(user, _)| snapshot.in_doubt.get(user.as_str()).is_none())
         .filter_map(|(user, now)| {
             let recorded = snapshot
                 .users
@@ -133,28 +191,47 @@ pub fn drift(snapshot: &Snapshot, live: &UserMap<Attrs>) -> Vec<Drift> {
 
 /// A snapshot holding the `live` attributes, to plan against what the server has now.
 ///
-/// It keeps the recorded serial, so a plan saved from it still goes stale when the real
-/// snapshot moves.
+/// Users in `live` get their live attributes and are no longer in doubt; users the server
+/// could not be asked about (absent from `live`) keep their recorded entry and doubt. It keeps
+/// the recorded serial, so a plan saved from it still goes stale when the real snapshot moves.
 pub fn live_snapshot(snapshot: &Snapshot, live: &UserMap<Attrs>) -> Snapshot {
-    let users = live
+    let mut users = Vec::with_capacity(live.len().max(snapshot.users.len()));
+    let mut recorded = snapshot.users.iter().peekable();
+    let mut read = live.iter().peekable();
+    loop {
+        let take_live = match (recorded.peek(), read.peek()) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some((r, _)), Some((l, _))) => l <= r,
+        };
+        if take_live {
+            let (user, attrs) = read.next().expect("peeked");
+            let entry = recorded.next_if(|(r, _)| *r == user).map(|(_, e)| e);
+            if !attrs.is_empty() {
+                let applied_at = entry.map_or(0, |e| e.applied_at);
+                users.push((
+                    user.clone(),
+                    SnapshotEntry {
+                        attrs: attrs.clone(),
+                        applied_at,
+                    },
+                ));
+            }
+        } else {
+            let (user, entry) = recorded.next().expect("peeked");
+            users.push((user.clone(), entry.clone()));
+        }
+    }
+    let in_doubt = snapshot
+        .in_doubt
         .iter()
-        .filter(|(_, attrs)| !attrs.is_empty())
-        .map(|(user, attrs)| {
-            let applied_at = snapshot
-                .users
-                .get(user.as_str())
-                .map_or(0, |e| e.applied_at);
-            (
-                user.clone(),
-                SnapshotEntry {
-                    attrs: attrs.clone(),
-                    applied_at,
-                },
-            )
-        })
+        .filter(|(user, _)| live.get(user.as_str()).is_none())
+        .map(|(user, doubt)| (user.clone(), doubt.clone()))
         .collect();
     Snapshot {
-        users: UserMap::from_sorted(users).expect("live is sorted by user"),
+        users: UserMap::from_sorted(users).expect("a merge of sorted maps is sorted"),
+        in_doubt: UserMap::from_sorted(in_doubt).expect("a filtered sorted map is sorted"),
         serial: snapshot.serial,
     }
 }
@@ -230,6 +307,103 @@ pub fn desired_digest(desired: &Desired) -> String {
     hex
 }
 
+/// Most differing users [`differences`] names; the rest are counted.
+const DIFFERENCES_SHOWN: usize = 5;
+
+/// What differs between a `saved` plan and the plan computed `now` from the same config and
+/// snapshot; empty when they are equal. A saved plan is applied only when this is empty, so a
+/// plan file edited by hand (an added user, a changed value) or made from another state is
+/// refused, naming what differs.
+pub fn differences(saved: &Plan, now: &Plan) -> Vec<String> {
+    let mut found = Vec::new();
+    if saved.sdkappid != now.sdkappid {
+        found.push(format!(
+            "it is for app {}, attrsync.yaml says {}",
+            saved.sdkappid, now.sdkappid
+        ));
+    }
+    if saved.snapshot_serial != now.snapshot_serial {
+        found.push(format!(
+            "the snapshot moved from serial {} to {} (something was applied or imported since)",
+            saved.snapshot_serial, now.snapshot_serial
+        ));
+    }
+    if saved.desired_digest != now.desired_digest {
+        found.push("the config's desired state changed since the plan was made".to_owned());
+    }
+    if saved.prune != now.prune {
+        found.push(format!(
+            "it was made with prune {}, the plan now has prune {}",
+            on_off(saved.prune),
+            on_off(now.prune)
+        ));
+    }
+    let by_user = |plan: &'_ Plan| -> std::collections::BTreeMap<String, Change> {
+        plan.changes
+            .iter()
+            .map(|c| (c.user.as_str().to_owned(), c.clone()))
+            .collect()
+    };
+    let (old, new) = (by_user(saved), by_user(now));
+    let mut users: Vec<String> = Vec::new();
+    for (user, change) in &old {
+        match new.get(user) {
+            None => users.push(format!(
+                "user {user:?} is in the saved plan ({}) but the config and snapshot give no change for it",
+                change.action.as_str()
+            )),
+            Some(fresh) if fresh != change => users.push(format!(
+                "user {user:?} differs: the saved plan has {}, the config and snapshot give {}",
+                describe_change(change),
+                describe_change(fresh)
+            )),
+            Some(_) => {}
+        }
+    }
+    for (user, change) in &new {
+        if !old.contains_key(user) {
+            users.push(format!(
+                "user {user:?} ({}) is missing from the saved plan",
+                change.action.as_str()
+            ));
+        }
+    }
+    if saved.changes.len() != old.len() {
+        found.push("the saved plan names a user twice".to_owned());
+    }
+    if users.is_empty() && found.is_empty() && saved.summary != now.summary {
+        found.push("its summary does not match its changes".to_owned());
+    }
+    let more = users.len().saturating_sub(DIFFERENCES_SHOWN);
+    found.extend(users.into_iter().take(DIFFERENCES_SHOWN));
+    if more > 0 {
+        found.push(format!("and {} more", plural(more, "user")));
+    }
+    found
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// `update {city: "A" → "B"}`, for stale-plan messages.
+fn describe_change(change: &Change) -> String {
+    let value = |v: &Option<crate::model::AttrValue>| {
+        v.as_ref()
+            .map_or_else(|| "-".to_owned(), |v| format!("{:?}", v.as_str()))
+    };
+    let attrs: Vec<String> = change
+        .attrs
+        .iter()
+        .map(|a| format!("{}: {} → {}", a.name, value(&a.before), value(&a.after)))
+        .collect();
+    format!("{} {{{}}}", change.action.as_str(), attrs.join(", "))
+}
+
 /// The deletion guards, checked before anything is applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Guards {
@@ -296,8 +470,13 @@ pub fn check_mass_delete(plan: &Plan, guards: Guards) -> Result<(), GuardError> 
 /// The summary line: `Plan: N to create, N to update, N to delete.` or `No changes.`
 pub fn summary_line(summary: &Summary) -> String {
     if summary.has_writes() {
+        let resend = if summary.resend > 0 {
+            format!(", {} to re-send (in doubt)", summary.resend)
+        } else {
+            String::new()
+        };
         format!(
-            "Plan: {} to create, {} to update, {} to delete.",
+            "Plan: {} to create, {} to update, {} to delete{resend}.",
             summary.create, summary.update, summary.delete
         )
     } else {
@@ -343,7 +522,34 @@ pub(crate) mod testing {
                 .collect(),
         )
         .unwrap();
-        Snapshot { users, serial }
+        Snapshot {
+            users,
+            serial,
+            ..Snapshot::default()
+        }
+    }
+
+    /// `snapshot` with `users` marked in doubt, each possibly holding `maybe`.
+    pub fn in_doubt(mut snapshot: Snapshot, users: &[(&str, &[(&str, &str)])]) -> Snapshot {
+        snapshot.in_doubt = UserMap::from_unsorted(
+            users
+                .iter()
+                .map(|(u, maybe)| {
+                    (
+                        UserId::new(u).unwrap(),
+                        InDoubt {
+                            maybe: attrs(maybe),
+                            note: DoubtNote {
+                                since: 1_700_000_100,
+                                reason: "a write was sent and no answer confirmed it".into(),
+                            },
+                        },
+                    )
+                })
+                .collect(),
+        )
+        .unwrap();
+        snapshot
     }
 
     /// `count` users named `{prefix}{i:05}`, each with the attribute `name: value`.
@@ -376,6 +582,7 @@ pub(crate) mod testing {
         Snapshot {
             users: UserMap::from_sorted(entries).unwrap(),
             serial,
+            ..Snapshot::default()
         }
     }
 }
@@ -449,8 +656,12 @@ mod tests {
             ["update Mary city:NewYork>Boston,sex:_>female,tier:gold>_"]
         );
         let change = &plan.changes[0];
-        let set: Vec<_> = change.to_set().map(|(n, v)| format!("{n}={v}")).collect();
-        assert_eq!(set, ["city=Boston", "sex=female"]);
+        assert!(change.sets());
+        // set_attr carries the full desired set, whatever the server does with it.
+        assert_eq!(
+            change.result(&attrs(&[("city", "NewYork"), ("tier", "gold")])),
+            Some(attrs(&[("city", "Boston"), ("sex", "female")]))
+        );
         assert_eq!(
             change.to_remove().map(|n| n.as_str()).collect::<Vec<_>>(),
             ["tier"]
@@ -520,6 +731,124 @@ mod tests {
             order,
             ["delete:c", "delete:e", "create:a", "create:b", "update:d"]
         );
+    }
+
+    #[test]
+    fn a_removal_only_update_does_not_set() {
+        let plan = plan(
+            &desired(&[("Mary", &[("city", "Boston")])]),
+            &snapshot(3, &[("Mary", &[("city", "Boston"), ("tier", "gold")])]),
+            opts(false),
+        );
+        assert_eq!(brief(&plan), ["update Mary tier:gold>_"]);
+        assert!(!plan.changes[0].sets());
+    }
+
+    #[test]
+    fn a_user_in_doubt_is_resent_whatever_the_snapshot_says() {
+        // The write Boston → Paris got no answer; the YAML was then reverted to Boston.
+        let snap = in_doubt(
+            snapshot(5, &[("Mary", &[("city", "Boston"), ("sex", "f")])]),
+            &[("Mary", &[("city", "Paris"), ("tier", "gold")])],
+        );
+        let plan = plan(
+            &desired(&[("Mary", &[("city", "Boston"), ("sex", "f")])]),
+            &snap,
+            opts(false),
+        );
+        assert_eq!(
+            brief(&plan),
+            ["resend Mary city:Boston>Boston,sex:f>f,tier:gold>_"]
+        );
+        let change = &plan.changes[0];
+        assert!(change.sets());
+        assert_eq!(
+            change.to_remove().map(|n| n.as_str()).collect::<Vec<_>>(),
+            ["tier"]
+        );
+        assert_eq!(
+            change.result(&Attrs::default()),
+            Some(attrs(&[("city", "Boston"), ("sex", "f")]))
+        );
+        assert!(change
+            .in_doubt
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("no answer"));
+        assert_eq!((plan.summary.resend, plan.summary.in_doubt), (1, 1));
+        assert!(plan.summary.has_writes());
+        assert_eq!(
+            summary_line(&plan.summary),
+            "Plan: 0 to create, 0 to update, 0 to delete, 1 to re-send (in doubt)."
+        );
+    }
+
+    #[test]
+    fn an_undeclared_user_in_doubt_is_deleted_with_prune_and_orphaned_without() {
+        let snap = in_doubt(Snapshot::default(), &[("ghost", &[("city", "Rome")])]);
+        let pruned = plan(&Desired::default(), &snap, opts(true));
+        assert_eq!(brief(&pruned), ["delete ghost city:Rome>_"]);
+        assert!(pruned.changes[0].in_doubt.is_some());
+        assert_eq!(pruned.changes[0].result(&Attrs::default()), None);
+        let kept = plan(&Desired::default(), &snap, opts(false));
+        assert_eq!(brief(&kept), ["orphaned ghost "]);
+        assert!(kept.changes[0].in_doubt.is_some());
+        assert!(!kept.summary.has_writes());
+        assert_eq!(kept.summary.in_doubt, 1);
+    }
+
+    #[test]
+    fn live_values_resolve_doubt_but_unread_users_keep_theirs() {
+        let snap = in_doubt(
+            snapshot(2, &[("a", &[("x", "1")]), ("b", &[("x", "1")])]),
+            &[("a", &[("x", "2")]), ("b", &[("x", "2")])],
+        );
+        // `b` could not be read (the server answered it with an error).
+        let live = desired(&[("a", &[("x", "2")])]);
+        assert!(drift(&snap, &live).is_empty(), "doubt is not drift");
+        let based = live_snapshot(&snap, &live);
+        assert_eq!(based.users.get("a").unwrap().attrs, attrs(&[("x", "2")]));
+        assert_eq!(based.users.get("b").unwrap().attrs, attrs(&[("x", "1")]));
+        assert!(based.in_doubt.get("a").is_none());
+        assert!(based.in_doubt.get("b").is_some());
+    }
+
+    #[test]
+    fn a_saved_plan_equals_only_the_plan_it_was() {
+        let want = desired(&[("Mary", &[("city", "Boston")]), ("Bob", &[("x", "1")])]);
+        let snap = snapshot(3, &[("Mary", &[("city", "NewYork")])]);
+        let fresh = plan(&want, &snap, opts(false));
+        assert!(differences(&fresh, &fresh).is_empty());
+        // An added user, and an edited value, in a plan file.
+        let mut edited = fresh.clone();
+        edited.changes.push(Change {
+            user: UserId::new("intruder").unwrap(),
+            action: Action::Create,
+            attrs: vec![AttrChange {
+                name: AttrName::new("x").unwrap(),
+                before: None,
+                after: Some(AttrValue::new("1").unwrap()),
+            }],
+            in_doubt: None,
+        });
+        edited.changes[1].attrs[0].after = Some(AttrValue::new("Paris").unwrap());
+        let found = differences(&edited, &fresh);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].contains("\"Mary\" differs") && found[0].contains("Paris"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].contains("\"intruder\" is in the saved plan"),
+            "{found:?}"
+        );
+        let moved = plan(
+            &want,
+            &snapshot(4, &[("Mary", &[("city", "NewYork")])]),
+            opts(false),
+        );
+        assert!(differences(&fresh, &moved)[0].contains("serial 3 to 4"));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style};
 
-use crate::model::{Action, AttrChange, Drift, Plan};
+use crate::model::{Action, AttrChange, DoubtNote, Drift, Plan};
 
 use super::summary_line;
 
@@ -64,8 +64,8 @@ pub fn render_text(plan: &Plan, style: TextStyle) -> String {
         );
         let _ = writeln!(
             out,
-            "  {} create, {} update, {} delete, {} orphaned, {} unchanged\n",
-            s.create, s.update, s.delete, s.orphaned, s.unchanged
+            "  {} create, {} update, {} delete, {} re-send, {} orphaned, {} unchanged ({} in doubt)\n",
+            s.create, s.update, s.delete, s.resend, s.orphaned, s.unchanged, s.in_doubt
         );
     }
     if s.has_writes() {
@@ -78,6 +78,7 @@ pub fn render_text(plan: &Plan, style: TextStyle) -> String {
             Action::Update => ("~", AnsiColor::Yellow, "will be updated"),
             Action::Delete => ("-", AnsiColor::Red, "will be deleted"),
             Action::Orphaned => ("?", AnsiColor::BrightBlack, "is orphaned"),
+            Action::Resend => ("!", AnsiColor::Magenta, "is in doubt"),
         };
         if change.action == Action::Orphaned && !orphan_note_written {
             out.push_str(
@@ -86,18 +87,53 @@ pub fn render_text(plan: &Plan, style: TextStyle) -> String {
             );
             orphan_note_written = true;
         }
-        let _ = writeln!(
+        let _ = write!(
             out,
             "  {} {} {verb}",
             painter.paint(color(colour), sign),
             painter.paint(Style::new().bold(), change.user.as_str())
         );
+        match (&change.in_doubt, change.action) {
+            (None, _) => out.push('\n'),
+            (Some(note), Action::Resend) => {
+                let _ = writeln!(
+                    out,
+                    ": {}; its full desired state will be re-sent",
+                    doubt_text(note)
+                );
+            }
+            (Some(note), Action::Orphaned) => {
+                let _ = writeln!(
+                    out,
+                    " and in doubt: {}; `attrsync plan --refresh` or `attrsync import` reads \
+                     what the server holds",
+                    doubt_text(note)
+                );
+            }
+            (Some(note), _) => {
+                let _ = writeln!(out, " (in doubt: {})", doubt_text(note));
+            }
+        }
         for attr in &change.attrs {
             out.push_str("      ");
             out.push_str(&attr_line(attr, change.action, &painter));
             out.push('\n');
         }
         out.push('\n');
+    }
+    if s.in_doubt > 0 {
+        let _ = writeln!(
+            out,
+            "{} in doubt: attrsync does not know what the server holds for {}, so {} compared \
+             with the snapshot.",
+            plural(s.in_doubt, "user"),
+            if s.in_doubt == 1 { "it" } else { "them" },
+            if s.in_doubt == 1 {
+                "it is not"
+            } else {
+                "they are not"
+            },
+        );
     }
     if s.orphaned > 0 {
         let _ = writeln!(
@@ -141,12 +177,27 @@ pub fn render_drift_text(drift: &[Drift], style: TextStyle) -> String {
     out
 }
 
+/// `a write was sent and no answer confirmed it (since 2026-11-28T06:00:00Z)`.
+pub(crate) fn doubt_text(note: &DoubtNote) -> String {
+    let since = std::time::UNIX_EPOCH + std::time::Duration::from_secs(note.since);
+    format!(
+        "{} (since {})",
+        note.reason,
+        humantime::format_rfc3339_seconds(since)
+    )
+}
+
 fn attr_line(attr: &AttrChange, action: Action, painter: &Painter) -> String {
     let name = attr.name.as_str();
     match (&attr.before, &attr.after) {
         (Some(before), Some(_)) if action == Action::Orphaned => {
             format!("  {name}: {:?}", before.as_str())
         }
+        (Some(before), Some(after)) if action == Action::Resend && before == after => format!(
+            "{} {name}: {:?}",
+            painter.paint(color(AnsiColor::Magenta), "="),
+            after.as_str()
+        ),
         (Some(before), Some(after)) => format!(
             "{} {name}: {:?} → {:?}",
             painter.paint(color(AnsiColor::Yellow), "~"),
@@ -246,6 +297,38 @@ mod tests {
 
         1 user orphaned (left on the server; prune to remove).
         Plan: 1 to create, 1 to update, 0 to delete.
+        "#);
+    }
+
+    #[test]
+    fn users_in_doubt_say_why() {
+        let snap = in_doubt(
+            snapshot(7, &[("Mary", &[("city", "NewYork"), ("tier", "free")])]),
+            &[
+                ("Mary", &[("city", "Paris")]),
+                ("ghost", &[("city", "Oslo")]),
+            ],
+        );
+        let p = plan(
+            &desired(&[("Mary", &[("city", "NewYork"), ("sex", "f")])]),
+            &snap,
+            PlanOptions::default(),
+        );
+        insta::assert_snapshot!(render_text(&p, TextStyle::Plain), @r#"
+        attrsync will perform the following changes:
+
+        Orphaned users were removed from the config; their attributes stay on the server until you prune (prune: true or --prune):
+
+          ? ghost is orphaned and in doubt: a write was sent and no answer confirmed it (since 2023-11-14T22:15:00Z); `attrsync plan --refresh` or `attrsync import` reads what the server holds
+
+          ! Mary is in doubt: a write was sent and no answer confirmed it (since 2023-11-14T22:15:00Z); its full desired state will be re-sent
+              = city: "NewYork"
+              + sex: "f"
+              - tier: "free"
+
+        2 users in doubt: attrsync does not know what the server holds for them, so they are not compared with the snapshot.
+        1 user orphaned (left on the server; prune to remove).
+        Plan: 0 to create, 0 to update, 0 to delete, 1 to re-send (in doubt).
         "#);
     }
 

@@ -45,6 +45,9 @@ pub struct Metrics {
     pending_changes: Gauge,
     desired_users: Gauge,
     watch_polling: Gauge,
+    drift_users: Counter,
+    drift_scan_progress: Gauge,
+    drift_last_pass: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -129,6 +132,25 @@ impl Metrics {
             "1 when file events are unavailable (inotify limit) and the config directory is polled instead",
             watch_polling.clone(),
         );
+        let drift_users = Counter::default();
+        registry.register(
+            "attrsync_drift_users",
+            "Users whose live attributes differed from the snapshot when the drift scan read them",
+            drift_users.clone(),
+        );
+        let drift_scan_progress = Gauge::default();
+        registry.register(
+            "attrsync_drift_scan_progress",
+            "Users read by the drift scan in its current pass",
+            drift_scan_progress.clone(),
+        );
+        let drift_last_pass = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "attrsync_drift_last_pass_timestamp",
+            "When the drift scan last finished a pass over every managed user, as Unix time",
+            Unit::Seconds,
+            drift_last_pass.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -142,6 +164,9 @@ impl Metrics {
             pending_changes,
             desired_users,
             watch_polling,
+            drift_users,
+            drift_scan_progress,
+            drift_last_pass,
         }
     }
 
@@ -187,6 +212,32 @@ impl Metrics {
     pub(crate) fn planned(&self, desired_users: usize, pending_changes: usize) {
         self.desired_users.set(desired_users as i64);
         self.pending_changes.set(pending_changes as i64);
+    }
+
+    /// Counts users found drifted, and the drift scan's calls.
+    pub(crate) fn drifted(&self, users: usize) {
+        self.drift_users.inc_by(users as u64);
+    }
+
+    /// Counts one drift-scan call's outcome.
+    pub(crate) fn drift_call(&self, outcome: &str) {
+        self.api_calls
+            .get_or_create(&CallLabels {
+                endpoint: "get_attr".to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets how many users the current drift pass has read.
+    pub(crate) fn drift_progress(&self, users: usize) {
+        self.drift_scan_progress.set(users as i64);
+    }
+
+    /// Records the end of a full drift pass.
+    pub(crate) fn drift_pass_done(&self) {
+        self.drift_last_pass.set(unix_now());
+        self.drift_scan_progress.set(0);
     }
 
     /// Records whether the config directory is polled instead of watched.

@@ -10,9 +10,11 @@
 //! returns.
 //!
 //! - [`trigger`]: the file watcher, its filter and the debounce.
+//! - [`drift`]: the rolling scan of live values that finds and heals drift.
 //! - [`metrics`]: the Prometheus registry.
 //! - `server`: the HTTP endpoints.
 
+pub mod drift;
 pub mod metrics;
 mod server;
 pub mod trigger;
@@ -67,6 +69,10 @@ pub struct WatchOptions {
     pub listen: Option<String>,
     /// Plan and log the plan, never apply.
     pub plan_only: bool,
+    /// The share of `rate_limit` the drift scan may use, in percent; 0 turns it off.
+    pub drift_budget: u32,
+    /// Mark drifted users in doubt so the next reconcile repairs them (else only report).
+    pub self_heal: bool,
 }
 
 impl Default for WatchOptions {
@@ -76,6 +82,8 @@ impl Default for WatchOptions {
             debounce: DEFAULT_DEBOUNCE,
             listen: None,
             plan_only: false,
+            drift_budget: drift::DEFAULT_DRIFT_BUDGET,
+            self_heal: true,
         }
     }
 }
@@ -323,11 +331,15 @@ pub async fn run(
         stop,
         store: None,
         link: None,
+        drift: None,
         failures: 0,
         last_diagnostics: None,
         last_logged_plan: None,
     };
     daemon.run_loop(events, hangup, down_rx).await;
+    if let (Some(scan), Some(open)) = (daemon.drift.as_mut(), daemon.store.as_ref()) {
+        scan.save(&open.store);
+    }
     // Release every handle on the snapshot: dropping the last one flushes it and removes
     // holder.json, so a CLI command can open it the moment the process is gone.
     daemon.shared.status().current = None;
@@ -343,6 +355,7 @@ pub async fn run(
 struct OpenStore {
     dir: PathBuf,
     sdkappid: u64,
+    target: Target,
     store: Arc<Store>,
 }
 
@@ -399,6 +412,8 @@ struct Daemon {
     stop: StopSignal,
     store: Option<OpenStore>,
     link: Option<Link>,
+    /// The drift scan, once a reconcile has connected (none with `--plan-only` or budget 0).
+    drift: Option<drift::DriftScan>,
     /// Consecutive failed reconciles.
     failures: u32,
     /// The problems last logged, so that an unchanged invalid config is not logged again at
@@ -439,6 +454,7 @@ impl Daemon {
             // A deadline that is never reached, for the branches that are disabled.
             let never = Instant::now() + Duration::from_secs(365 * 24 * 3600);
             let debounce_at = debounce.deadline();
+            let drift_at = self.drift_due();
             tokio::select! {
                 _ = down.wait_for(|down| *down) => return,
                 Some(signal) = events.recv() => match signal {
@@ -464,6 +480,11 @@ impl Daemon {
                 () = shared.reconcile_now.notified() => next = Some(Trigger::Http),
                 () = sleep_until(resync_at) => next = Some(Trigger::Interval),
                 () = sleep_until(retry_at.unwrap_or(never)), if retry_at.is_some() => next = Some(Trigger::Retry),
+                () = sleep_until(drift_at.unwrap_or(never)), if drift_at.is_some() => {
+                    if self.drift_step().await {
+                        next = Some(Trigger::Drift);
+                    }
+                }
                 () = sleep(ROOT_POLL), if root_lost => {
                     if self.watcher.root_exists() {
                         tracing::info!(dir = %self.root.display(), "the config directory is back");
@@ -471,6 +492,47 @@ impl Daemon {
                         next = Some(Trigger::Files);
                     }
                 }
+            }
+        }
+    }
+
+    /// When the drift scan's next step is due, if it can run now: after a reconcile connected
+    /// and opened the snapshot, and never in `--plan-only` mode.
+    fn drift_due(&mut self) -> Option<Instant> {
+        if self.options.plan_only || self.store.is_none() || self.link.is_none() {
+            return None;
+        }
+        let rate_limit = self.link.as_ref().map_or(1, |l| l.key.rate_limit);
+        let (budget, self_heal) = (self.options.drift_budget, self.options.self_heal);
+        if self.drift.is_none() {
+            self.drift = drift::DriftScan::new(budget, rate_limit, self_heal);
+        }
+        self.drift.as_ref().map(drift::DriftScan::next_at)
+    }
+
+    /// One step of the drift scan; returns whether users were marked in doubt (reconcile now).
+    async fn drift_step(&mut self) -> bool {
+        let (Some(scan), Some(open), Some(link), Some(current)) = (
+            self.drift.as_mut(),
+            self.store.as_ref(),
+            self.link.as_ref(),
+            self.shared.current(),
+        ) else {
+            return false;
+        };
+        match scan
+            .step(
+                &open.store,
+                &link.connection.client,
+                &current.config,
+                &self.shared.metrics,
+            )
+            .await
+        {
+            Ok(step) => step.marked,
+            Err(error) => {
+                tracing::warn!(%error, "the drift scan could not use the snapshot");
+                false
             }
         }
     }
@@ -619,13 +681,17 @@ impl Daemon {
     /// the app changes.
     async fn store_for(&mut self, settings: &Settings) -> Result<Arc<Store>, ReconcileError> {
         if let Some(open) = &self.store {
-            if open.dir == settings.state_dir && open.sdkappid == settings.sdkappid {
+            if open.dir == settings.state_dir
+                && open.sdkappid == settings.sdkappid
+                && open.target == settings.target
+            {
                 return Ok(Arc::clone(&open.store));
             }
-            tracing::info!(dir = %settings.state_dir.display(), "the state directory or the app changed: reopening the snapshot");
+            tracing::info!(dir = %settings.state_dir.display(), "the state directory, the app or the server changed: reopening the snapshot");
         }
         // sled lets one handle at a time open a directory: close the old one first.
         self.store = None;
+        self.drift = None;
         self.shared.status().current = None;
         let dir = settings.state_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| ReconcileError::StateDir {
@@ -633,9 +699,16 @@ impl Daemon {
             source,
         })?;
         let (sdkappid, holder) = (settings.sdkappid, self.holder.clone());
+        let target = settings.target.clone();
         let opened = tokio::task::spawn_blocking({
             let dir = dir.clone();
-            move || Store::open(&dir, sdkappid, &holder)
+            move || {
+                let binding = crate::state::Binding {
+                    sdkappid,
+                    target: &target,
+                };
+                Store::open(&dir, binding, &holder)
+            }
         })
         .await
         .expect("opening the snapshot does not panic")?;
@@ -644,6 +717,7 @@ impl Daemon {
         self.store = Some(OpenStore {
             dir,
             sdkappid,
+            target: settings.target.clone(),
             store: Arc::clone(&store),
         });
         Ok(store)
@@ -659,6 +733,7 @@ impl Daemon {
         if self.link.as_ref().is_none_or(|link| link.key != key) {
             if self.link.take().is_some() {
                 tracing::info!("the server settings in attrsync.yaml changed: reconnecting");
+                self.drift = None;
             }
             let connection = remote::connect(settings)
                 .await
@@ -894,6 +969,7 @@ mod tests {
                     user: format!("u{i}"),
                     code: Some(70107),
                     reason: "not imported".to_owned(),
+                    in_doubt: false,
                 })
                 .collect(),
             ..Report::default()

@@ -43,6 +43,8 @@ pub enum Trigger {
     Hangup,
     /// `POST /reconcile`.
     Http,
+    /// The drift scan found users changed behind attrsync's back and marked them in doubt.
+    Drift,
 }
 
 impl Trigger {
@@ -55,6 +57,7 @@ impl Trigger {
             Trigger::Retry => "retry",
             Trigger::Hangup => "sighup",
             Trigger::Http => "http",
+            Trigger::Drift => "drift",
         }
     }
 }

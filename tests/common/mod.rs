@@ -223,3 +223,35 @@ pub fn run(mut command: Command) -> Output {
         stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
     }
 }
+
+/// The server [`SETTINGS`] point at: snapshots opened by tests must record it.
+pub const TARGET: attrsync::model::Target =
+    attrsync::model::Target::Region(attrsync::model::Region::Singapore);
+
+/// Opens the snapshot at `dir` for the app and server of [`SETTINGS`].
+pub fn open_store(dir: &Path, holder: &attrsync::state::Holder) -> attrsync::state::Store {
+    attrsync::state::Store::open(
+        dir,
+        attrsync::state::Binding {
+            sdkappid: SDKAPPID,
+            target: &TARGET,
+        },
+        holder,
+    )
+    .expect("open the snapshot")
+}
+
+/// Records `writes` in `store` as one commit, as if the server had accepted them.
+pub fn record(
+    store: &attrsync::state::Store,
+    writes: &[(attrsync::model::UserId, Option<attrsync::model::Attrs>)],
+    applied_at: u64,
+) -> u64 {
+    store
+        .commit(&attrsync::state::Commit {
+            record: writes.to_vec(),
+            applied_at,
+            ..attrsync::state::Commit::default()
+        })
+        .expect("commit to the snapshot")
+}
