@@ -22,12 +22,40 @@ use crate::model::{
 };
 use crate::state::{self, Commit, Store};
 
-/// Attempts per call for transient and rate-limited failures, the first included.
-pub const MAX_ATTEMPTS: u32 = 8;
-/// The first backoff's upper bound; each retry doubles it.
-pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
-/// No backoff waits longer than this.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How calls are retried: exponential backoff with full jitter, bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per call for transient and rate-limited failures, the first included.
+    pub max_attempts: u32,
+    /// The first backoff's upper bound; each retry doubles it.
+    pub base: Duration,
+    /// No backoff waits longer than this.
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 8 attempts, 250 ms doubling up to 30 s: about a minute of trying before a call is given
+    /// up, enough to ride out a server's short hiccup without hanging a CI job.
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (1-based): a random duration in
+    /// `[0, min(cap, base × 2^(attempt-1))]`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.cap);
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
 /// Batches in flight at once. The rate limiter, not this, bounds calls per second; it only has
 /// to cover the latency: 100 calls/s × 50 ms needs 5 in flight, 16 leaves room for slow answers.
 pub const IN_FLIGHT: usize = 16;
@@ -43,6 +71,8 @@ pub struct ApplyOptions {
     pub batch_size: usize,
     /// Batches in flight.
     pub in_flight: usize,
+    /// How failed calls are retried.
+    pub retry: RetryPolicy,
 }
 
 /// Stops an apply between batches (SIGINT, SIGTERM, daemon shutdown).
@@ -203,6 +233,7 @@ pub async fn execute(
     let queue: Mutex<VecDeque<&[Item<'_>]>> = Mutex::new(items.chunks(batch_size).collect());
     let shared = Shared {
         client,
+        retry: options.retry,
         store,
         stop,
         report: Mutex::new(Report::default()),
@@ -258,6 +289,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 struct Shared<'a> {
     client: &'a Client,
+    retry: RetryPolicy,
     store: &'a Arc<Store>,
     stop: &'a StopSignal,
     report: Mutex<Report>,
@@ -356,9 +388,9 @@ pub enum GaveUp {
     /// Retrying cannot help and no other call can succeed: the run must stop.
     #[error("{0}")]
     Fatal(ApiError),
-    /// Still failing after [`MAX_ATTEMPTS`]: this call fails, the run goes on.
-    #[error("{0}; gave up after {MAX_ATTEMPTS} attempts: check the network and that the endpoint or region is right, then run again")]
-    Exhausted(ApiError),
+    /// Still failing after the policy's last attempt: this call fails, the run goes on.
+    #[error("{0}; gave up after {1} attempts: check the network and that the endpoint or region is right, then run again")]
+    Exhausted(ApiError, u32),
     /// The server refused this call for good (an undocumented code): the run goes on.
     #[error("{0}")]
     Refused(ApiError),
@@ -381,11 +413,12 @@ pub struct CallFailure {
     pub maybe_applied: bool,
 }
 
-/// Runs one call with the retry policy: exponential backoff with full jitter for transient and
-/// rate-limited failures (at most [`MAX_ATTEMPTS`] attempts), one re-sign for an expired
-/// UserSig, none for other errors. `send` makes one attempt (the client's limiter paces it).
+/// Runs one call with `policy`: exponential backoff with full jitter for transient and
+/// rate-limited failures, one re-sign for an expired UserSig, none for other errors. `send`
+/// makes one attempt (the client's limiter paces it).
 pub async fn with_retries<T, F, Fut>(
     client: &Client,
+    policy: &RetryPolicy,
     stop: &StopSignal,
     stats: &CallStats,
     mut send: F,
@@ -429,11 +462,11 @@ where
             };
             return Err(fail(gave_up, maybe_applied));
         }
-        if attempt >= MAX_ATTEMPTS {
+        if attempt >= policy.max_attempts {
             tracing::warn!(attempts = attempt, %error, "giving up on a call");
-            return Err(fail(GaveUp::Exhausted(error), maybe_applied));
+            return Err(fail(GaveUp::Exhausted(error, attempt), maybe_applied));
         }
-        let delay = backoff(attempt);
+        let delay = policy.backoff(attempt);
         tracing::info!(
             attempt,
             delay_ms = delay.as_millis() as u64,
@@ -572,7 +605,7 @@ impl Shared<'_> {
                             error
                         }
                         GaveUp::InvalidAttribute(error)
-                        | GaveUp::Exhausted(error)
+                        | GaveUp::Exhausted(error, _)
                         | GaveUp::Refused(error) => error,
                     };
                     settled.extend(part.iter().map(|item| {
@@ -612,7 +645,7 @@ impl Shared<'_> {
             .collect();
         let mut refused: Vec<FailedUser> = Vec::new();
         if !sets.is_empty() {
-            let outcome = with_retries(self.client, self.stop, &self.stats, || {
+            let outcome = with_retries(self.client, &self.retry, self.stop, &self.stats, || {
                 counted(&self.stats, Endpoint::SetAttr, self.client.set_attr(&sets))
             })
             .await?;
@@ -645,7 +678,7 @@ impl Shared<'_> {
         }
         let mut fatal = None;
         if !removes.is_empty() {
-            let result = with_retries(self.client, self.stop, &self.stats, || {
+            let result = with_retries(self.client, &self.retry, self.stop, &self.stats, || {
                 counted(
                     &self.stats,
                     Endpoint::RemoveAttr,
@@ -679,7 +712,7 @@ impl Shared<'_> {
                             fatal = Some(error.clone());
                             Some(error)
                         }
-                        GaveUp::Exhausted(error)
+                        GaveUp::Exhausted(error, _)
                         | GaveUp::Refused(error)
                         | GaveUp::InvalidAttribute(error) => Some(error),
                     };
@@ -740,7 +773,15 @@ impl Shared<'_> {
                             Action::Delete | Action::Orphaned => report.deleted += 1,
                         },
                         Settled::Failed(failed) => report.failed.push(failed),
-                        Settled::NotSent { .. } => report.skipped += 1,
+                        Settled::NotSent { in_doubt: false } => report.skipped += 1,
+                        // Stopped while retrying a write that may have been applied.
+                        Settled::NotSent { in_doubt: true } => report.failed.push(FailedUser {
+                            user: item.user().as_str().to_owned(),
+                            code: None,
+                            reason: "stopped before an answer confirmed or refused its write"
+                                .to_owned(),
+                            in_doubt: true,
+                        }),
                     }
                 }
             }
@@ -828,6 +869,7 @@ pub async fn read_live(
     client: &Client,
     users: &[UserId],
     attributes: &[AttrName],
+    retry: &RetryPolicy,
     stop: &StopSignal,
     stats: &CallStats,
 ) -> Result<Live, CallFailure> {
@@ -846,7 +888,7 @@ pub async fn read_live(
                 break;
             };
             let accounts: Vec<String> = chunk.iter().map(|u| u.as_str().to_owned()).collect();
-            let outcome = match with_retries(client, stop, stats, || {
+            let outcome = match with_retries(client, retry, stop, stats, || {
                 counted(stats, Endpoint::GetAttr, client.get_attr(&accounts))
             })
             .await
@@ -910,30 +952,24 @@ pub async fn read_live(
     })
 }
 
-/// Exponential backoff with full jitter: a random wait in `[0, min(cap, base × 2^(attempt-1))]`.
-pub fn backoff(attempt: u32) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(BACKOFF_CAP);
-    ceiling.mul_f64(fastrand::f64())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backoff_is_bounded_and_grows() {
+        let policy = RetryPolicy::default();
         for attempt in 1..=20 {
-            let ceiling = BACKOFF_BASE
+            let ceiling = policy
+                .base
                 .saturating_mul(1 << (attempt - 1).min(16))
-                .min(BACKOFF_CAP);
+                .min(policy.cap);
             for _ in 0..50 {
-                assert!(backoff(attempt) <= ceiling);
+                assert!(policy.backoff(attempt) <= ceiling);
             }
         }
         assert!(
-            BACKOFF_BASE * (1 << (MAX_ATTEMPTS - 1)) >= BACKOFF_CAP,
+            policy.base * (1 << (policy.max_attempts - 1)) >= policy.cap,
             "the cap is reachable within the attempts"
         );
     }

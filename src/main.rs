@@ -163,6 +163,10 @@ enum Command {
         /// Only report drift (log and attrsync_drift_users_total); do not repair it.
         #[arg(long)]
         no_self_heal: bool,
+        /// Start a drift pass at most this often; a change made behind attrsync's back is
+        /// found within this period plus one pass.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = attrsync::watch::parse_duration)]
+        drift_pass_every: std::time::Duration,
     },
     /// Run the local Tencent Cloud IM stand-in (for tests and demos).
     Emulator(attrsync::emulator::EmulatorArgs),
@@ -290,12 +294,10 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
             } else if report.calls > 0 || !report.succeeded() {
                 print!("{}", remote::render_report(&report));
             }
-            // A signal that came after the apply finished interrupted nothing.
-            Ok(match signal.received() {
-                Some(code) if report.interrupted => ExitCode::from(code),
-                _ if report.succeeded() => ExitCode::SUCCESS,
-                _ => ExitCode::FAILURE,
-            })
+            Ok(ExitCode::from(interrupts::exit_code(
+                signal.received(),
+                &report,
+            )))
         }
         Command::Import { users } => print_ok(runtime()?.block_on(remote::import(ctx, &users))?),
         Command::Attributes(AttributesCommand::Push { auto_approve }) => {
@@ -315,6 +317,7 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
             plan_only,
             drift_budget,
             no_self_heal,
+            drift_pass_every,
         } => {
             let options = attrsync::watch::WatchOptions {
                 interval,
@@ -323,6 +326,7 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
                 plan_only,
                 drift_budget,
                 self_heal: !no_self_heal,
+                drift_pass_every,
             };
             runtime()?.block_on(async {
                 let shutdown = attrsync::watch::shutdown_signal()?;

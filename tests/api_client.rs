@@ -1,6 +1,8 @@
 //! The client against the emulator over real HTTP on 127.0.0.1: every endpoint round-trips and
 //! every error class is produced by the emulator and classified by the client.
 
+mod common;
+
 use attrsync::api::{
     ApiError, AttrSlot, Client, ClientConfig, Endpoint, SecretKey, UserAttrNames, UserAttrs,
     UserError,
@@ -480,4 +482,175 @@ async fn client_configs_out_of_range_are_refused() {
         ..config
     })
     .is_err());
+}
+
+mod strict_answers {
+    //! Answers the emulator never gives, from a purpose-built server: each is classified, and
+    //! says whether the server may have applied the call.
+
+    use super::*;
+
+    use crate::common::Canned;
+
+    fn client_to(canned: &Canned) -> Client {
+        Client::new(ClientConfig::new(
+            canned.url(),
+            SDKAPPID,
+            "administrator",
+            SecretKey::new(DEMO_SECRET_KEY),
+        ))
+        .unwrap()
+    }
+
+    async fn set_attr_answered(response: Vec<u8>) -> Result<attrsync::api::BatchOutcome, ApiError> {
+        let canned = Canned::start(move |_| response.clone());
+        client_to(&canned)
+            .set_attr(&[user("Mary", &[("sex", "female")])])
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_body_without_the_envelope_is_not_success() {
+        let err = set_attr_answered(Canned::json("{}")).await.unwrap_err();
+        assert!(matches!(err, ApiError::UnexpectedResponse { .. }), "{err}");
+        assert!(err.may_have_applied() && !err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "set_attr: the endpoint did not answer like Tencent Cloud IM: it has no ActionStatus: HTTP 200 OK, \
+             content type application/json, body starts: `{}`; check that the endpoint or region points to the IM REST API"
+        );
+        let html = Canned::response(
+            "200 OK",
+            &[("Content-Type", "text/html")],
+            b"<html>Sign in to the Wi-Fi</html>",
+        );
+        let err = set_attr_answered(html).await.unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "content type text/html, body starts: `<html>Sign in to the Wi-Fi</html>`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_names_its_location_and_is_not_followed() {
+        let canned = Canned::start(|_| {
+            Canned::response(
+                "302 Found",
+                &[("Location", "http://portal.invalid/landing")],
+                b"",
+            )
+        });
+        let err = client_to(&canned)
+            .set_attr(&[user("Mary", &[("sex", "female")])])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("redirecting to http://portal.invalid/landing"),
+            "{err}"
+        );
+        assert_eq!(
+            canned.seen().len(),
+            1,
+            "one request, no second one to the redirect"
+        );
+    }
+
+    #[tokio::test]
+    async fn http_429_is_a_rate_limit_and_408_is_transient() {
+        let err = set_attr_answered(Canned::response("429 Too Many Requests", &[], b""))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ApiError::RateLimited { code: None, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("(HTTP 429 Too Many Requests)"),
+            "{err}"
+        );
+        assert!(!err.may_have_applied());
+        let err = set_attr_answered(Canned::response("408 Request Timeout", &[], b""))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ApiError::Transient { .. }) && err.is_retryable(),
+            "{err}"
+        );
+        assert!(err.may_have_applied());
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_bound_is_not_read_whole() {
+        let big = vec![b' '; attrsync::api::MAX_RESPONSE_BYTES + 1];
+        let err = set_attr_answered(Canned::response("200 OK", &[], &big))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("with a body over 4194304 bytes"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn odd_field_types_are_tolerated_where_the_meaning_is_clear() {
+        // A string ErrorCode, a null ErrorInfo, an ErrorList entry without a code.
+        let outcome = set_attr_answered(Canned::json(
+            r#"{"ActionStatus":"OK","ErrorCode":"0","ErrorInfo":null,"ErrorList":[{"To_Account":"Mary"}]}"#,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(outcome.errors[0].account, "Mary");
+        assert_eq!(outcome.errors[0].code, None);
+        // A negative code: the call failed, with a code the docs do not list; the run goes on.
+        let err = set_attr_answered(Canned::json(
+            r#"{"ActionStatus":"FAIL","ErrorCode":-1,"ErrorInfo":null}"#,
+        ))
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ApiError::Refused { code: -1, .. }), "{err}");
+        assert!(!err.stops_run() && !err.may_have_applied());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_endpoint_that_echoes_the_request_leaks_no_usersig() {
+        // A server that echoes the request line (with the UserSig in its query) in its body.
+        let canned = Canned::start(|request| {
+            Canned::response(
+                "404 Not Found",
+                &[("Content-Type", "text/plain")],
+                request.target.as_bytes(),
+            )
+        });
+        let err = client_to(&canned)
+            .set_attr(&[user("Mary", &[("sex", "female")])])
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        let target = &canned.seen()[0].target;
+        let usersig = target
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("usersig="))
+            .unwrap();
+        assert!(!text.contains(usersig), "{text}");
+        assert!(text.contains("HTTP 404 Not Found"), "{text}");
+        assert!(!err.may_have_applied(), "a 4xx did not pass the call on");
+    }
+
+    #[tokio::test]
+    async fn get_attr_never_reads_an_unanswered_user_as_having_none() {
+        let canned = Canned::start(|_| {
+            Canned::json(
+                r#"{"ActionStatus":"OK","ErrorCode":0,"UserAttrs":[{"To_Account":"a","Attrs":{"sex":"f"}}]}"#,
+            )
+        });
+        let read = client_to(&canned)
+            .get_attr(&["a".to_owned(), "b".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(read.attrs.len(), 1);
+        assert_eq!(read.errors[0].account, "b");
+    }
 }

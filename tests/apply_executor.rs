@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
-use attrsync::api::{Client, ClientConfig, SecretKey};
+use attrsync::api::{Client, ClientConfig, Endpoint, SecretKey};
 use attrsync::apply::{self, ApplyOptions, StopSignal};
-use attrsync::emulator::{Clock, Emulator, EmulatorConfig, RunningEmulator, DEMO_SECRET_KEY};
+use attrsync::emulator::{
+    Clock, Emulator, EmulatorConfig, FailMode, Faults, RunningEmulator, DEMO_SECRET_KEY,
+};
 use attrsync::model::{Attrs, Desired, Snapshot, Target, UserId, UserMap};
 use attrsync::plan::{self, PlanOptions};
 use attrsync::state::{Binding, Holder, Store};
@@ -49,6 +51,7 @@ fn options() -> ApplyOptions {
     ApplyOptions {
         batch_size: 100,
         in_flight: 4,
+        retry: apply::RetryPolicy::default(),
     }
 }
 
@@ -138,8 +141,8 @@ async fn an_expired_usersig_is_renewed_once_then_the_run_stops() {
         &client(&server),
         &store,
         ApplyOptions {
-            batch_size: 100,
             in_flight: 1,
+            ..options()
         },
         &StopSignal::new(),
         &|_| {},
@@ -194,4 +197,142 @@ async fn a_stop_before_the_start_sends_nothing() {
     assert_eq!((report.calls, report.skipped, report.applied()), (0, 10, 0));
     assert!(report.interrupted);
     assert_eq!(server.state().calls["set_attr"].total, 0);
+}
+
+/// Retries in milliseconds, not seconds: the policy is what these tests exercise.
+fn quick_retries() -> ApplyOptions {
+    ApplyOptions {
+        retry: apply::RetryPolicy {
+            max_attempts: 3,
+            base: std::time::Duration::from_millis(1),
+            cap: std::time::Duration::from_millis(4),
+        },
+        ..options()
+    }
+}
+
+fn mary(city: &str) -> Desired {
+    desired(&[("Mary".to_owned(), vec![("sex", "female"), ("city", city)])])
+}
+
+/// Applies `desired` over what `store` holds; returns the report.
+async fn apply_to(
+    server: &RunningEmulator,
+    store: &Arc<Store>,
+    desired: &Desired,
+    options: ApplyOptions,
+) -> apply::Report {
+    let snapshot = store.load().unwrap();
+    let plan = plan::plan(
+        desired,
+        &snapshot,
+        PlanOptions {
+            sdkappid: 1_400_000_000,
+            prune: false,
+        },
+    );
+    apply::execute(
+        &plan,
+        &snapshot,
+        &client(server),
+        store,
+        options,
+        &StopSignal::new(),
+        &|_| {},
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_with_no_definitive_answer_stay_in_doubt() {
+    // Dropped connections (applied, no answer) and 91000 (the server's "internal error,
+    // retry") both leave the outcome unknown once the retries run out.
+    for mode in [FailMode::Drop, FailMode::InternalError] {
+        let server = emulator(EmulatorConfig {
+            attributes: vec!["sex".into(), "city".into()],
+            ..EmulatorConfig::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open_store(dir.path()));
+        assert!(apply_to(&server, &store, &mary("Paris"), quick_retries())
+            .await
+            .succeeded());
+        server.set_faults(Faults {
+            rate: 1.0,
+            mode,
+            endpoints: vec![Endpoint::SetAttr],
+        });
+        let report = apply_to(&server, &store, &mary("Rome"), quick_retries()).await;
+        assert_eq!(report.failed.len(), 1, "{mode:?}: {report:?}");
+        assert!(report.failed[0].in_doubt, "{mode:?}");
+        let snapshot = store.load().unwrap();
+        assert_eq!(
+            snapshot
+                .users
+                .get("Mary")
+                .unwrap()
+                .attrs
+                .get("city")
+                .unwrap()
+                .as_str(),
+            "Paris",
+            "the snapshot keeps what was confirmed"
+        );
+        let doubt = snapshot.in_doubt.get("Mary").expect("Mary is in doubt");
+        assert_eq!(doubt.maybe.get("city").unwrap().as_str(), "Rome");
+
+        // The next run re-sends her full desired state, even after a revert to Paris.
+        server.set_faults(Faults::default());
+        let report = apply_to(&server, &store, &mary("Paris"), quick_retries()).await;
+        assert!(report.succeeded(), "{report:?}");
+        assert_eq!(report.updated, 1);
+        assert_eq!(server.state().users["Mary"]["city"], "Paris");
+        assert!(store.load().unwrap().in_doubt.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_prove_nothing_was_applied_clear_the_doubt() {
+    // 70107 in an ErrorList: the server says it did nothing for that user.
+    let server = emulator(EmulatorConfig {
+        attributes: vec!["sex".into(), "city".into()],
+        unknown_users: vec!["ghost".into()],
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open_store(dir.path()));
+    let ghost = desired(&[("ghost".to_owned(), vec![("sex", "male")])]);
+    let report = apply_to(&server, &store, &ghost, quick_retries()).await;
+    assert_eq!(report.failed.len(), 1);
+    assert!(!report.failed[0].in_doubt);
+    assert!(store.load().unwrap().in_doubt.is_empty());
+
+    // Nothing listening: the request never left this machine.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let nowhere = Client::new(ClientConfig::new(
+        url,
+        1_400_000_000,
+        "administrator",
+        SecretKey::new(DEMO_SECRET_KEY),
+    ))
+    .unwrap();
+    let snapshot = store.load().unwrap();
+    let plan = plan::plan(&mary("Oslo"), &snapshot, PlanOptions::default());
+    let report = apply::execute(
+        &plan,
+        &snapshot,
+        &nowhere,
+        &store,
+        quick_retries(),
+        &StopSignal::new(),
+        &|_| {},
+    )
+    .await;
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(!report.failed[0].in_doubt, "{report:?}");
+    assert!(store.load().unwrap().in_doubt.is_empty());
 }

@@ -7,10 +7,19 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use attrsync::api::Endpoint;
 use attrsync::emulator::{
-    Emulator, EmulatorConfig, FailMode, RunningEmulator, StateReport, DEMO_SECRET_KEY,
+    Emulator, EmulatorConfig, FailMode, Faults, RunningEmulator, SetAttrMode, StateReport,
+    DEMO_SECRET_KEY,
 };
 use common::{Output, Repo};
+
+thread_local! {
+    /// What `set_attr` does on the servers this test thread starts: every scenario runs once
+    /// with the emulator merging (the default) and once replacing (module `replace_mode`),
+    /// since the documentation does not say which the real server does.
+    static SET_ATTR: std::cell::Cell<SetAttrMode> = const { std::cell::Cell::new(SetAttrMode::Merge) };
+}
 
 /// An emulator running in this test process, on its own runtime.
 struct Server {
@@ -19,7 +28,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(config: EmulatorConfig) -> Server {
+    fn start(mut config: EmulatorConfig) -> Server {
+        config.set_attr = SET_ATTR.with(std::cell::Cell::get);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -56,6 +66,38 @@ impl Server {
     /// Calls of `endpoint` so far.
     fn calls(&self, endpoint: &str) -> u64 {
         self.state().calls.get(endpoint).map_or(0, |c| c.total)
+    }
+
+    fn set_faults(&self, faults: Faults) {
+        self.emulator.as_ref().unwrap().set_faults(faults);
+    }
+
+    /// Every `endpoint` call is answered with `mode`, from now on.
+    fn fail_every(&self, endpoint: Endpoint, mode: FailMode) {
+        self.set_faults(Faults {
+            rate: 1.0,
+            mode,
+            endpoints: vec![endpoint],
+        });
+    }
+
+    /// Waits (polling, with a deadline) until the server holds `value` for `user`.`name`.
+    #[track_caller]
+    fn wait_for(&self, user: &str, name: &str, value: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self
+            .users()
+            .get(user)
+            .and_then(|a| a.get(name))
+            .map(String::as_str)
+            != Some(value)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the server never held {user}.{name} = {value}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -94,14 +136,18 @@ fn apply(repo: &Repo, extra: &[&str]) -> Output {
     run(repo, &args)
 }
 
-/// The snapshot, as `state export` writes it: user → attributes.
+/// The snapshot, as `state export` writes it: user → recorded attributes (users only in doubt,
+/// with nothing recorded, are left out; [`in_doubt`] lists them).
 fn snapshot(repo: &Repo) -> BTreeMap<String, BTreeMap<String, String>> {
     let out = run(repo, &["state", "export"]);
     out.success();
     out.stdout
         .lines()
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|value| {
+            value.get("in_doubt").is_none() || !value["attrs"].as_object().unwrap().is_empty()
+        })
+        .map(|value| {
             let attrs = value["attrs"]
                 .as_object()
                 .unwrap()
@@ -109,6 +155,23 @@ fn snapshot(repo: &Repo) -> BTreeMap<String, BTreeMap<String, String>> {
                 .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
                 .collect();
             (value["user"].as_str().unwrap().to_owned(), attrs)
+        })
+        .collect()
+}
+
+/// The users `state export` shows in doubt, with the attributes the server may hold.
+fn in_doubt(repo: &Repo) -> BTreeMap<String, serde_json::Value> {
+    let out = run(repo, &["state", "export"]);
+    out.success();
+    out.stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|value| value.get("in_doubt").is_some())
+        .map(|value| {
+            (
+                value["user"].as_str().unwrap().to_owned(),
+                value["in_doubt"]["maybe"].clone(),
+            )
         })
         .collect()
 }
@@ -645,4 +708,421 @@ fn kill_9_mid_apply_then_apply_again_converges() {
     );
     assert_eq!(snapshot(&repo), server.users());
     assert_eq!(server.users().len(), 400);
+}
+
+/// Runs `attrsync apply --auto-approve` in the background.
+fn spawn_apply(repo: &Repo) -> std::process::Child {
+    let mut command: Command = repo.command(&["apply", "--auto-approve"]);
+    command
+        .env("TIM_SECRET_KEY", DEMO_SECRET_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command.spawn().unwrap()
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+const MARY_NEW_YORK: &str = "users:\n  Mary: {sex: female, city: NewYork}\n";
+const MARY_BOSTON: &str = "users:\n  Mary: {sex: female, city: Boston}\n";
+
+/// After a write whose answer never came, the user is in doubt: reverting the YAML must still
+/// send the old value back, since the server may hold the new one.
+#[track_caller]
+fn assert_in_doubt_then_healed(repo: &Repo, server: &Server) {
+    assert_eq!(in_doubt(repo)["Mary"]["city"], "Boston");
+    assert_eq!(
+        snapshot(repo)["Mary"]["city"],
+        "NewYork",
+        "the snapshot still records only what was confirmed"
+    );
+    server.set_faults(Faults::default());
+    repo.write("users/a.yaml", MARY_NEW_YORK);
+    let plan = run(repo, &["plan"]);
+    plan.success();
+    assert!(
+        plan.stdout
+            .contains("! Mary is in doubt: a write was sent and no answer confirmed or refused it"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("Plan: 0 to create, 0 to update, 0 to delete, 1 to re-send (in doubt)."),
+        "{}",
+        plan.stdout
+    );
+    let json = run(repo, &["plan", "--format", "json"]).json();
+    assert_eq!(json["changes"][0]["action"], "resend");
+    assert!(json["changes"][0]["in_doubt"]["reason"].is_string());
+    let markdown = run(repo, &["plan", "--format", "markdown"]).stdout;
+    assert!(markdown.contains("in doubt"), "{markdown}");
+
+    apply(repo, &[]).success();
+    assert_eq!(
+        server.users()["Mary"],
+        attrs(&[("sex", "female"), ("city", "NewYork")])
+    );
+    assert!(in_doubt(repo).is_empty());
+    assert_eq!(snapshot(repo), server.users());
+    assert!(run(repo, &["plan"]).stdout.contains("No changes."));
+}
+
+#[test]
+fn a_write_whose_answer_was_lost_is_in_doubt_and_a_revert_still_heals_it() {
+    let server = Server::default();
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY_NEW_YORK)]);
+    apply(&repo, &[]).success();
+    // The server applies every set_attr, then closes the connection without an answer.
+    server.fail_every(Endpoint::SetAttr, FailMode::Drop);
+    repo.write("users/a.yaml", MARY_BOSTON);
+    let child = spawn_apply(&repo);
+    server.wait_for("Mary", "city", "Boston");
+    // Interrupted while it retries the write it never heard back about.
+    signal(&child, "-INT");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("[in doubt:"), "{stdout}");
+    assert_in_doubt_then_healed(&repo, &server);
+}
+
+#[test]
+fn kill_9_while_a_write_is_in_flight_leaves_it_in_doubt() {
+    let server = Server::start(EmulatorConfig {
+        attributes: vec!["sex".into(), "city".into(), "tier".into()],
+        latency: Duration::from_secs(1),
+        ..EmulatorConfig::default()
+    });
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY_NEW_YORK)]);
+    apply(&repo, &[]).success();
+    repo.write("users/a.yaml", MARY_BOSTON);
+    let mut child = spawn_apply(&repo);
+    // The server applies the write at once and answers a second later: kill before that.
+    server.wait_for("Mary", "city", "Boston");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_in_doubt_then_healed(&repo, &server);
+}
+
+#[test]
+fn an_answer_that_is_not_tencent_ims_records_nothing() {
+    // get_attr_name answers like the server; set_attr gets a captive portal's `{}`.
+    let canned = common::Canned::start(|request| {
+        if request.target.contains("get_attr_name") {
+            common::Canned::json(
+                r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","AttrNames":{"0":"sex","1":"city","2":"tier"}}"#,
+            )
+        } else {
+            common::Canned::json("{}")
+        }
+    });
+    let repo = Repo::new(&[(
+        "attrsync.yaml",
+        &format!("sdkappid: 1400000000\nidentifier: administrator\nendpoint: {}\nattributes: [sex, city, tier]\n", canned.url()),
+    )]);
+    repo.write("users/a.yaml", MARY);
+    let out = apply(&repo, &[]);
+    out.expect_code(1);
+    assert!(
+        out.stdout.contains(
+            "Apply finished with errors: 0 created, 0 updated, 0 deleted, 2 failed (2 in doubt)."
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("the endpoint did not answer like Tencent Cloud IM: it has no ActionStatus: HTTP 200 OK, content type application/json, body starts: `{}`"),
+        "{}",
+        out.stdout
+    );
+    assert!(snapshot(&repo).is_empty(), "nothing is recorded as applied");
+    assert_eq!(
+        in_doubt(&repo).len(),
+        2,
+        "whatever answered may have passed the write on"
+    );
+}
+
+#[test]
+fn a_redirect_is_never_followed() {
+    let canned = common::Canned::start(|request| {
+        if request.method == "POST" {
+            common::Canned::response("302 Found", &[("Location", "/landing")], b"")
+        } else {
+            common::Canned::json("{}")
+        }
+    });
+    let repo = Repo::new(&[(
+        "attrsync.yaml",
+        &format!("sdkappid: 1400000000\nidentifier: administrator\nendpoint: {}\nattributes: [sex, city, tier]\n", canned.url()),
+    )]);
+    repo.write("users/a.yaml", MARY);
+    let out = apply(&repo, &[]);
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains("HTTP 302 Found, redirecting to /landing; attrsync never follows redirects"),
+        "{}",
+        out.stderr
+    );
+    let seen = canned.seen();
+    assert!(
+        seen.iter()
+            .all(|r| r.method == "POST" && !r.target.contains("landing")),
+        "{seen:?}"
+    );
+    assert!(snapshot(&repo).is_empty());
+}
+
+#[test]
+fn a_snapshot_of_another_server_is_refused_until_imported() {
+    let first = Server::default();
+    let second = Server::default();
+    let repo = config_repo(&first, "", &[("users/a.yaml", MARY)]);
+    apply(&repo, &[]).success();
+    repo.write(
+        "attrsync.yaml",
+        repo.read("attrsync.yaml")
+            .replace(&first.url(), &second.url()),
+    );
+    let out = run(&repo, &["plan"]);
+    out.expect_code(1);
+    for needle in [first.url(), second.url(), "attrsync import".to_owned()] {
+        assert!(out.stderr.contains(&needle), "{needle}: {}", out.stderr);
+    }
+    assert_eq!(second.calls("set_attr"), 0);
+    // Adopting the new server replaces what the snapshot knew about the old one.
+    let import = run(&repo, &["import"]);
+    import.success();
+    assert!(
+        import.stdout.contains("it now records"),
+        "{}",
+        import.stdout
+    );
+    let plan = run(&repo, &["plan"]);
+    assert!(
+        plan.stdout
+            .contains("Plan: 2 to create, 0 to update, 0 to delete."),
+        "{}",
+        plan.stdout
+    );
+    apply(&repo, &[]).success();
+    assert_eq!(second.users(), first.users());
+}
+
+#[test]
+fn a_hand_edited_saved_plan_is_refused() {
+    let server = Server::default();
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    apply(&repo, &[]).success();
+    repo.write("users/a.yaml", MARY.replace("gold", "platinum"));
+    run(&repo, &["plan", "--out", "plan.json"]).success();
+    let calls = server.calls("set_attr");
+    let mut plan: serde_json::Value = serde_json::from_str(&repo.read("plan.json")).unwrap();
+    plan["changes"][0]["attrs"]["tier"]["after"] = "diamond".into();
+    plan["changes"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"user": "intruder", "action": "create",
+            "attrs": {"tier": {"before": null, "after": "gold"}}}));
+    repo.write("plan.json", plan.to_string());
+    let out = run(&repo, &["apply", "plan.json"]);
+    out.expect_code(1);
+    for needle in [
+        "the saved plan is stale or was edited",
+        "user \"Mary\" differs",
+        "\"diamond\"",
+        "user \"intruder\" is in the saved plan",
+        "nothing was applied",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
+    }
+    assert_eq!(server.calls("set_attr"), calls);
+    assert_eq!(server.users()["Mary"]["tier"], "gold");
+}
+
+#[test]
+fn attributes_push_keeps_every_registered_slots_account_type() {
+    use attrsync::api::{AttrSlot, Client, ClientConfig, SecretKey};
+    let server = Server::start(EmulatorConfig::default());
+    let client = Client::new(ClientConfig::new(
+        server.url(),
+        1_400_000_000,
+        "administrator",
+        SecretKey::new(DEMO_SECRET_KEY),
+    ))
+    .unwrap();
+    let registration = BTreeMap::from([(
+        0,
+        AttrSlot {
+            name: "sex".into(),
+            account_type: 1,
+        },
+    )]);
+    server
+        .runtime
+        .block_on(client.set_attr_name(&registration))
+        .unwrap();
+    let repo = config_repo(&server, "", &[("users/a.yaml", "users: {}\n")]);
+    let out = run(&repo, &["attributes", "push", "--auto-approve"]);
+    out.success();
+    let slots = server.runtime.block_on(client.get_attr_name()).unwrap();
+    assert_eq!(
+        slots[&0].account_type, 1,
+        "the RegistrationID slot kept its type"
+    );
+    assert_eq!(
+        slots.values().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["sex", "city", "tier"]
+    );
+}
+
+#[test]
+fn users_the_server_cannot_read_are_left_as_they_were() {
+    let server = Server::start(EmulatorConfig {
+        attributes: vec!["sex".into(), "city".into(), "tier".into()],
+        unknown_users: vec!["ghost".into()],
+        ..EmulatorConfig::default()
+    });
+    let repo = config_repo(
+        &server,
+        "",
+        &[(
+            "users/a.yaml",
+            "users:\n  Mary: {city: Rome}\n  ghost: {city: Oslo}\n",
+        )],
+    );
+    repo.write(
+        "seed.jsonl",
+        "{\"user\":\"ghost\",\"attrs\":{\"city\":\"Oslo\"}}\n",
+    );
+    run(&repo, &["state", "import", "seed.jsonl"]).success();
+    let import = run(&repo, &["import"]);
+    import.success();
+    assert!(
+        import
+            .stdout
+            .contains("1 user could not be read and is left as it was:\n  - ghost: error 70107"),
+        "{}",
+        import.stdout
+    );
+    assert_eq!(snapshot(&repo)["ghost"], attrs(&[("city", "Oslo")]));
+    let refresh = run(&repo, &["plan", "--refresh"]);
+    refresh.success();
+    assert!(
+        refresh.stdout.contains("nothing changed outside attrsync"),
+        "ghost is not drift: {}",
+        refresh.stdout
+    );
+    assert!(
+        refresh
+            .stderr
+            .contains("could not read ghost from the server (error 70107"),
+        "{}",
+        refresh.stderr
+    );
+}
+
+#[test]
+fn a_snapshot_put_back_from_an_older_copy_is_refused() {
+    let server = Server::default();
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    apply(&repo, &[]).success();
+    let copy = tempfile::tempdir().unwrap();
+    for name in ["conf", "db"] {
+        std::fs::copy(repo.path("state").join(name), copy.path().join(name)).unwrap();
+    }
+    repo.write("users/a.yaml", MARY.replace("gold", "platinum"));
+    apply(&repo, &[]).success();
+    for name in ["conf", "db"] {
+        std::fs::copy(copy.path().join(name), repo.path("state").join(name)).unwrap();
+    }
+    // The old copy says Mary is gold; the server holds platinum: no plan may say so.
+    let out = run(&repo, &["plan"]);
+    out.expect_code(1);
+    assert!(out.stderr.contains("went back in time"), "{}", out.stderr);
+    assert!(out.stderr.contains("attrsync import"), "{}", out.stderr);
+    assert_eq!(run(&repo, &["state", "export"]).code, 1);
+}
+
+#[test]
+fn a_state_directory_removed_during_an_apply_stops_it() {
+    let server = Server::default();
+    let repo = slow_repo(&server);
+    let child = start_slow_apply(&repo, &server, 2);
+    std::fs::remove_dir_all(repo.path("state")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("was removed or replaced while attrsync was using it"),
+        "{stdout}"
+    );
+    assert!(
+        server.calls("set_attr") < 40,
+        "it stopped dispatching: {} calls",
+        server.calls("set_attr")
+    );
+}
+
+#[test]
+fn an_update_sends_the_full_desired_set() {
+    let server = Server::default();
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    apply(&repo, &[]).success();
+    repo.write("users/a.yaml", MARY.replace("gold", "platinum"));
+    apply(&repo, &[]).success();
+    // Whether set_attr merges or replaces (this test runs under both), the unchanged
+    // attributes are still there.
+    assert_eq!(
+        server.users()["Mary"],
+        attrs(&[("sex", "female"), ("city", "NewYork"), ("tier", "platinum")])
+    );
+    let log = server.state().log;
+    let last = log
+        .iter()
+        .rev()
+        .find(|call| call.endpoint == "set_attr")
+        .unwrap();
+    assert_eq!(last.accounts, 1, "one user, in one call");
+}
+
+/// Every scenario again, with an emulator whose `set_attr` replaces a user's attributes.
+mod replace_mode {
+    use super::*;
+
+    macro_rules! replace_mode {
+        ($($scenario:ident),* $(,)?) => {$(
+            #[test]
+            fn $scenario() {
+                SET_ATTR.with(|mode| mode.set(SetAttrMode::Replace));
+                super::$scenario();
+            }
+        )*};
+    }
+
+    replace_mode!(
+        first_apply_creates_everyone_and_the_second_sends_nothing,
+        one_edited_attribute_is_one_call_carrying_one_user,
+        a_removed_attribute_is_sent_with_remove_attr,
+        a_removed_user_is_orphaned_then_pruned,
+        a_mass_delete_is_refused_unless_allowed,
+        an_emptied_config_is_refused_unless_allowed,
+        twenty_percent_faults_converge,
+        users_in_the_error_list_are_reported_and_not_recorded,
+        a_saved_plan_is_applied_exactly_and_refused_once_stale,
+        import_seeds_the_snapshot_from_the_server,
+        kill_9_mid_apply_then_apply_again_converges,
+        a_write_whose_answer_was_lost_is_in_doubt_and_a_revert_still_heals_it,
+        kill_9_while_a_write_is_in_flight_leaves_it_in_doubt,
+        an_update_sends_the_full_desired_set,
+    );
 }

@@ -264,3 +264,99 @@ fn sigterm_during_a_long_apply_exits_0_with_a_consistent_snapshot() {
     again.signal("TERM");
     assert!(again.wait_exit().0.success());
 }
+
+/// Sets `city` of `users` on the emulator directly, as another tool would, behind the daemon's
+/// back.
+fn change_behind_its_back(emulator: &Emulator, users: &[String], city: &str) {
+    use attrsync::api::{Client, ClientConfig, SecretKey, UserAttrs};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = Client::new(ClientConfig::new(
+        format!("http://{}", emulator.addr),
+        1_400_000_000,
+        "administrator",
+        SecretKey::new(attrsync::emulator::DEMO_SECRET_KEY),
+    ))
+    .unwrap();
+    let changes: Vec<UserAttrs> = users
+        .iter()
+        .map(|user| UserAttrs {
+            account: user.clone(),
+            attrs: [("city".to_owned(), city.to_owned())].into(),
+        })
+        .collect();
+    let outcome = runtime.block_on(client.set_attr(&changes)).unwrap();
+    assert!(outcome.is_complete());
+}
+
+/// `count` users `u000…` living in Rome, in one file.
+fn rome(count: usize) -> String {
+    let mut text = String::from("users:\n");
+    for i in 0..count {
+        text.push_str(&format!("  u{i:03}: {{city: Rome}}\n"));
+    }
+    text
+}
+
+fn metric(daemon: &Daemon, name: &str) -> f64 {
+    let (_, _, body) = daemon.http("GET", "/metrics");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not in /metrics:\n{body}"))
+}
+
+#[test]
+fn users_changed_behind_its_back_are_found_and_repaired() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    repo.write("people.yaml", &rome(300));
+    let daemon = Daemon::start(&repo, &["--drift-pass-every", "200ms"]);
+    wait_until("every user is created", || emulator.set_attr_ok().1 == 300);
+    let changed: Vec<String> = (0..5).map(|i| format!("u{:03}", i * 60)).collect();
+    change_behind_its_back(&emulator, &changed, "Paris");
+    wait_until("the drifted users are back in Rome", || {
+        changed
+            .iter()
+            .all(|user| emulator.user(user) == attrs(&[("city", "Rome")]))
+    });
+    assert!(metric(&daemon, "attrsync_drift_users_total") >= 5.0);
+    let lines = daemon.lines();
+    for user in &changed {
+        assert!(
+            lines.iter().any(|l| l["user"] == user.as_str()
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("drift:"))),
+            "{user}: {}",
+            daemon.log()
+        );
+    }
+    assert!(
+        daemon.reconciles().iter().any(|r| r["trigger"] == "drift"),
+        "{}",
+        daemon.log()
+    );
+    assert!(metric(&daemon, "attrsync_drift_last_pass_timestamp_seconds") > 0.0);
+}
+
+#[test]
+fn with_no_self_heal_drift_is_only_reported() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    repo.write("people.yaml", &rome(20));
+    let daemon = Daemon::start(&repo, &["--drift-pass-every", "200ms", "--no-self-heal"]);
+    wait_until("every user is created", || emulator.set_attr_ok().1 == 20);
+    change_behind_its_back(&emulator, &["u007".to_owned()], "Paris");
+    wait_until("the drift is counted", || {
+        metric(&daemon, "attrsync_drift_users_total") >= 1.0
+    });
+    assert_eq!(emulator.user("u007"), attrs(&[("city", "Paris")]));
+    assert_eq!(
+        emulator.set_attr_ok().1,
+        21,
+        "nothing was re-sent: 20 created, 1 changed by the test"
+    );
+}

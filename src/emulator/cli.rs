@@ -5,7 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Emulator, EmulatorConfig, FailMode, SetAttrMode, DEFAULT_SDKAPPID, DEMO_SECRET_KEY};
-use crate::api::SecretKey;
+use crate::api::{Endpoint, SecretKey};
+
+fn parse_endpoint(name: &str) -> Result<Endpoint, String> {
+    Endpoint::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Endpoint::ALL.iter().map(|e| e.name()).collect();
+        format!("unknown endpoint {name:?}; use {}", names.join(", "))
+    })
+}
 
 /// Command-line arguments of `attrsync emulator`.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,6 +45,10 @@ pub struct EmulatorArgs {
     /// The fault to inject.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = FailMode::Mixed)]
     pub fail_mode: FailMode,
+    /// Inject faults only into these endpoints (comma-separated, e.g. set_attr,remove_attr);
+    /// by default into every endpoint.
+    #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',', value_parser = parse_endpoint)]
+    pub fail_endpoints: Vec<Endpoint>,
     /// What set_attr does with attributes it does not name: keep them (merge) or drop them
     /// (replace). The documentation does not say; attrsync is right under both.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = SetAttrMode::Merge)]
@@ -72,6 +83,7 @@ pub async fn run_from_cli(args: EmulatorArgs) -> anyhow::Result<()> {
         latency: Duration::from_millis(args.latency),
         fail_rate: args.fail_rate,
         fail_mode: args.fail_mode,
+        fail_endpoints: args.fail_endpoints,
         set_attr: args.set_attr,
         seed: args.seed,
         data_dir: args.data,

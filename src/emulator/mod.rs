@@ -71,7 +71,7 @@ pub use service::{MAX_ATTR_SLOTS, MAX_VALUE_BYTES, STATE_PATH};
 pub use stats::{CallCounts, CallRecord, StateReport, LOG_CAPACITY};
 pub use store::StoreError;
 
-use crate::api::SecretKey;
+use crate::api::{Endpoint, SecretKey};
 use service::{Mutable, Settings, Shared};
 use stats::Stats;
 use store::{AttrSlot, Change, Store};
@@ -113,6 +113,17 @@ pub enum SetAttrMode {
     Merge,
     /// The given attributes become the user's whole attribute set.
     Replace,
+}
+
+/// Fault injection: which calls get which fault.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Faults {
+    /// Probability (0.0..=1.0) that an admitted call gets a fault.
+    pub rate: f64,
+    /// Which fault.
+    pub mode: FailMode,
+    /// The endpoints faults are injected into; empty means every endpoint.
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// The emulator's notion of "now" for UserSig expiry.
@@ -162,6 +173,8 @@ pub struct EmulatorConfig {
     pub fail_rate: f64,
     /// Which fault.
     pub fail_mode: FailMode,
+    /// The endpoints faults are injected into; empty means every endpoint.
+    pub fail_endpoints: Vec<Endpoint>,
     /// Whether `set_attr` merges or replaces.
     pub set_attr: SetAttrMode,
     /// Seed of the fault-injection RNG.
@@ -183,6 +196,7 @@ impl Default for EmulatorConfig {
             latency: Duration::ZERO,
             fail_rate: 0.0,
             fail_mode: FailMode::default(),
+            fail_endpoints: Vec::new(),
             set_attr: SetAttrMode::default(),
             seed: 0,
             data_dir: None,
@@ -243,8 +257,6 @@ impl Emulator {
             unknown_users: config.unknown_users.into_iter().collect(),
             rate_limit: config.rate_limit,
             latency: config.latency,
-            fail_rate: config.fail_rate,
-            fail_mode: config.fail_mode,
             set_attr: config.set_attr,
             clock: config.clock,
         };
@@ -255,6 +267,11 @@ impl Emulator {
                 mutable: Mutex::new(Mutable {
                     rng: fastrand::Rng::with_seed(config.seed),
                     stats: Stats::new(),
+                    faults: Faults {
+                        rate: config.fail_rate,
+                        mode: config.fail_mode,
+                        endpoints: config.fail_endpoints,
+                    },
                 }),
             }),
         })
@@ -349,6 +366,11 @@ impl RunningEmulator {
     /// The same document as `GET /_emulator/state`, without HTTP.
     pub fn state(&self) -> StateReport {
         self.shared.report()
+    }
+
+    /// Changes fault injection from now on (tests turn faults on for one step of a scenario).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.set_faults(faults);
     }
 
     /// Stops accepting connections, lets calls in flight finish, and flushes the data.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::stats::{Outcome, Record, StateReport, Stats};
 use super::store::{AttrSlot, Change, Data, Store};
-use super::{Clock, FailMode, SetAttrMode};
+use super::{Clock, FailMode, Faults, SetAttrMode};
 use crate::api::usersig::{self, VerifyError};
 use crate::api::wire::{
     GetAttrRequest, RemoveAttrRequest, Response as ApiResponse, SetAttrNameRequest, SetAttrRequest,
@@ -42,8 +42,6 @@ pub struct Settings {
     pub unknown_users: BTreeSet<String>,
     pub rate_limit: u32,
     pub latency: std::time::Duration,
-    pub fail_rate: f64,
-    pub fail_mode: FailMode,
     pub set_attr: SetAttrMode,
     pub clock: Clock,
 }
@@ -61,6 +59,7 @@ pub struct Shared {
 pub struct Mutable {
     pub rng: fastrand::Rng,
     pub stats: Stats,
+    pub faults: Faults,
 }
 
 /// Returned instead of a response when fault injection drops the connection.
@@ -131,6 +130,11 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Replaces the fault-injection settings.
+    pub fn set_faults(&self, faults: Faults) {
+        self.lock().faults = faults;
+    }
+
     /// The state document of `GET /_emulator/state`.
     pub fn report(&self) -> StateReport {
         let (calls, log) = self.lock().stats.report();
@@ -176,8 +180,9 @@ pub async fn handle(
             .admit(endpoint, arrived, shared.settings.rate_limit);
         // Only admitted calls draw from the RNG, so a seeded run repeats as long as the same
         // calls are admitted in the same order.
+        let Mutable { rng, faults, .. } = &mut *mutable;
         let fault = admitted
-            .then(|| choose_fault(&mut mutable.rng, &shared.settings))
+            .then(|| choose_fault(rng, faults, endpoint))
             .flatten();
         (admitted, fault)
     };
@@ -261,11 +266,14 @@ fn record(
     shared.lock().stats.record(endpoint, arrived, record);
 }
 
-fn choose_fault(rng: &mut fastrand::Rng, settings: &Settings) -> Option<Fault> {
-    if settings.fail_rate <= 0.0 || rng.f64() >= settings.fail_rate {
+fn choose_fault(rng: &mut fastrand::Rng, faults: &Faults, endpoint: Endpoint) -> Option<Fault> {
+    if faults.rate <= 0.0
+        || !(faults.endpoints.is_empty() || faults.endpoints.contains(&endpoint))
+        || rng.f64() >= faults.rate
+    {
         return None;
     }
-    Some(match settings.fail_mode {
+    Some(match faults.mode {
         FailMode::InternalError => Fault::InternalError,
         FailMode::BadGateway => Fault::BadGateway,
         FailMode::Drop => Fault::Drop,

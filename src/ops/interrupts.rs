@@ -27,6 +27,16 @@ pub const EXIT_SIGINT: u8 = 130;
 /// Exit code after SIGTERM.
 pub const EXIT_SIGTERM: u8 = 143;
 
+/// The exit code of an apply: 130/143 when a signal interrupted it, else 0 when every user was
+/// applied and 1 otherwise. A signal that arrived after the apply finished interrupted nothing.
+pub fn exit_code(signal: Option<u8>, report: &crate::apply::Report) -> u8 {
+    match signal {
+        Some(code) if report.interrupted => code,
+        _ if report.succeeded() => 0,
+        _ => 1,
+    }
+}
+
 /// Starts listening (must run inside a tokio runtime); `stop` fires on the first signal.
 pub fn listen(stop: StopSignal) -> Received {
     let received = Received::default();
@@ -57,4 +67,24 @@ pub fn listen(stop: StopSignal) -> Received {
         }
     });
     received
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::Report;
+
+    #[test]
+    fn a_signal_after_the_apply_finished_does_not_change_its_exit_code() {
+        let finished = Report::default();
+        assert_eq!(exit_code(Some(EXIT_SIGINT), &finished), 0);
+        let interrupted = Report {
+            interrupted: true,
+            skipped: 3,
+            ..Report::default()
+        };
+        assert_eq!(exit_code(Some(EXIT_SIGINT), &interrupted), 130);
+        assert_eq!(exit_code(Some(EXIT_SIGTERM), &interrupted), 143);
+        assert_eq!(exit_code(None, &interrupted), 1);
+    }
 }

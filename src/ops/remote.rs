@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 
 use crate::api::{AttrSlot, Client, ClientConfig, SecretKey};
-use crate::apply::{self, ApplyOptions, CallStats, FailedUser, Progress, Report, StopSignal};
+use crate::apply::{
+    self, ApplyOptions, CallStats, FailedUser, Progress, Report, RetryPolicy, StopSignal,
+};
 use crate::config::{Config, Settings, Target};
 use crate::emulator::{Emulator, EmulatorConfig, RunningEmulator, DEMO_SECRET_KEY};
 use crate::model::{AttrName, Attrs, Drift, Snapshot, UserId, UserMap};
@@ -92,9 +94,14 @@ pub async fn connect(settings: &Settings) -> Result<Connection> {
 /// Checks that every configured attribute name is registered on the app (`get_attr_name`).
 pub async fn preflight(connection: &Connection, settings: &Settings) -> Result<()> {
     let stop = StopSignal::new();
-    let registered = apply::with_retries(&connection.client, &stop, &CallStats::default(), || {
-        connection.client.get_attr_name()
-    })
+    let retry = RetryPolicy::default();
+    let registered = apply::with_retries(
+        &connection.client,
+        &retry,
+        &stop,
+        &CallStats::default(),
+        || connection.client.get_attr_name(),
+    )
     .await
     .map_err(|e| {
         anyhow::anyhow!(
@@ -241,6 +248,7 @@ pub async fn apply(
     let options = ApplyOptions {
         batch_size: settings.batch_size,
         in_flight: apply::IN_FLIGHT,
+        retry: RetryPolicy::default(),
     };
     let total = plan.changes.iter().filter(|c| c.action.writes()).count();
     let progress = ProgressLine::new(total);
@@ -345,12 +353,18 @@ pub fn render_report(report: &Report) -> String {
     } else {
         "Apply finished with errors"
     };
+    let in_doubt = report.in_doubt();
     out.push_str(&format!(
-        "{verdict}: {} created, {} updated, {} deleted, {} failed{}.\n",
+        "{verdict}: {} created, {} updated, {} deleted, {} failed{}{}.\n",
         report.created,
         report.updated,
         report.deleted,
         report.failed.len(),
+        if in_doubt > 0 {
+            format!(" ({in_doubt} in doubt)")
+        } else {
+            String::new()
+        },
         if report.skipped > 0 {
             format!(", {} not attempted", report.skipped)
         } else {
@@ -417,6 +431,7 @@ pub async fn refresh(config: &Config, snapshot: &Snapshot) -> Result<Refreshed> 
         &connection.client,
         &users,
         &config.settings.attributes,
+        &RetryPolicy::default(),
         &StopSignal::new(),
         &stats,
     )
@@ -478,6 +493,7 @@ pub async fn import(ctx: &Context, users: &[String]) -> Result<String> {
         &connection.client,
         &users,
         &settings.attributes,
+        &RetryPolicy::default(),
         &StopSignal::new(),
         &stats,
     )
@@ -521,10 +537,13 @@ pub async fn import(ctx: &Context, users: &[String]) -> Result<String> {
     ));
     if !live.errors.is_empty() {
         out.push_str(&format!(
-            "{} could not be read and {} left as {} were:\n",
+            "{} could not be read and {}:\n",
             plan::plural(live.errors.len(), "user"),
-            if live.errors.len() == 1 { "is" } else { "are" },
-            if live.errors.len() == 1 { "it" } else { "they" },
+            if live.errors.len() == 1 {
+                "is left as it was"
+            } else {
+                "are left as they were"
+            },
         ));
         for failed in &live.errors {
             out.push_str(&format!(
@@ -544,7 +563,8 @@ pub async fn attributes_push(ctx: &Context, auto_approve: bool) -> Result<String
     let connection = connect(settings).await?;
     let stop = StopSignal::new();
     let stats = CallStats::default();
-    let registered = apply::with_retries(&connection.client, &stop, &stats, || {
+    let retry = RetryPolicy::default();
+    let registered = apply::with_retries(&connection.client, &retry, &stop, &stats, || {
         connection.client.get_attr_name()
     })
     .await
@@ -602,7 +622,7 @@ pub async fn attributes_push(ctx: &Context, auto_approve: bool) -> Result<String
     // set (`docs/api.md`).
     let mut full = registered.clone();
     full.extend(additions.clone());
-    apply::with_retries(&connection.client, &stop, &stats, || {
+    apply::with_retries(&connection.client, &retry, &stop, &stats, || {
         connection.client.set_attr_name(&full)
     })
     .await

@@ -22,9 +22,10 @@ use super::Metrics;
 
 /// `--drift-budget`: the share of `rate_limit` the scan may use, in percent.
 pub const DEFAULT_DRIFT_BUDGET: u32 = 10;
-/// A new pass starts at most this long after the previous one started, so that a small app is
-/// not read again and again while nothing changes.
-pub const MIN_PASS_PERIOD: Duration = Duration::from_secs(30);
+/// `--drift-pass-every`: a new pass starts at most this long after the previous one started,
+/// so that a small app is not read again and again while nothing changes. A change made behind
+/// attrsync's back is found within this period plus one pass.
+pub const DEFAULT_PASS_EVERY: Duration = Duration::from_secs(30);
 /// After a failed read, the scan waits this long before trying again.
 const AFTER_FAILURE: Duration = Duration::from_secs(10);
 /// How often the scan's position is saved, so a restart resumes near where it stopped.
@@ -40,6 +41,8 @@ pub struct DriftScan {
     self_heal: bool,
     /// Time between two calls at the budget.
     spacing: Duration,
+    /// Least time from the start of one pass to the start of the next.
+    pass_every: Duration,
     /// The last user read; `None` starts a pass; not loaded from the store yet when outer `None`.
     cursor: Option<Option<String>>,
     pass_started: Option<Instant>,
@@ -61,7 +64,12 @@ pub struct StepOutcome {
 impl DriftScan {
     /// A scan using `budget_percent` of `rate_limit` calls per second; `None` when the budget
     /// is 0 (the scan is off).
-    pub fn new(budget_percent: u32, rate_limit: u32, self_heal: bool) -> Option<Self> {
+    pub fn new(
+        budget_percent: u32,
+        rate_limit: u32,
+        self_heal: bool,
+        pass_every: Duration,
+    ) -> Option<Self> {
         if budget_percent == 0 {
             return None;
         }
@@ -71,6 +79,7 @@ impl DriftScan {
         Some(Self {
             self_heal,
             spacing: Duration::from_secs_f64(1.0 / calls_per_second),
+            pass_every,
             cursor: None,
             pass_started: None,
             scanned: 0,
@@ -229,7 +238,7 @@ impl DriftScan {
         self.save(store);
         self.cursor_saved = now;
         let started = self.pass_started.take().unwrap_or(now);
-        self.next_at = (started + MIN_PASS_PERIOD).max(now + self.spacing);
+        self.next_at = (started + self.pass_every).max(now + self.spacing);
     }
 }
 
@@ -239,10 +248,11 @@ mod tests {
 
     #[test]
     fn the_budget_sets_the_pace() {
-        let scan = DriftScan::new(10, 100, true).unwrap();
+        let every = DEFAULT_PASS_EVERY;
+        let scan = DriftScan::new(10, 100, true, every).unwrap();
         assert_eq!(scan.spacing, Duration::from_millis(100));
-        let scan = DriftScan::new(100, 50, true).unwrap();
+        let scan = DriftScan::new(100, 50, true, every).unwrap();
         assert_eq!(scan.spacing, Duration::from_millis(20));
-        assert!(DriftScan::new(0, 100, true).is_none());
+        assert!(DriftScan::new(0, 100, true, every).is_none());
     }
 }

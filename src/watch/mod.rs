@@ -73,6 +73,8 @@ pub struct WatchOptions {
     pub drift_budget: u32,
     /// Mark drifted users in doubt so the next reconcile repairs them (else only report).
     pub self_heal: bool,
+    /// A drift pass starts at most this often (a pass over many users takes longer anyway).
+    pub drift_pass_every: Duration,
 }
 
 impl Default for WatchOptions {
@@ -84,6 +86,7 @@ impl Default for WatchOptions {
             plan_only: false,
             drift_budget: drift::DEFAULT_DRIFT_BUDGET,
             self_heal: true,
+            drift_pass_every: drift::DEFAULT_PASS_EVERY,
         }
     }
 }
@@ -503,9 +506,13 @@ impl Daemon {
             return None;
         }
         let rate_limit = self.link.as_ref().map_or(1, |l| l.key.rate_limit);
-        let (budget, self_heal) = (self.options.drift_budget, self.options.self_heal);
         if self.drift.is_none() {
-            self.drift = drift::DriftScan::new(budget, rate_limit, self_heal);
+            self.drift = drift::DriftScan::new(
+                self.options.drift_budget,
+                rate_limit,
+                self.options.self_heal,
+                self.options.drift_pass_every,
+            );
         }
         self.drift.as_ref().map(drift::DriftScan::next_at)
     }
@@ -612,7 +619,7 @@ impl Daemon {
         .await
         .expect("planning does not panic");
         let (snapshot, plan) = planned?;
-        let writes = plan.summary.create + plan.summary.update + plan.summary.delete;
+        let writes = plan.summary.writes();
         pass.summary = Some(plan.summary);
         self.shared.metrics.planned(config.desired.len(), writes);
 
@@ -630,6 +637,7 @@ impl Daemon {
         let options = ApplyOptions {
             batch_size: settings.batch_size,
             in_flight: apply::IN_FLIGHT,
+            retry: apply::RetryPolicy::default(),
         };
         let progress = ProgressLog::new();
         let report = apply::execute(
@@ -806,6 +814,7 @@ impl Daemon {
                     create = summary.map(|s| s.create as u64),
                     update = summary.map(|s| s.update as u64),
                     delete = summary.map(|s| s.delete as u64),
+                    resend = summary.map(|s| s.resend as u64),
                     orphaned = summary.map(|s| s.orphaned as u64),
                     unchanged = summary.map(|s| s.unchanged as u64),
                     applied,

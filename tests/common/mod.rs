@@ -255,3 +255,117 @@ pub fn record(
         })
         .expect("commit to the snapshot")
 }
+
+/// A request as [`Canned`] saw it.
+#[derive(Clone, Debug)]
+pub struct SeenRequest {
+    /// `POST`, `GET`, …
+    pub method: String,
+    /// The path and query.
+    pub target: String,
+    /// The body.
+    pub body: String,
+}
+
+/// A purpose-built HTTP server on loopback that answers every request with what `answer`
+/// returns (a whole HTTP/1.1 response), for the answers the emulator never gives: a captive
+/// portal's `{}`, redirects, 429, oversized bodies, odd field types.
+pub struct Canned {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<SeenRequest>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Canned {
+    /// Starts the server; `answer` gets each request and returns the raw response.
+    pub fn start(answer: impl Fn(&SeenRequest) -> Vec<u8> + Send + 'static) -> Canned {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen_in, stop_in) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop_in.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() || line.is_empty() {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or_default().to_owned();
+                let target = parts.next().unwrap_or_default().to_owned();
+                let mut length = 0;
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = header.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = std::io::Read::read_exact(&mut reader, &mut body);
+                let request = SeenRequest {
+                    method,
+                    target,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                };
+                let response = answer(&request);
+                seen_in.lock().unwrap().push(request);
+                let _ = stream.write_all(&response);
+                let _ = stream.flush();
+            }
+        });
+        Canned { addr, seen, stop }
+    }
+
+    /// A `200 OK` response with a JSON body.
+    pub fn json(body: &str) -> Vec<u8> {
+        Self::response(
+            "200 OK",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    /// A whole response: status line, headers, body, `Connection: close`.
+    pub fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The requests answered so far.
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Canned {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so the thread sees the flag and ends.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
