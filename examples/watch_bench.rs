@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release --bin attrsync --example watch_bench
-//! target/release/examples/watch_bench [--users 100000] [--files 10] [--edits 20] [--idle-secs 60]
+//! target/release/examples/watch_bench [--users 100000] [--files 10] [--edits 20] [--idle-secs 60] [--drift-users 20]
 //! ```
 //!
 //! Starts `attrsync emulator` and `attrsync watch --debounce 300ms` (the release binary next to
@@ -12,7 +12,11 @@
 //!   rename, as git does) and times until the emulator answers `get_attr` with the new value,
 //!   `--edits` times, one edit at a time; prints the median and the maximum;
 //! - **idle cost**: the daemon's CPU time (utime + stime from `/proc`) over `--idle-secs`
-//!   seconds with nothing to do, and its resident memory (now and peak).
+//!   seconds with nothing to do, and its resident memory (now and peak). The drift scan runs
+//!   with its defaults (10 % of the rate limit, a pass at most every 30 s), so this is the cost
+//!   of an idle daemon that also watches for drift;
+//! - **drift repair**: changes `--drift-users` users' city on the emulator directly, behind the
+//!   daemon's back, and times until every one of them is back to its declared value.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,6 +38,7 @@ struct Args {
     files: usize,
     edits: usize,
     idle_secs: u64,
+    drift_users: usize,
 }
 
 fn parse_args() -> Args {
@@ -42,6 +47,7 @@ fn parse_args() -> Args {
         files: 10,
         edits: 20,
         idle_secs: 60,
+        drift_users: 20,
     };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
@@ -55,6 +61,7 @@ fn parse_args() -> Args {
             "--files" => args.files = value(),
             "--edits" => args.edits = value(),
             "--idle-secs" => args.idle_secs = value() as u64,
+            "--drift-users" => args.drift_users = value(),
             other => panic!("unknown argument {other}; see the module documentation"),
         }
     }
@@ -307,5 +314,55 @@ fn main() {
         rss,
         peak
     );
+
+    if args.drift_users > 0 {
+        // Spread over the users; each moves to a city no file declares.
+        let drifted: Vec<String> = (0..args.drift_users)
+            .map(|i| format!("user{:08}", i * (args.users / args.drift_users)))
+            .collect();
+        let changes: Vec<attrsync::api::UserAttrs> = drifted
+            .iter()
+            .map(|account| attrsync::api::UserAttrs {
+                account: account.clone(),
+                attrs: [("city".to_owned(), "Atlantis".to_owned())].into(),
+            })
+            .collect();
+        for batch in changes.chunks(100) {
+            runtime
+                .block_on(client.set_attr(batch))
+                .expect("set_attr behind the daemon's back");
+        }
+        let changed = Instant::now();
+        loop {
+            let answer = runtime
+                .block_on(client.get_attr(&drifted))
+                .expect("get_attr");
+            let left = drifted
+                .iter()
+                .filter(|a| {
+                    answer
+                        .attrs
+                        .get(*a)
+                        .and_then(|x| x.get("city"))
+                        .map(String::as_str)
+                        == Some("Atlantis")
+                })
+                .count();
+            if left == 0 {
+                break;
+            }
+            assert!(
+                changed.elapsed() < Duration::from_secs(600),
+                "{left} drifted users were never repaired"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        println!(
+            "drift: {} users changed behind the daemon's back were all repaired {:.1}s later \
+             (default --drift-budget 10, --drift-pass-every 30s)",
+            args.drift_users,
+            changed.elapsed().as_secs_f64()
+        );
+    }
     drop(daemon);
 }

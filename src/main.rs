@@ -139,8 +139,10 @@ enum Command {
     ///
     /// Each reconcile reloads the config, plans against the snapshot and applies the plan. An
     /// invalid config is logged (file:line:column) and nothing is applied until it is fixed;
-    /// failures are retried with backoff (1 s doubling to 5 min). SIGTERM/SIGINT finish the
-    /// batches in flight, record them and exit 0.
+    /// failures are retried with backoff (1 s doubling to 5 min). Between reconciles a drift
+    /// scan reads the live attributes of the managed users within --drift-budget and repairs
+    /// those changed outside attrsync. SIGTERM/SIGINT finish the batches in flight, record
+    /// them and exit 0.
     Watch {
         /// The periodic full resync, which also catches missed file events.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = attrsync::watch::parse_duration)]
@@ -368,8 +370,10 @@ fn init_logging(cli: &Cli) {
         "error"
     } else {
         match cli.verbose {
-            0 => "warn,attrsync=info",
-            1 => "info,attrsync=debug",
+            // sled logs its own view of a damaged database; attrsync's error says what it
+            // means and what to do, once.
+            0 => "warn,attrsync=info,sled=off",
+            1 => "info,attrsync=debug,sled=off",
             _ => "debug,attrsync=trace",
         }
     };

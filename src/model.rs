@@ -382,7 +382,7 @@ pub enum Region {
 }
 
 impl Region {
-    /// Every region with its configuration name and API host (REFERENCE.md §1.2).
+    /// Every region with its configuration name and API host (`docs/api.md`, "Endpoints").
     pub const ALL: [(Region, &'static str, &'static str); 7] = [
         (Region::China, "china", "console.tim.qq.com"),
         (Region::Singapore, "singapore", "adminapisgp.im.qcloud.com"),

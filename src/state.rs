@@ -271,11 +271,7 @@ impl Store {
         holder: &Holder,
         on_other_target: OnOtherTarget,
     ) -> Result<Store, StateError> {
-        let store_err = |doing, source| StateError::Store {
-            doing,
-            dir: dir.to_owned(),
-            source,
-        };
+        let store_err = |doing, source| sled_error(doing, dir, source);
         let corrupt = |what: String| StateError::Corrupt {
             dir: dir.to_owned(),
             what,
@@ -450,11 +446,7 @@ impl Store {
     }
 
     fn err(&self, doing: &'static str) -> impl Fn(sled::Error) -> StateError + '_ {
-        move |source| StateError::Store {
-            doing,
-            dir: self.dir.clone(),
-            source,
-        }
+        move |source| sled_error(doing, &self.dir, source)
     }
 
     fn corrupt(&self, what: &str) -> StateError {
@@ -612,8 +604,10 @@ impl Store {
         Ok(())
     }
 
-    /// Checks that the state directory is still the one that was opened.
-    fn check_dir(&self) -> Result<(), StateError> {
+    /// Checks that the state directory is still the one that was opened: a long-running
+    /// holder (the daemon) calls it before each pass, since a pass with nothing to commit
+    /// would not notice otherwise.
+    pub fn check_dir(&self) -> Result<(), StateError> {
         if dir_id(&self.dir) != self.dir_id {
             return Err(StateError::Gone {
                 dir: self.dir.clone(),
@@ -905,6 +899,25 @@ impl Drop for Store {
     }
 }
 
+/// A sled failure as a [`StateError`]: damaged data is [`StateError::Corrupt`], whatever was
+/// being done when sled found it.
+fn sled_error(doing: &'static str, dir: &Path, source: sled::Error) -> StateError {
+    match source {
+        sled::Error::Corruption { at, .. } => StateError::Corrupt {
+            dir: dir.to_owned(),
+            what: match at {
+                Some(at) => format!("sled found damaged data at {at:?} in its files"),
+                None => "sled found damaged data in its files".to_owned(),
+            },
+        },
+        source => StateError::Store {
+            doing,
+            dir: dir.to_owned(),
+            source,
+        },
+    }
+}
+
 /// How long opening waits for a handle of this same process to let go of the database.
 const OWN_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -930,19 +943,7 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StateError> {
                     .ok()
                     .and_then(|bytes| serde_json::from_slice::<Holder>(&bytes).ok())
             }
-            Err(sled::Error::Corruption { .. }) => {
-                return Err(StateError::Corrupt {
-                    dir: dir.to_owned(),
-                    what: "sled reported corruption at open".to_owned(),
-                })
-            }
-            Err(err) => {
-                return Err(StateError::Store {
-                    doing: "open",
-                    dir: dir.to_owned(),
-                    source: err,
-                })
-            }
+            Err(err) => return Err(sled_error("open", dir, err)),
         };
         let ours = holder.as_ref().is_none_or(|h| h.pid == std::process::id());
         if !ours || started.elapsed() >= OWN_RELEASE_WAIT {

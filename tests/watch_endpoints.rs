@@ -339,3 +339,23 @@ fn plan_only_logs_the_plan_and_applies_nothing() {
         "plan-only needs no server"
     );
 }
+
+#[test]
+fn a_state_directory_removed_under_the_daemon_makes_it_not_ready() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    repo.write("people.yaml", "users:\n  Mary: {city: Lima}\n");
+    let daemon = Daemon::start(&repo, &["--drift-budget", "0"]);
+    daemon.wait_reconciles(1);
+    assert_eq!(daemon.http("GET", "/readyz").0, 200);
+    std::fs::remove_dir_all(repo.path().join("state")).unwrap();
+    daemon.http("POST", "/reconcile");
+    let failed = daemon.wait_reconciles(2);
+    assert_eq!(failed["result"], "failure", "{}", daemon.log());
+    let (status, _, body) = daemon.http("GET", "/readyz");
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("was removed or replaced while attrsync was using it"),
+        "{body}"
+    );
+}

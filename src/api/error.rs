@@ -269,7 +269,7 @@ fn server_said(info: &str) -> String {
     }
 }
 
-/// What an error code means and what to check, from REFERENCE.md §3.
+/// What an error code means and what to check (`docs/api.md`, "Error codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CodeInfo {
     /// What the code means.

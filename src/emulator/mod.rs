@@ -16,7 +16,9 @@
 //!    calls) an admitted call gets the `fail_mode` fault: `91000` (internal error, nothing
 //!    applied), `502` (HTTP 502 from a "gateway", nothing applied), `drop` (the call **is
 //!    applied**, then the connection is closed without an answer — the ambiguous failure that
-//!    retries must survive), or `mixed` (one of the three, uniformly).
+//!    retries must survive), or `mixed` (one of the three, uniformly); only into the
+//!    `fail_endpoints` when some are named. [`RunningEmulator::set_faults`] changes them while
+//!    it runs.
 //! 3. **query string** — `sdkappid`, `identifier`, `usersig`, `random` (a u32) and
 //!    `contenttype=json` must all be present: else **60002**.
 //! 4. **UserSig** — verified at the emulator's [`Clock`] with the app's key: SDKAppID not this
@@ -26,10 +28,12 @@
 //! 5. **body** — not the documented JSON **90001**; more than 100 accounts **90018**; an
 //!    attribute name not registered (by `set_attr_name` or `attributes` at start) or a value
 //!    over 50 bytes **90033** (the whole call is refused, nothing applied).
-//! 6. **semantics** — `set_attr` merges the given attributes into the user's; `remove_attr`
+//! 6. **semantics** — `set_attr` merges the given attributes into the user's, or with
+//!    [`SetAttrMode::Replace`] makes them its whole set (undocumented either way); `remove_attr`
 //!    deletes the named ones; `get_attr` returns `"Attrs":{}` for a user with none; accounts in
 //!    `unknown_users` are left out and listed in `ErrorList` with **70107** (a partial success);
-//!    `set_attr_name` merges by slot (`"0"`..`"9"`, names 1..=50 bytes, one slot per name).
+//!    `set_attr_name` merges by slot (`"0"`..`"9"`, names 1..=50 bytes, one slot per name; an
+//!    omitted `AttrTypes` entry is 0, and a registered name's type cannot change: **90033**).
 //!
 //! Data lives in memory, or in sled under `data_dir` (flushed before a change is answered).
 //! `latency` delays every answer.

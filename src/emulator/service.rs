@@ -605,7 +605,7 @@ fn set_attr_name(shared: &Shared, body: &[u8]) -> Result<Answer, Rejection> {
             },
         );
     }
-    // Partial updates merge by slot (REFERENCE.md §6.2 is unconfirmed); a name may own one slot.
+    // Partial updates merge by slot (undocumented: `docs/api.md`); a name may own one slot.
     let mut after: BTreeMap<u8, &str> = data
         .attr_names
         .iter()

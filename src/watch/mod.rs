@@ -591,6 +591,8 @@ impl Daemon {
         self.watcher.arm();
 
         let store = self.store_for(settings).await?;
+        // A state directory removed under the daemon is a failure now, not at the next write.
+        store.check_dir()?;
         self.shared.status().current = Some(Current {
             config: Arc::clone(&config),
             store: Arc::clone(&store),
