@@ -1126,3 +1126,41 @@ mod replace_mode {
         an_update_sends_the_full_desired_set,
     );
 }
+
+#[test]
+fn plan_refresh_and_import_resolve_doubt_by_reading_the_server() {
+    let server = Server::start(EmulatorConfig {
+        attributes: vec!["sex".into(), "city".into(), "tier".into()],
+        latency: Duration::from_millis(500),
+        ..EmulatorConfig::default()
+    });
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY_NEW_YORK)]);
+    apply(&repo, &[]).success();
+    let killed_mid_write = |yaml: &str, city: &str| {
+        repo.write("users/a.yaml", yaml);
+        let mut child = spawn_apply(&repo);
+        server.wait_for("Mary", "city", city);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(in_doubt(&repo).contains_key("Mary"));
+    };
+
+    killed_mid_write(MARY_BOSTON, "Boston");
+    let refresh = run(&repo, &["plan", "--refresh"]);
+    refresh.success();
+    assert!(
+        refresh
+            .stderr
+            .contains("1 user in doubt was read back from the server"),
+        "{}",
+        refresh.stderr
+    );
+    assert!(in_doubt(&repo).is_empty());
+    assert_eq!(snapshot(&repo)["Mary"]["city"], "Boston");
+    assert!(run(&repo, &["plan"]).stdout.contains("No changes."));
+
+    killed_mid_write(MARY_NEW_YORK, "NewYork");
+    run(&repo, &["import"]).success();
+    assert!(in_doubt(&repo).is_empty());
+    assert_eq!(snapshot(&repo), server.users());
+}

@@ -245,11 +245,12 @@ pub async fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
             if let (Some(store), false) = (&store, refreshed.resolved.is_empty()) {
                 let resolved = refreshed.resolved.clone();
                 store.commit(&resolved)?;
-                warnings.push(format!(
-                    "{} in doubt read back from the server; the snapshot now records {} live values",
-                    plan::plural(resolved.record.len(), "user was"),
-                    if resolved.record.len() == 1 { "its" } else { "their" }
-                ));
+                let n = resolved.record.len();
+                warnings.push(if n == 1 {
+                    "1 user in doubt was read back from the server; the snapshot now records its live values".to_owned()
+                } else {
+                    format!("{n} users in doubt were read back from the server; the snapshot now records their live values")
+                });
                 snapshot = store.load()?;
             }
             for failed in &refreshed.unread {
