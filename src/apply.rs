@@ -188,6 +188,9 @@ struct Item<'a> {
     change: &'a Change,
     /// What the server holds once the change is applied; `None` forgets the user (a delete).
     record: Option<Attrs>,
+    /// What the server may hold from an earlier unconfirmed write, if the user was in doubt
+    /// before this run: a refusal of this run's write says nothing about that one.
+    earlier_doubt: Option<&'a Attrs>,
 }
 
 impl Item<'_> {
@@ -198,6 +201,30 @@ impl Item<'_> {
     /// Whether the change needs any call at all.
     fn sends(&self) -> bool {
         self.change.sets() || self.change.to_remove().next().is_some()
+    }
+
+    /// What the server may hold once this write is sent: its values, and those of an earlier
+    /// unconfirmed write (by name; this write's values win).
+    fn maybe(&self) -> Attrs {
+        let mut pairs: Vec<_> = self
+            .earlier_doubt
+            .into_iter()
+            .flat_map(Attrs::iter)
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        pairs.extend(
+            self.record
+                .iter()
+                .flat_map(Attrs::iter)
+                .map(|(n, v)| (n.clone(), v.clone())),
+        );
+        Attrs::from_pairs(pairs)
+    }
+
+    /// Whether an answer proving this run's write was not applied makes the user known again:
+    /// only if it was not in doubt before.
+    fn cleared_by_refusal(&self) -> bool {
+        self.earlier_doubt.is_none()
     }
 }
 
@@ -225,6 +252,10 @@ pub async fn execute(
             Item {
                 change,
                 record: change.result(recorded),
+                earlier_doubt: snapshot
+                    .in_doubt
+                    .get(change.user.as_str())
+                    .map(|d| &d.maybe),
             }
         })
         .collect();
@@ -529,7 +560,7 @@ impl Shared<'_> {
                 (
                     item.user().clone(),
                     InDoubt {
-                        maybe: item.record.clone().unwrap_or_default(),
+                        maybe: item.maybe(),
                         note: DoubtNote {
                             since,
                             reason: SENT_REASON.to_owned(),
@@ -741,6 +772,11 @@ impl Shared<'_> {
             applied_at: state::now_unix(),
             ..Commit::default()
         };
+        // A refusal of this run's write leaves a user that was in doubt before still in doubt.
+        let settled: Vec<(&Item<'_>, Settled)> = settled
+            .into_iter()
+            .map(|(item, outcome)| (item, taint(outcome, !item.cleared_by_refusal())))
+            .collect();
         for (item, outcome) in &settled {
             match outcome {
                 Settled::Applied => commit

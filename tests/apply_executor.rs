@@ -336,3 +336,39 @@ async fn answers_that_prove_nothing_was_applied_clear_the_doubt() {
     assert!(!report.failed[0].in_doubt, "{report:?}");
     assert!(store.load().unwrap().in_doubt.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_does_not_clear_doubt_left_by_an_earlier_run() {
+    let server = emulator(EmulatorConfig {
+        attributes: vec!["sex".into(), "city".into()],
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open_store(dir.path()));
+    assert!(apply_to(&server, &store, &mary("Paris"), quick_retries())
+        .await
+        .succeeded());
+    // Run 1: the write to Rome is applied but its answer lost.
+    server.set_faults(Faults {
+        rate: 1.0,
+        mode: FailMode::Drop,
+        endpoints: vec![Endpoint::SetAttr],
+    });
+    apply_to(&server, &store, &mary("Rome"), quick_retries()).await;
+    assert_eq!(server.state().users["Mary"]["city"], "Rome");
+    // Run 2: the re-send is refused for good (every UserSig looks expired to this server).
+    let refusing = emulator(EmulatorConfig {
+        attributes: vec!["sex".into(), "city".into()],
+        clock: Clock::Offset(2 * 86_400),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let report = apply_to(&refusing, &store, &mary("Paris"), quick_retries()).await;
+    assert!(report.error.is_some(), "{report:?}");
+    assert!(report.failed[0].in_doubt, "{report:?}");
+    // The refusal proves the re-send did nothing; the first server may still hold Rome.
+    let doubt = store.load().unwrap().in_doubt;
+    let maybe = &doubt.get("Mary").expect("still in doubt").maybe;
+    assert_eq!(maybe.get("city").unwrap().as_str(), "Paris");
+}
