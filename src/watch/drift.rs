@@ -245,6 +245,134 @@ impl DriftScan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{ClientConfig, SecretKey, UserAttrs};
+    use crate::emulator::{Emulator, EmulatorConfig, DEMO_SECRET_KEY};
+    use crate::state::{Binding, Holder};
+
+    /// 250 users in Rome, on the emulator, in the config and recorded in the snapshot.
+    async fn managed() -> (
+        crate::emulator::RunningEmulator,
+        Client,
+        tempfile::TempDir,
+        Arc<Store>,
+        Config,
+    ) {
+        let server = Emulator::start(
+            EmulatorConfig {
+                attributes: vec!["city".into()],
+                ..EmulatorConfig::default()
+            },
+            "127.0.0.1:0",
+        )
+        .await
+        .unwrap();
+        let client = Client::new(ClientConfig::new(
+            server.base_url(),
+            1_400_000_000,
+            "administrator",
+            SecretKey::new(DEMO_SECRET_KEY),
+        ))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut yaml = String::from("users:\n");
+        let ids: Vec<UserId> = (0..250)
+            .map(|i| UserId::new(&format!("u{i:03}")).unwrap())
+            .collect();
+        for id in &ids {
+            yaml.push_str(&format!("  {id}: {{city: Rome}}\n"));
+        }
+        std::fs::create_dir(dir.path().join("users")).unwrap();
+        std::fs::write(dir.path().join("users/all.yaml"), yaml).unwrap();
+        std::fs::write(
+            dir.path().join("attrsync.yaml"),
+            format!(
+                "sdkappid: 1400000000\nidentifier: administrator\nendpoint: {}\nattributes: [city]\n",
+                server.base_url()
+            ),
+        )
+        .unwrap();
+        let config = crate::config::load(dir.path(), None, &mut Default::default()).unwrap();
+        let rome = Attrs::parse(&[("city", "Rome")]).unwrap();
+        for chunk in ids.chunks(100) {
+            let users: Vec<UserAttrs> = chunk
+                .iter()
+                .map(|id| UserAttrs {
+                    account: id.to_string(),
+                    attrs: [("city".to_owned(), "Rome".to_owned())].into(),
+                })
+                .collect();
+            client.set_attr(&users).await.unwrap();
+        }
+        let target = config.settings.target.clone();
+        let store = Store::open(
+            &dir.path().join("state"),
+            Binding {
+                sdkappid: 1_400_000_000,
+                target: &target,
+            },
+            &Holder::default(),
+        )
+        .unwrap();
+        store
+            .commit(&Commit {
+                record: ids
+                    .iter()
+                    .map(|id| (id.clone(), Some(rome.clone())))
+                    .collect(),
+                applied_at: 1,
+                ..Commit::default()
+            })
+            .unwrap();
+        (server, client, dir, Arc::new(store), config)
+    }
+
+    #[tokio::test]
+    async fn a_pass_finds_drift_marks_it_in_doubt_and_resumes_after_a_restart() {
+        let (_server, client, _dir, store, config) = managed().await;
+        let metrics = Metrics::new();
+        let paris = UserAttrs {
+            account: "u180".into(),
+            attrs: [("city".to_owned(), "Paris".to_owned())].into(),
+        };
+        client.set_attr(&[paris]).await.unwrap();
+        let every = Duration::from_millis(1);
+        let mut scan = DriftScan::new(100, 100, true, every).unwrap();
+        let first = scan.step(&store, &client, &config, &metrics).await.unwrap();
+        assert_eq!(first.drifted, 0, "u000..u099 are as recorded");
+        scan.save(&store);
+        assert_eq!(store.drift_cursor().unwrap().as_deref(), Some("u099"));
+        // A restart: a new scan resumes after u099 and finds u180 on its first read.
+        let mut scan = DriftScan::new(100, 100, true, every).unwrap();
+        let second = scan.step(&store, &client, &config, &metrics).await.unwrap();
+        assert_eq!((second.drifted, second.marked), (1, true));
+        let doubt = store.doubt("u180").unwrap().expect("u180 is in doubt");
+        assert_eq!(doubt.maybe.get("city").unwrap().as_str(), "Paris");
+        assert_eq!(doubt.note.reason, DRIFT_REASON);
+        // The rest of the pass, then it wraps around.
+        scan.step(&store, &client, &config, &metrics).await.unwrap();
+        scan.step(&store, &client, &config, &metrics).await.unwrap();
+        assert_eq!(
+            store.drift_cursor().unwrap(),
+            None,
+            "a finished pass starts over"
+        );
+        assert!(metrics.encode().contains("attrsync_drift_users_total 1"));
+    }
+
+    #[tokio::test]
+    async fn without_self_heal_drift_is_only_counted() {
+        let (_server, client, _dir, store, config) = managed().await;
+        let metrics = Metrics::new();
+        let paris = UserAttrs {
+            account: "u005".into(),
+            attrs: [("city".to_owned(), "Paris".to_owned())].into(),
+        };
+        client.set_attr(&[paris]).await.unwrap();
+        let mut scan = DriftScan::new(100, 100, false, Duration::from_millis(1)).unwrap();
+        let step = scan.step(&store, &client, &config, &metrics).await.unwrap();
+        assert_eq!((step.drifted, step.marked), (1, false));
+        assert!(store.doubt("u005").unwrap().is_none());
+    }
 
     #[test]
     fn the_budget_sets_the_pace() {
