@@ -18,22 +18,16 @@
 //! - **ROLLBACK**: exit 0 with other content — what must never happen;
 //! - **PANIC**: any other exit — what must never happen either.
 
-use std::path::{Path, PathBuf};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::Path;
 use std::process::Command;
+
+use support::binary;
 
 use attrsync::model::{Attrs, Region, Target, UserId};
 use attrsync::state::{Binding, Commit, Holder, Store};
-
-fn binary() -> PathBuf {
-    std::env::var_os("ATTRSYNC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let mut path = std::env::current_exe().expect("the benchmark's own path");
-            path.pop();
-            path.pop();
-            path.join("attrsync")
-        })
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -18,10 +18,15 @@
 //! - **drift repair**: changes `--drift-users` users' city on the emulator directly, behind the
 //!   daemon's back, and times until every one of them is back to its declared value.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
+use support::{binary, Guard};
 
 use attrsync::api::{Client, ClientConfig, SecretKey};
 use attrsync::emulator::DEMO_SECRET_KEY;
@@ -68,16 +73,6 @@ fn parse_args() -> Args {
     args
 }
 
-/// Kills the child when the benchmark ends, however it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One user's line; `generation` changes the city.
 fn user_line(user: usize, generation: usize) -> String {
     let sex = if user % 2 == 0 { "female" } else { "male" };
@@ -116,17 +111,6 @@ fn memory_mib(pid: u32) -> (f64, f64) {
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
-fn binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("ATTRSYNC_BIN") {
-        return bin.into();
-    }
-    let exe = std::env::current_exe().expect("the benchmark's own path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/examples")
-        .join("attrsync")
-}
-
 fn main() {
     let args = parse_args();
     let work = tempfile::tempdir().expect("a temporary directory");
@@ -144,25 +128,7 @@ fn main() {
         bin.display()
     );
 
-    let mut emulator = Command::new(&bin)
-        .args([
-            "emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--attributes",
-            "sex,city,tier",
-        ])
-        .env_remove("TIM_SECRET_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the emulator");
-    let mut addr = String::new();
-    BufReader::new(emulator.stdout.take().unwrap())
-        .read_line(&mut addr)
-        .unwrap();
-    let addr = addr.trim().to_owned();
-    let _emulator = Guard(emulator);
+    let (_emulator, addr) = support::emulator(&bin, &[]);
 
     let repo = work.path().join("repo");
     let users_dir = repo.join("users");

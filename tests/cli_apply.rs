@@ -111,9 +111,13 @@ impl Drop for Server {
 
 /// A repo pointing at `server`, with `extra` settings appended.
 fn config_repo(server: &Server, extra: &str, files: &[(&str, &str)]) -> Repo {
+    repo_at(&server.url(), extra, files)
+}
+
+/// A repo pointing at the API at `url`, with `extra` settings appended.
+fn repo_at(url: &str, extra: &str, files: &[(&str, &str)]) -> Repo {
     let settings = format!(
-        "sdkappid: 1400000000\nidentifier: administrator\nendpoint: {}\nattributes: [sex, city, tier]\n{extra}",
-        server.url()
+        "sdkappid: 1400000000\nidentifier: administrator\nendpoint: {url}\nattributes: [sex, city, tier]\n{extra}"
     );
     let repo = Repo::new(&[("attrsync.yaml", &settings)]);
     repo.mkdir("users");
@@ -823,11 +827,7 @@ fn an_answer_that_is_not_tencent_ims_records_nothing() {
             common::Canned::json("{}")
         }
     });
-    let repo = Repo::new(&[(
-        "attrsync.yaml",
-        &format!("sdkappid: 1400000000\nidentifier: administrator\nendpoint: {}\nattributes: [sex, city, tier]\n", canned.url()),
-    )]);
-    repo.write("users/a.yaml", MARY);
+    let repo = repo_at(&canned.url(), "", &[("users/a.yaml", MARY)]);
     let out = apply(&repo, &[]);
     out.expect_code(1);
     assert!(
@@ -860,11 +860,7 @@ fn a_redirect_is_never_followed() {
             common::Canned::json("{}")
         }
     });
-    let repo = Repo::new(&[(
-        "attrsync.yaml",
-        &format!("sdkappid: 1400000000\nidentifier: administrator\nendpoint: {}\nattributes: [sex, city, tier]\n", canned.url()),
-    )]);
-    repo.write("users/a.yaml", MARY);
+    let repo = repo_at(&canned.url(), "", &[("users/a.yaml", MARY)]);
     let out = apply(&repo, &[]);
     out.expect_code(1);
     assert!(
