@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release --bin attrsync --example watch_bench
-//! target/release/examples/watch_bench [--users 100000] [--files 10] [--edits 20] [--idle-secs 60] [--drift-users 20]
+//! target/release/examples/watch_bench [--users 100000] [--files 10] [--edits 20] [--idle-secs 60] [--drift-users 20] [--drift-budget 10]
 //! ```
 //!
 //! Starts `attrsync emulator` and `attrsync watch --debounce 300ms` (the release binary next to
@@ -16,7 +16,8 @@
 //!   with its defaults (10 % of the rate limit, a pass at most every 30 s), so this is the cost
 //!   of an idle daemon that also watches for drift;
 //! - **drift repair**: changes `--drift-users` users' city on the emulator directly, behind the
-//!   daemon's back, and times until every one of them is back to its declared value.
+//!   daemon's back, and times until every one of them is back to its declared value
+//!   (`--drift-budget` is passed to the daemon; with 0 there is no scan, so no repair).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -44,6 +45,7 @@ struct Args {
     edits: usize,
     idle_secs: u64,
     drift_users: usize,
+    drift_budget: usize,
 }
 
 fn parse_args() -> Args {
@@ -53,6 +55,7 @@ fn parse_args() -> Args {
         edits: 20,
         idle_secs: 60,
         drift_users: 20,
+        drift_budget: 10,
     };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
@@ -67,6 +70,7 @@ fn parse_args() -> Args {
             "--edits" => args.edits = value(),
             "--idle-secs" => args.idle_secs = value() as u64,
             "--drift-users" => args.drift_users = value(),
+            "--drift-budget" => args.drift_budget = value(),
             other => panic!("unknown argument {other}; see the module documentation"),
         }
     }
@@ -168,6 +172,8 @@ fn main() {
             "300ms",
             "--interval",
             "5m",
+            "--drift-budget",
+            &args.drift_budget.to_string(),
         ])
         .env("TIM_SECRET_KEY", DEMO_SECRET_KEY)
         .stdout(Stdio::null())
@@ -281,7 +287,7 @@ fn main() {
         peak
     );
 
-    if args.drift_users > 0 {
+    if args.drift_users > 0 && args.drift_budget > 0 {
         // Spread over the users; each moves to a city no file declares.
         let drifted: Vec<String> = (0..args.drift_users)
             .map(|i| format!("user{:08}", i * (args.users / args.drift_users)))
@@ -325,9 +331,10 @@ fn main() {
         }
         println!(
             "drift: {} users changed behind the daemon's back were all repaired {:.1}s later \
-             (default --drift-budget 10, --drift-pass-every 30s)",
+             (--drift-budget {}, --drift-pass-every 30s)",
             args.drift_users,
-            changed.elapsed().as_secs_f64()
+            changed.elapsed().as_secs_f64(),
+            args.drift_budget,
         );
     }
     drop(daemon);
