@@ -300,9 +300,12 @@ fn main() {
             })
             .collect();
         for batch in changes.chunks(100) {
-            runtime
-                .block_on(client.set_attr(batch))
-                .expect("set_attr behind the daemon's back");
+            // The benchmark's own connection may have gone stale while idle: try again.
+            let mut attempts = 0;
+            while let Err(error) = runtime.block_on(client.set_attr(batch)) {
+                attempts += 1;
+                assert!(attempts < 3, "set_attr behind the daemon's back: {error}");
+            }
         }
         let changed = Instant::now();
         loop {

@@ -348,8 +348,15 @@ fn print_ok(text: String) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Blocking work (snapshot commits, parsing) runs on at most this many threads. Commits take
+/// the store's lock one at a time, so more threads would only wait, and each thread that
+/// allocates brings its own malloc arena: with tokio's default (512) a daemon's idle memory
+/// grew from 190 to over 400 MiB after a first sync of 100,000 users, all fragmentation.
+const BLOCKING_THREADS: usize = 4;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))

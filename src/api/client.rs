@@ -29,8 +29,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time allowed for a whole call (connect, send, answer).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Idle keep-alive connections are kept this long for reuse.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle keep-alive connections are kept this long for reuse: shorter than the idle timeouts
+/// of common servers and load balancers (60 s and more), so a write is not sent on a
+/// connection the other end is closing; such a write fails with no answer, and its users would
+/// be in doubt for nothing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The largest answer read. Real ones are a few kilobytes (100 users × 10 attributes); a larger
 /// body is not the server's, and reading it whole could exhaust memory.
