@@ -1,7 +1,7 @@
 //! `attrsync plan` through the real binary against real sled snapshots: the three renderings,
 //! exit codes, pruning, the saved plan, what is never a change, and the guards.
 
-mod common;
+use crate::common;
 
 use attrsync::state::Holder;
 use common::{Repo, SDKAPPID, SETTINGS};

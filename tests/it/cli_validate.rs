@@ -1,7 +1,7 @@
 //! `attrsync validate` through the real binary: every validation rule of DESIGN.md with its
 //! exact `file:line:column`, hostile files in bounded time, and the three output formats.
 
-mod common;
+use crate::common;
 
 use common::{Repo, SETTINGS};
 use serde_json::json;

@@ -1,8 +1,6 @@
 //! The client against the emulator over real HTTP on 127.0.0.1: every endpoint round-trips and
 //! every error class is produced by the emulator and classified by the client.
 
-mod common;
-
 use attrsync::api::{
     ApiError, AttrSlot, Client, ClientConfig, Endpoint, SecretKey, UserAttrNames, UserAttrs,
     UserError,

@@ -1,6 +1,6 @@
 //! A config repository in a temporary directory, and the real `attrsync` binary run against it.
 //!
-//! Every `tests/cli_*.rs` file includes this module with `mod common;` and uses a subset of it.
+//! The `cli_*` modules (and some others) of the integration tests use parts of it.
 
 // Each test crate compiles its own copy of this module and uses only some of the helpers.
 #![allow(dead_code)]

@@ -1,7 +1,7 @@
 //! `attrsync apply`, end to end: the real binary against the emulator over HTTP on loopback,
 //! with a real sled snapshot. Each test is one scenario a user relies on.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};

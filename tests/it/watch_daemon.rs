@@ -1,7 +1,7 @@
 //! `attrsync watch` as a child process against the emulator: edits, rename-saves, bursts,
 //! invalid configs, recreated folders and SIGTERM during a long apply.
 
-mod watch_support;
+use crate::watch_support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The daemon's endpoints and manual triggers, and how it shares the snapshot with the CLI.
 
-mod watch_support;
+use crate::watch_support;
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
 //! `attrsync state list | show | export | import` through the real binary against real sled
 //! snapshots: the JSON Lines round trip, all-or-nothing validated imports, and the serial.
 
-mod common;
+use crate::common;
 
 use attrsync::model::{Attrs, UserId};
 use attrsync::state::Holder;
