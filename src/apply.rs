@@ -552,7 +552,7 @@ impl Shared<'_> {
     async fn run_batch(&self, batch: &[Item<'_>]) {
         // Mark the users that are sent something as in doubt before anything leaves: if the
         // answer never comes (or this process dies), the next plan knows to re-send them.
-        let since = state::now_unix();
+        let since = crate::clock::unix_seconds();
         let marks: Vec<(UserId, InDoubt)> = batch
             .iter()
             .filter(|item| item.sends())
@@ -769,7 +769,7 @@ impl Shared<'_> {
     /// Records what the batch settled, in one commit, and counts it in the report.
     async fn settle(&self, batch_len: usize, settled: Vec<(&Item<'_>, Settled)>) {
         let mut commit = Commit {
-            applied_at: state::now_unix(),
+            applied_at: crate::clock::unix_seconds(),
             ..Commit::default()
         };
         // A refusal of this run's write leaves a user that was in doubt before still in doubt.

@@ -25,10 +25,12 @@
 
 pub mod api;
 pub mod apply;
+pub mod clock;
 pub mod config;
 pub mod emulator;
 pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod state;
+pub mod text;
 pub mod watch;

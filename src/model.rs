@@ -24,6 +24,9 @@ pub const MAX_ATTRIBUTES: usize = 10;
 pub const MAX_BATCH_SIZE: usize = 100;
 /// Most calls per second the API allows.
 pub const MAX_RATE_LIMIT: u32 = 100;
+/// The environment variable that holds the app's secret key unless `secret_key_env` names
+/// another (the emulator reads the same one).
+pub const DEFAULT_SECRET_KEY_ENV: &str = "TIM_SECRET_KEY";
 
 /// A validated user id (the API's `To_Account`).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

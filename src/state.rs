@@ -23,7 +23,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -1000,13 +999,6 @@ fn decode_serial(bytes: &[u8]) -> Option<u64> {
     let (serial, crc) = bytes.split_at(8);
     (crc32fast::hash(serial).to_le_bytes() == crc)
         .then(|| u64::from_le_bytes(serial.try_into().unwrap_or_default()))
-}
-
-/// Seconds since the Unix epoch, for `applied_at`.
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Attributes as `[n: u8]` then n × `[len: u8][name][len: u8][value]`. Names and values are at

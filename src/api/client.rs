@@ -5,7 +5,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::error::{ApiError, Endpoint, MAX_USERS_PER_CALL};
 use super::limiter::{RateLimiter, MAX_RATE};
@@ -525,7 +525,7 @@ impl Client {
     /// The cached UserSig, re-signed when less than [`USERSIG_RENEW_BEFORE`] remains.
     fn current_usersig(&self) -> UserSig {
         let mut cache = self.lock_usersig();
-        let now = unix_now();
+        let now = crate::clock::unix_seconds();
         match cache.as_ref() {
             Some(cached) if now + USERSIG_RENEW_BEFORE.as_secs() < cached.expires_at => {
                 cached.usersig.clone()
@@ -540,7 +540,7 @@ impl Client {
     }
 
     fn sign_now(&self) -> CachedUserSig {
-        let now = unix_now();
+        let now = crate::clock::unix_seconds();
         let lifetime = USERSIG_LIFETIME.as_secs();
         CachedUserSig {
             usersig: UserSig::new(usersig::sign(
@@ -607,13 +607,6 @@ fn parse_base_url(base_url: &str) -> Result<Url, ClientBuildError> {
     Ok(url)
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| since.as_secs())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,18 +639,21 @@ mod tests {
         let first = client.current_usersig();
         assert_eq!(client.current_usersig(), first);
         let expires_at = client.lock_usersig().as_ref().unwrap().expires_at;
-        assert!(expires_at >= unix_now() + USERSIG_LIFETIME.as_secs() - 1);
+        assert!(expires_at >= crate::clock::unix_seconds() + USERSIG_LIFETIME.as_secs() - 1);
         // A cache close to expiry is replaced on the next call.
-        client.lock_usersig().as_mut().unwrap().expires_at = unix_now() + 60;
+        client.lock_usersig().as_mut().unwrap().expires_at = crate::clock::unix_seconds() + 60;
         client.current_usersig();
-        assert!(client.lock_usersig().as_ref().unwrap().expires_at > unix_now() + 3600);
+        assert!(
+            client.lock_usersig().as_ref().unwrap().expires_at
+                > crate::clock::unix_seconds() + 3600
+        );
         client.renew_usersig();
         assert!(usersig::verify(
             client.current_usersig().expose(),
             1_400_000_000,
             "admin",
             &SecretKey::new("k"),
-            unix_now()
+            crate::clock::unix_seconds()
         )
         .is_ok());
     }

@@ -59,7 +59,7 @@ impl fmt::Display for Endpoint {
 }
 
 /// The most users one call may carry (every timpush user API).
-pub const MAX_USERS_PER_CALL: usize = 100;
+pub const MAX_USERS_PER_CALL: usize = crate::model::MAX_BATCH_SIZE;
 
 /// Why a call failed, classified for the caller's retry policy and for what the failure says
 /// about the server's state.

@@ -5,7 +5,7 @@ mod settings;
 mod users;
 pub mod yaml;
 
-pub use settings::{Settings, Target, SETTINGS_FILE};
+pub use settings::{Settings, Target, DEFAULT_STATE_DIR, DEFAULT_USERS_DIR, SETTINGS_FILE};
 pub use users::{DeclaredUser, ParsedFile};
 
 use std::collections::{HashMap, HashSet};
@@ -84,9 +84,9 @@ impl fmt::Display for Diagnostics {
             f,
             "the config is invalid: {} problem{} in {} file{}; fix them and run again (nothing was planned or sent)",
             self.0.len(),
-            if self.0.len() == 1 { "" } else { "s" },
+            crate::text::s(self.0.len()),
             files.len(),
-            if files.len() == 1 { "" } else { "s" },
+            crate::text::s(files.len()),
         )
     }
 }
@@ -180,7 +180,7 @@ pub fn load(
     };
     let users_dir = settings
         .as_ref()
-        .map_or_else(|| dir.join("users"), |s| s.users_dir.clone());
+        .map_or_else(|| dir.join(DEFAULT_USERS_DIR), |s| s.users_dir.clone());
 
     let mut files = Vec::new();
     if users_dir.is_dir() {
@@ -443,25 +443,11 @@ pub(crate) fn closest<'a>(
     candidates: impl Iterator<Item = &'a str>,
 ) -> Option<&'a str> {
     candidates
-        .map(|c| (edit_distance(word, c), c))
+        .map(|c| (strsim::levenshtein(word, c), c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < c.len())
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,10 @@ use super::yaml::{Pos, Problem, Reader, Resolved, Scalar};
 
 /// The name of the settings file at the root of a config repository.
 pub const SETTINGS_FILE: &str = "attrsync.yaml";
+/// Where the user files are unless `users_dir` says otherwise, relative to the config.
+pub const DEFAULT_USERS_DIR: &str = "users";
+/// Where the snapshot is unless `state_dir` (or `--state`) says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "state";
 
 /// The validated settings of a config repository.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,10 +175,10 @@ fn parse_into(text: &str, root: &Path, raw: &mut Raw) -> Result<Settings, Vec<Pr
         secret_key_env: raw
             .secret_key_env
             .clone()
-            .unwrap_or_else(|| "TIM_SECRET_KEY".to_owned()),
+            .unwrap_or_else(|| crate::model::DEFAULT_SECRET_KEY_ENV.to_owned()),
         attributes: raw.attributes.clone().expect("checked"),
-        users_dir: root.join(raw.users_dir.as_deref().unwrap_or("users")),
-        state_dir: root.join(raw.state_dir.as_deref().unwrap_or("state")),
+        users_dir: root.join(raw.users_dir.as_deref().unwrap_or(DEFAULT_USERS_DIR)),
+        state_dir: root.join(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR)),
         prune: raw.prune.unwrap_or(false),
         max_deletes: raw.max_deletes.unwrap_or(100),
         rate_limit: raw.rate_limit.unwrap_or(MAX_RATE_LIMIT),

@@ -25,7 +25,7 @@ pub struct EmulatorArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SDKAPPID)]
     pub sdkappid: u64,
     /// Environment variable holding the secret key; when unset, the public demo key is used.
-    #[arg(long, value_name = "VAR", default_value = "TIM_SECRET_KEY")]
+    #[arg(long, value_name = "VAR", default_value = crate::model::DEFAULT_SECRET_KEY_ENV)]
     pub secret_key_env: String,
     /// Attribute names to register at start (comma-separated).
     #[arg(long, value_name = "a,b", value_delimiter = ',')]

@@ -20,10 +20,10 @@ use crate::api::wire::{
 use crate::api::{Endpoint, SecretKey, MAX_USERS_PER_CALL};
 
 /// Longest attribute value (and attribute name) the server accepts, in bytes.
-pub const MAX_VALUE_BYTES: usize = 50;
+pub const MAX_VALUE_BYTES: usize = crate::model::MAX_VALUE_BYTES;
 
 /// Most attribute slots an app has (`"0"`..`"9"`).
-pub const MAX_ATTR_SLOTS: u8 = 10;
+pub const MAX_ATTR_SLOTS: u8 = crate::model::MAX_ATTRIBUTES as u8;
 
 /// Largest request body read; real ones stay far below (100 users × 10 attributes).
 const MAX_BODY_BYTES: usize = 1024 * 1024;

@@ -419,7 +419,7 @@ pub fn state_export(ctx: &Context, out: Option<&Path>) -> Result<()> {
 
 /// Lines of an import file that failed validation.
 #[derive(Debug, thiserror::Error)]
-#[error("{}\nthe import file {} is invalid: {} problem{}; nothing was imported", .lines.join("\n"), .file.display(), .lines.len(), if .lines.len() == 1 { "" } else { "s" })]
+#[error("{}\nthe import file {} is invalid: {} problem{}; nothing was imported", .lines.join("\n"), .file.display(), .lines.len(), crate::text::s(.lines.len()))]
 pub struct ImportError {
     file: PathBuf,
     lines: Vec<String>,
@@ -446,7 +446,11 @@ pub fn state_import(ctx: &Context, file: &Path) -> Result<String> {
         &Holder::this_process("state import"),
         OnOtherTarget::Adopt,
     )?;
-    let serial = store.replace_all(&imported.users, &imported.in_doubt, state::now_unix())?;
+    let serial = store.replace_all(
+        &imported.users,
+        &imported.in_doubt,
+        crate::clock::unix_seconds(),
+    )?;
     let doubt = if imported.in_doubt.is_empty() {
         String::new()
     } else {

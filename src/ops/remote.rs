@@ -17,7 +17,7 @@ use crate::config::{Config, Settings, Target};
 use crate::emulator::{Emulator, EmulatorConfig, RunningEmulator, DEMO_SECRET_KEY};
 use crate::model::{AttrName, Attrs, Drift, Snapshot, UserId, UserMap};
 use crate::plan::{self, Guards, PlanOptions};
-use crate::state::{self, Commit, Holder, OnOtherTarget, Store};
+use crate::state::{Commit, Holder, OnOtherTarget, Store};
 
 use super::{binding, describe_failed, Context};
 
@@ -449,7 +449,7 @@ pub async fn refresh(config: &Config, snapshot: &Snapshot) -> Result<Refreshed> 
             .filter(|(user, _)| snapshot.in_doubt.get(user.as_str()).is_some())
             .map(|(user, attrs)| (user.clone(), Some(attrs.clone())))
             .collect(),
-        applied_at: state::now_unix(),
+        applied_at: crate::clock::unix_seconds(),
         ..Commit::default()
     };
     Ok(Refreshed {
@@ -504,7 +504,7 @@ pub async fn import(ctx: &Context, users: &[String]) -> Result<String> {
             connection.base_url
         )
     })?;
-    let now = state::now_unix();
+    let now = crate::clock::unix_seconds();
     let with_attrs = live.attrs.iter().filter(|(_, a)| !a.is_empty()).count();
     let mut out = String::new();
     if let Some(previous) = store.other_target().map(str::to_owned) {

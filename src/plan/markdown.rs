@@ -175,7 +175,7 @@ fn details(change: &Change) -> String {
         "<details><summary><code>{sign} {}</code> ({} attribute{}){doubt}</summary>\n\n```diff\n{body}```\n</details>\n",
         html_escape(change.user.as_str()),
         change.attrs.len(),
-        if change.attrs.len() == 1 { "" } else { "s" }
+        crate::text::s(change.attrs.len())
     )
 }
 

@@ -7,6 +7,7 @@ use anstyle::{AnsiColor, Style};
 use crate::model::{Action, AttrChange, DoubtNote, Drift, Plan};
 
 use super::summary_line;
+use crate::text::plural;
 
 /// Plans with more changes than this open with a summary, so the gist is on the first screen.
 const SUMMARY_FIRST_ABOVE: usize = 20;
@@ -215,15 +216,6 @@ fn attr_line(attr: &AttrChange, action: Action, painter: &Painter) -> String {
             before.as_str()
         ),
         (None, None) => format!("  {name}"),
-    }
-}
-
-/// `1 user`, `2 users`.
-pub(crate) fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
     }
 }
 

@@ -16,7 +16,7 @@ use crate::api::Client;
 use crate::apply::CallOutcome;
 use crate::config::Config;
 use crate::model::{AttrValue, Attrs, DoubtNote, InDoubt, UserId, MAX_BATCH_SIZE};
-use crate::state::{self, Commit, StateError, Store};
+use crate::state::{Commit, StateError, Store};
 
 use super::Metrics;
 
@@ -196,7 +196,7 @@ impl DriftScan {
                 );
             }
             if self.self_heal {
-                let since = state::now_unix();
+                let since = crate::clock::unix_seconds();
                 let commit = Commit {
                     doubt: drifted
                         .into_iter()

@@ -186,7 +186,7 @@ impl Metrics {
             .inc();
         self.reconcile_duration.observe(seconds);
         if success {
-            self.last_success.set(unix_now());
+            self.last_success.set(crate::clock::unix_seconds_f64());
         }
     }
 
@@ -236,7 +236,7 @@ impl Metrics {
 
     /// Records the end of a full drift pass.
     pub(crate) fn drift_pass_done(&self) {
-        self.drift_last_pass.set(unix_now());
+        self.drift_last_pass.set(crate::clock::unix_seconds_f64());
         self.drift_scan_progress.set(0);
     }
 
@@ -244,12 +244,6 @@ impl Metrics {
     pub(crate) fn polling(&self, polling: bool) {
         self.watch_polling.set(i64::from(polling));
     }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]

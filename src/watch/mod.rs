@@ -141,7 +141,7 @@ pub enum ReconcileError {
     #[error(
         "the config is invalid ({} problem{}); nothing was applied, and the last good desired state is kept until the files are fixed",
         .0.0.len(),
-        if .0.0.len() == 1 { "" } else { "s" }
+        crate::text::s(.0.0.len())
     )]
     Invalid(Diagnostics),
     /// The state directory could not be created.
@@ -304,10 +304,10 @@ pub async fn run(
         listen = Some(bound.to_string());
     }
 
-    let default_state = root.join("state");
+    let default_state = root.join(config::DEFAULT_STATE_DIR);
     let scope = Scope::new(
         &root,
-        &root.join("users"),
+        &root.join(config::DEFAULT_USERS_DIR),
         state_override.as_deref().unwrap_or(&default_state),
     );
     let (watcher, events) = ConfigWatcher::start(scope);
