@@ -11,23 +11,31 @@
 //!
 //! - [`config`]: reads `attrsync.yaml` and the user files into a validated [`model::Desired`],
 //!   with every problem reported as `file:line:column`.
-//! - [`state`]: the sled snapshot of what the server last accepted.
-//! - [`api`]: the Tencent Cloud IM REST client (UserSig, rate limiter, error classes).
-//! - [`apply`]: the executor — batches, retries, one snapshot commit per accepted batch.
-//! - [`watch`]: the daemon — file events, periodic resync and manual triggers → reconcile.
+//! - [`state`]: the sled snapshot of what the server holds, who is in doubt, and its checks.
+//! - [`api`]: the Tencent Cloud IM REST client (UserSig, rate limiter, error classes); the
+//!   facts it relies on are in `docs/api.md`.
+//! - [`apply`]: the executor — batches marked in doubt, sent, settled; the retry policy.
+//! - [`link`]: connecting to the configured server (a region, an endpoint or the embedded
+//!   emulator) and checking its attribute names.
+//! - [`watch`]: the daemon — file events, periodic resync, manual triggers and the drift scan
+//!   → reconcile.
 //! - [`emulator`]: a local stand-in for the server, used by tests and the quickstart.
 //! - [`ops`]: one function per command, wiring the shells to the core; `main.rs` only
 //!   parses arguments and maps results to exit codes.
+//! - [`clock`] and [`text`]: the wall clock and plurals, leaves that import nothing.
 //!
-//! Imports point inward: `model` and `api` import nothing from the crate; `plan`, `config` and
-//! `state` only `model`; `apply` uses `api` and `state`; the `emulator` shares `api`'s wire
-//! types and UserSig code (one contract, both ends); `watch` and `ops` wire the pipeline.
+//! Imports point inward: `model` imports nothing from the crate; `plan` and `config` only
+//! `model` (and the `text` leaf); `state` and `api` the core; `apply` uses `api` and `state`;
+//! `link` uses `api`, `apply`, `config` and the `emulator`; the `emulator` shares `api`'s wire
+//! types and UserSig code (one contract, both ends); `watch` wires the pipeline without `ops`,
+//! and `ops` wires it for the commands.
 
 pub mod api;
 pub mod apply;
 pub mod clock;
 pub mod config;
 pub mod emulator;
+pub mod link;
 pub mod model;
 pub mod ops;
 pub mod plan;

@@ -332,7 +332,7 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
             };
             runtime()?.block_on(async {
                 let shutdown = attrsync::watch::shutdown_signal()?;
-                attrsync::watch::run(ctx, options, shutdown).await
+                attrsync::watch::run(&ctx.dir, ctx.state.as_deref(), options, shutdown).await
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -3,129 +3,23 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::api::{AttrSlot, Client, ClientConfig, SecretKey};
+use crate::api::AttrSlot;
 use crate::apply::{
     self, ApplyOptions, CallStats, FailedUser, Progress, Report, RetryPolicy, StopSignal,
 };
-use crate::config::{Config, Settings, Target};
-use crate::emulator::{Emulator, EmulatorConfig, RunningEmulator, DEMO_SECRET_KEY};
+use crate::config::Config;
 use crate::model::{AttrName, Attrs, Drift, Snapshot, UserId, UserMap};
 use crate::plan::{self, Guards, PlanOptions};
 use crate::state::{Commit, Holder, OnOtherTarget, Store};
 
 use super::{binding, describe_failed, Context};
-
-/// A client for the configured target, with the embedded emulator kept alive beside it.
-pub struct Connection {
-    /// The REST client.
-    pub client: Client,
-    /// Where the client points (for messages).
-    pub base_url: String,
-    _embedded: Option<RunningEmulator>,
-}
-
-/// Where the embedded emulator keeps its data, under the state directory.
-pub fn embedded_data_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("emulator")
-}
-
-/// Connects to the target in `settings`: reads the secret key from its environment variable
-/// and, for `endpoint: embedded`, starts the emulator in-process.
-pub async fn connect(settings: &Settings) -> Result<Connection> {
-    let key = match std::env::var(&settings.secret_key_env) {
-        Ok(key) if !key.trim().is_empty() => SecretKey::new(key.trim()),
-        _ if settings.target == Target::Embedded => SecretKey::new(DEMO_SECRET_KEY),
-        _ => bail!(
-            "the secret key is not set: export {}=<the app's secret key> (Tencent Cloud IM console → \
-             your app → Basic Configuration), or set secret_key_env in attrsync.yaml to the variable that holds it",
-            settings.secret_key_env
-        ),
-    };
-    let (base_url, embedded) = match &settings.target {
-        Target::Region(region) => (region.base_url(), None),
-        Target::Endpoint(url) => (url.clone(), None),
-        Target::Embedded => {
-            let data_dir = embedded_data_dir(&settings.state_dir);
-            std::fs::create_dir_all(&data_dir).with_context(|| {
-                format!(
-                    "cannot create the embedded emulator's data directory {}",
-                    data_dir.display()
-                )
-            })?;
-            let config = EmulatorConfig {
-                sdkappid: settings.sdkappid,
-                secret_key: key.clone(),
-                attributes: settings
-                    .attributes
-                    .iter()
-                    .map(|a| a.as_str().to_owned())
-                    .collect(),
-                data_dir: Some(data_dir),
-                ..EmulatorConfig::default()
-            };
-            let running = Emulator::start(config, "127.0.0.1:0")
-                .await
-                .context("cannot start the embedded emulator")?;
-            tracing::debug!(address = %running.addr(), "started the embedded emulator (endpoint: embedded)");
-            (running.base_url(), Some(running))
-        }
-    };
-    let mut config = ClientConfig::new(
-        base_url.clone(),
-        settings.sdkappid,
-        settings.identifier.clone(),
-        key,
-    );
-    config.rate_limit = settings.rate_limit;
-    let client = Client::new(config).context("cannot set up the API client")?;
-    Ok(Connection {
-        client,
-        base_url,
-        _embedded: embedded,
-    })
-}
-
-/// Checks that every configured attribute name is registered on the app (`get_attr_name`).
-pub async fn preflight(connection: &Connection, settings: &Settings) -> Result<()> {
-    let stop = StopSignal::new();
-    let retry = RetryPolicy::default();
-    let registered = apply::with_retries(
-        &connection.client,
-        &retry,
-        &stop,
-        &CallStats::default(),
-        || connection.client.get_attr_name(),
-    )
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read the app's attribute names from {}: {e}",
-            connection.base_url
-        )
-    })?;
-    let missing: Vec<&str> = settings
-        .attributes
-        .iter()
-        .map(AttrName::as_str)
-        .filter(|name| !registered.values().any(|r| r.name == *name))
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "the app has no attribute named {}; register {} with `attrsync attributes push` (or in the console), \
-             then run again (registered now: {})",
-            missing.join(", "),
-            if missing.len() == 1 { "it" } else { "them" },
-            if registered.is_empty() { "none".to_owned() } else { registered.values().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ") }
-        );
-    }
-    Ok(())
-}
+use crate::link::{connect, preflight};
 
 /// Why a saved plan cannot be applied: it is not the plan the config and snapshot give now.
 #[derive(Debug, thiserror::Error)]

@@ -31,9 +31,8 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::apply::{self, ApplyOptions, Progress, Report, StopSignal};
 use crate::config::{self, Config, Diagnostics, ParseCache, Settings, Target};
+use crate::link::{self, Connection, LinkError};
 use crate::model::{AttrName, Plan, Summary};
-use crate::ops::remote::{self, Connection};
-use crate::ops::Context;
 use crate::plan::{self, GuardError, Guards, PlanOptions, TextStyle};
 use crate::state::{Holder, StateError, Store};
 
@@ -161,8 +160,8 @@ pub enum ReconcileError {
     )]
     Refused(#[from] GuardError),
     /// Connecting, or checking the app's attribute names, failed.
-    #[error("{0}")]
-    Server(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
     /// The apply left users unapplied.
     #[error("the apply did not finish: {0}")]
     Apply(String),
@@ -254,7 +253,8 @@ impl Shared {
 /// — an invalid config, an unreachable server, a snapshot held by another process — is a
 /// failed reconcile: logged, shown on `/readyz`, retried with backoff, never fatal.
 pub async fn run(
-    ctx: &Context,
+    dir: &Path,
+    state: Option<&Path>,
     options: WatchOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WatchError> {
@@ -266,8 +266,8 @@ pub async fn run(
                 source,
             })
     };
-    let root = absolute(&ctx.dir)?;
-    let state_override = ctx.state.as_deref().map(absolute).transpose()?;
+    let root = absolute(dir)?;
+    let state_override = state.map(absolute).transpose()?;
     let hangup = signal(SignalKind::hangup()).map_err(WatchError::Signals)?;
 
     let stop = StopSignal::new();
@@ -745,9 +745,7 @@ impl Daemon {
                 tracing::info!("the server settings in attrsync.yaml changed: reconnecting");
                 self.drift = None;
             }
-            let connection = remote::connect(settings)
-                .await
-                .map_err(|e| ReconcileError::Server(format!("{e:#}")))?;
+            let connection = link::connect(settings).await?;
             tracing::info!(endpoint = %connection.base_url, "connected");
             self.link = Some(Link {
                 key,
@@ -757,9 +755,7 @@ impl Daemon {
         }
         let link = self.link.as_mut().expect("connected above");
         if link.preflighted.as_deref() != Some(settings.attributes.as_slice()) {
-            remote::preflight(&link.connection, settings)
-                .await
-                .map_err(|e| ReconcileError::Server(format!("{e:#}")))?;
+            link::preflight(&link.connection, settings).await?;
             link.preflighted = Some(settings.attributes.clone());
         }
         Ok(link.connection.client.clone())
