@@ -7,8 +7,10 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
+use attrsync::api::Endpoint;
 use attrsync::apply::StopSignal;
 use attrsync::config::Diagnostics;
+use attrsync::emulator::{EmulatorConfig, FailMode, SetAttrMode, DEFAULT_SDKAPPID};
 use attrsync::ops::remote::{self, ApplyRequest};
 use attrsync::ops::{self, interrupts, Context, PlanFormat, PlanRequest, ValidateFormat};
 
@@ -71,14 +73,14 @@ enum Command {
     /// Check the config repository: every problem, with file:line:column. Exit 0 valid, 1 invalid.
     Validate {
         /// Output format: text, json (for tools), github (workflow annotations).
-        #[arg(long, value_enum, default_value_t = ValidateFormat::Text)]
-        format: ValidateFormat,
+        #[arg(long, value_enum, default_value_t = ValidateFormatArg::Text)]
+        format: ValidateFormatArg,
     },
     /// Show what apply would change: the config against the snapshot of what was last applied.
     Plan {
         /// Output format: text (people), json (machines), markdown (pull-request comments).
-        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
-        format: PlanFormat,
+        #[arg(long, value_enum, default_value_t = PlanFormatArg::Text)]
+        format: PlanFormatArg,
         /// Also save the plan as JSON to FILE, for `attrsync apply FILE`.
         #[arg(long, value_name = "FILE", conflicts_with = "refresh")]
         out: Option<PathBuf>,
@@ -171,7 +173,139 @@ enum Command {
         drift_pass_every: std::time::Duration,
     },
     /// Run the local Tencent Cloud IM stand-in (for tests and demos).
-    Emulator(attrsync::emulator::EmulatorArgs),
+    Emulator(EmulatorArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ValidateFormatArg {
+    Text,
+    Json,
+    Github,
+}
+
+impl From<ValidateFormatArg> for ValidateFormat {
+    fn from(arg: ValidateFormatArg) -> Self {
+        match arg {
+            ValidateFormatArg::Text => ValidateFormat::Text,
+            ValidateFormatArg::Json => ValidateFormat::Json,
+            ValidateFormatArg::Github => ValidateFormat::Github,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PlanFormatArg {
+    Text,
+    Json,
+    Markdown,
+}
+
+impl From<PlanFormatArg> for PlanFormat {
+    fn from(arg: PlanFormatArg) -> Self {
+        match arg {
+            PlanFormatArg::Text => PlanFormat::Text,
+            PlanFormatArg::Json => PlanFormat::Json,
+            PlanFormatArg::Markdown => PlanFormat::Markdown,
+        }
+    }
+}
+
+/// Command-line arguments of `attrsync emulator`.
+#[derive(Debug, Clone, clap::Args)]
+struct EmulatorArgs {
+    /// Address to listen on; port 0 picks a free port. The bound address is printed as the
+    /// first line on stdout.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// SDKAppID of the emulated application.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SDKAPPID)]
+    sdkappid: u64,
+    /// Environment variable holding the secret key; when unset, the public demo key is used.
+    #[arg(long, value_name = "VAR", default_value = attrsync::model::DEFAULT_SECRET_KEY_ENV)]
+    secret_key_env: String,
+    /// Attribute names to register at start (comma-separated).
+    #[arg(long, value_name = "a,b", value_delimiter = ',')]
+    attributes: Vec<String>,
+    /// Accounts to treat as never imported: answered with 70107 (comma-separated).
+    #[arg(long, value_name = "u1,u2", value_delimiter = ',')]
+    unknown_users: Vec<String>,
+    /// Calls admitted per endpoint in any one-second window; more are answered with 60007.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit: u32,
+    /// Delay before every answer, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    latency: u64,
+    /// Probability (0 to 1) that a call gets a fault.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fail_rate: f64,
+    /// The fault to inject.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = FailModeArg::Mixed)]
+    fail_mode: FailModeArg,
+    /// Inject faults only into these endpoints (comma-separated, e.g. set_attr,remove_attr);
+    /// by default into every endpoint.
+    #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',', value_parser = parse_endpoint)]
+    fail_endpoints: Vec<Endpoint>,
+    /// What set_attr does with attributes it does not name: keep them (merge) or drop them
+    /// (replace). The documentation does not say; attrsync is right under both.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = SetAttrModeArg::Merge)]
+    set_attr: SetAttrModeArg,
+    /// Seed of the fault-injection RNG (same seed, same faults for the same calls).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// Keep the data in sled under this directory instead of in memory.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FailModeArg {
+    #[value(name = "91000")]
+    InternalError,
+    #[value(name = "502")]
+    BadGateway,
+    Drop,
+    Mixed,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SetAttrModeArg {
+    Merge,
+    Replace,
+}
+
+fn parse_endpoint(name: &str) -> Result<Endpoint, String> {
+    Endpoint::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Endpoint::ALL.iter().map(|e| e.name()).collect();
+        format!("unknown endpoint {name:?}; use {}", names.join(", "))
+    })
+}
+
+impl EmulatorArgs {
+    /// The emulator's settings (the key is read by `run_foreground`).
+    fn config(&self) -> EmulatorConfig {
+        EmulatorConfig {
+            sdkappid: self.sdkappid,
+            attributes: self.attributes.clone(),
+            unknown_users: self.unknown_users.clone(),
+            rate_limit: self.rate_limit,
+            latency: std::time::Duration::from_millis(self.latency),
+            fail_rate: self.fail_rate,
+            fail_mode: match self.fail_mode {
+                FailModeArg::InternalError => FailMode::InternalError,
+                FailModeArg::BadGateway => FailMode::BadGateway,
+                FailModeArg::Drop => FailMode::Drop,
+                FailModeArg::Mixed => FailMode::Mixed,
+            },
+            fail_endpoints: self.fail_endpoints.clone(),
+            set_attr: match self.set_attr {
+                SetAttrModeArg::Merge => SetAttrMode::Merge,
+                SetAttrModeArg::Replace => SetAttrMode::Replace,
+            },
+            seed: self.seed,
+            data_dir: self.data.clone(),
+            ..EmulatorConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -233,7 +367,7 @@ fn main() -> ExitCode {
 fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { format } => {
-            let validation = ops::validate(ctx, format);
+            let validation = ops::validate(ctx, format.into());
             print!("{}", validation.output);
             Ok(if validation.valid {
                 ExitCode::SUCCESS
@@ -250,7 +384,7 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
             refresh,
         } => {
             let request = PlanRequest {
-                format,
+                format: format.into(),
                 out,
                 prune,
                 allow_empty,
@@ -337,7 +471,11 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Emulator(args) => {
-            runtime()?.block_on(attrsync::emulator::run_from_cli(args))?;
+            runtime()?.block_on(attrsync::emulator::run_foreground(
+                &args.listen,
+                &args.secret_key_env,
+                args.config(),
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -57,7 +57,7 @@
 //! `fault` is `"91000"`, `"502"`, `"drop"` or `null`; `at_ms` is the arrival time in
 //! milliseconds since the emulator started.
 
-mod cli;
+mod foreground;
 mod server;
 mod service;
 mod stats;
@@ -70,7 +70,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use cli::{run_from_cli, EmulatorArgs};
+pub use foreground::run_foreground;
 pub use service::{MAX_ATTR_SLOTS, MAX_VALUE_BYTES, STATE_PATH};
 pub use stats::{CallCounts, CallRecord, StateReport, LOG_CAPACITY};
 pub use store::StoreError;
@@ -91,26 +91,22 @@ pub const DEMO_SECRET_KEY: &str =
 pub const DEFAULT_SDKAPPID: u64 = 1_400_000_000;
 
 /// Which faults `fail_rate` injects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailMode {
     /// Answer `ErrorCode` 91000 (internal service error).
-    #[value(name = "91000")]
     InternalError,
     /// Answer HTTP 502.
-    #[value(name = "502")]
     BadGateway,
     /// Apply the call, then close the connection without answering.
-    #[value(name = "drop")]
     Drop,
     /// One of the three, chosen uniformly per faulty call.
     #[default]
-    #[value(name = "mixed")]
     Mixed,
 }
 
 /// What `set_attr` does with a user's attributes it does not name. The documentation does not
 /// say; attrsync must be right under both readings, and its tests run under both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SetAttrMode {
     /// The given attributes replace their old values; the others stay.
     #[default]

@@ -42,7 +42,7 @@ impl Context {
 }
 
 /// Output formats of `validate`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValidateFormat {
     /// `file:line:column: message` lines.
     Text,
@@ -156,7 +156,7 @@ fn escape_property(s: &str) -> String {
 }
 
 /// Output formats of `plan`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlanFormat {
     /// For people, Terraform-like.
     Text,
