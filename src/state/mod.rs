@@ -1,0 +1,34 @@
+//! The snapshot store: what the server last accepted, per user, and who is in doubt, kept in
+//! sled.
+//!
+//! sled 0.34 makes a write durable only at `flush`, and lets one process open a database at a
+//! time. So every commit is one transaction followed by a flush before it returns, and a second
+//! process gets [`StateError::Locked`] naming whoever holds the database (from a small
+//! `holder.json` that the holder writes next to it).
+//!
+//! Users are stored in chunks: one sled key per sorted run of about [`CHUNK_USERS`] users,
+//! keyed by the run's first user id. sled spends about a microsecond per key on iteration, so
+//! one key per user made reading a million-user snapshot take seconds; chunks read in tens of
+//! milliseconds, and a batch (up to 100 users, consecutive in plan order) rewrites one or two.
+//!
+//! The store checks itself, because a snapshot that silently went back in time would make
+//! `plan` lie: every chunk and in-doubt record carries a CRC-32; the user count is kept beside
+//! the data; and the serial of the last commit is also written to a small `serial` file
+//! outside the database, after the database is durable. A database older than that file (a
+//! damaged log that sled truncated, files put back from a copy) is refused with
+//! [`StateError::RolledBack`], never read as if nothing happened. The directory's identity is
+//! checked before every commit, so a state directory deleted under a running process stops it
+//! ([`StateError::Gone`]) instead of committing into files nobody will read.
+//!
+//! - [`store`]: the sled store and its checks.
+//! - `codec`: the binary records inside it.
+//! - [`jsonl`]: `state export` / `state import`.
+
+mod codec;
+pub mod jsonl;
+pub mod store;
+
+pub use jsonl::{export, parse_import, ImportProblem, Imported};
+pub use store::{
+    Binding, Commit, Holder, OnOtherTarget, StateError, Store, CHUNK_USERS, FORMAT_VERSION,
+};
