@@ -11,7 +11,7 @@ use attrsync::api::Endpoint;
 use attrsync::apply::StopSignal;
 use attrsync::config::Diagnostics;
 use attrsync::emulator::{EmulatorConfig, FailMode, SetAttrMode, DEFAULT_SDKAPPID};
-use attrsync::ops::remote::{self, ApplyRequest};
+use attrsync::ops::ApplyRequest;
 use attrsync::ops::{self, interrupts, Context, PlanFormat, PlanRequest, ValidateFormat};
 
 /// Keep Tencent Cloud IM push user attributes equal to what a config repository declares.
@@ -421,23 +421,23 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
             let runtime = runtime()?;
             let stop = StopSignal::new();
             let signal = runtime.block_on(async { interrupts::listen(stop.clone()) });
-            let outcome = runtime.block_on(remote::apply(ctx, &request, &stop))?;
+            let outcome = runtime.block_on(ops::apply(ctx, &request, &stop))?;
             let Some(report) = outcome.report else {
                 return Ok(ExitCode::FAILURE);
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if report.calls > 0 || !report.succeeded() {
-                print!("{}", remote::render_report(&report));
+                print!("{}", ops::render_report(&report));
             }
             Ok(ExitCode::from(interrupts::exit_code(
                 signal.received(),
                 &report,
             )))
         }
-        Command::Import { users } => print_ok(runtime()?.block_on(remote::import(ctx, &users))?),
+        Command::Import { users } => print_ok(runtime()?.block_on(ops::import(ctx, &users))?),
         Command::Attributes(AttributesCommand::Push { auto_approve }) => {
-            print_ok(runtime()?.block_on(remote::attributes_push(ctx, auto_approve))?)
+            print_ok(runtime()?.block_on(ops::attributes_push(ctx, auto_approve))?)
         }
         Command::State(StateCommand::List) => print_ok(ops::state_list(ctx)?),
         Command::State(StateCommand::Show { user }) => print_ok(ops::state_show(ctx, &user)?),

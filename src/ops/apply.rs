@@ -1,0 +1,274 @@
+//! `attrsync apply`: plans (or verifies a saved plan), confirms, applies, reports.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+
+use super::{binding, confirm, describe_failed, Context};
+use crate::apply::{self, ApplyOptions, Progress, Report, RetryPolicy, StopSignal};
+use crate::link::{connect, preflight};
+use crate::plan::{self, Guards, PlanOptions};
+use crate::state::{Holder, Store};
+
+/// Why a saved plan cannot be applied: it is not the plan the config and snapshot give now.
+#[derive(Debug, thiserror::Error)]
+#[error("the saved plan is stale or was edited: {reasons}; nothing was applied. Run `attrsync plan --out FILE` again and review the new plan")]
+pub struct StalePlan {
+    reasons: String,
+}
+
+/// The options of `apply`.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyRequest {
+    /// Apply this saved plan instead of planning now.
+    pub plan_file: Option<PathBuf>,
+    /// Skip the confirmation.
+    pub auto_approve: bool,
+    /// `--prune`.
+    pub prune: bool,
+    /// `--allow-mass-delete`.
+    pub allow_mass_delete: bool,
+    /// `--allow-empty`.
+    pub allow_empty: bool,
+    /// Print the report as JSON.
+    pub json: bool,
+}
+
+/// What `apply` did.
+#[derive(Debug)]
+pub struct ApplyOutcome {
+    /// The report, or `None` when nothing was applied (no changes, or not confirmed).
+    pub report: Option<Report>,
+}
+
+/// `attrsync apply`: plans (or reads a saved plan), confirms, and applies.
+pub async fn apply(
+    ctx: &Context,
+    request: &ApplyRequest,
+    stop: &StopSignal,
+) -> Result<ApplyOutcome> {
+    let config = ctx.load_config()?;
+    let settings = &config.settings;
+    std::fs::create_dir_all(&settings.state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            settings.state_dir.display()
+        )
+    })?;
+    let store = Arc::new(Store::open(
+        &settings.state_dir,
+        binding(settings),
+        &Holder::this_process("apply"),
+    )?);
+    let snapshot = store.load()?;
+    let guards = Guards {
+        max_deletes: settings.max_deletes,
+        allow_mass_delete: request.allow_mass_delete,
+        allow_empty: request.allow_empty,
+    };
+    let plan = match &request.plan_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the plan file {}", path.display()))?;
+            let saved = plan::from_json(&text)?;
+            // Verified, not trusted: the plan applied is the one computed now, and only when
+            // it equals the saved one in every change.
+            let now = plan::plan(
+                &config.desired,
+                &snapshot,
+                PlanOptions {
+                    sdkappid: settings.sdkappid,
+                    prune: saved.prune,
+                },
+            );
+            let differences = plan::differences(&saved, &now);
+            if !differences.is_empty() {
+                return Err(StalePlan {
+                    reasons: differences.join("; "),
+                }
+                .into());
+            }
+            if saved.prune && !(settings.prune || request.prune) {
+                tracing::info!("the saved plan was made with --prune: applying its deletions");
+            }
+            now
+        }
+        None => {
+            plan::check_empty_desired(&config.desired, &snapshot, guards)?;
+            plan::plan(
+                &config.desired,
+                &snapshot,
+                PlanOptions {
+                    sdkappid: settings.sdkappid,
+                    prune: settings.prune || request.prune,
+                },
+            )
+        }
+    };
+    plan::check_mass_delete(&plan, guards)?;
+    let mut stdout = std::io::stdout().lock();
+    if !plan.summary.has_writes() {
+        if !request.json {
+            write!(stdout, "{}", plan::render_text(&plan, ctx.text_style()))?;
+        }
+        return Ok(ApplyOutcome {
+            report: Some(Report::default()),
+        });
+    }
+    if request.plan_file.is_none() {
+        if !request.json {
+            write!(stdout, "{}", plan::render_text(&plan, ctx.text_style()))?;
+            stdout.flush()?;
+        }
+        if !request.auto_approve && !confirm()? {
+            writeln!(stdout, "Apply cancelled: nothing was sent.")?;
+            return Ok(ApplyOutcome { report: None });
+        }
+    }
+    drop(stdout);
+    let connection = connect(settings).await?;
+    preflight(&connection, settings).await?;
+    let options = ApplyOptions {
+        batch_size: settings.batch_size,
+        in_flight: apply::IN_FLIGHT,
+        retry: RetryPolicy::default(),
+    };
+    let total = plan.changes.iter().filter(|c| c.action.writes()).count();
+    let progress = ProgressLine::new(total);
+    let report = apply::execute(
+        &plan,
+        &snapshot,
+        &connection.client,
+        &store,
+        options,
+        stop,
+        &|p| progress.update(p),
+    )
+    .await;
+    progress.finish();
+    Ok(ApplyOutcome {
+        report: Some(report),
+    })
+}
+
+/// A progress bar on a terminal, a plain line every few seconds otherwise.
+struct ProgressLine {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_line: std::sync::Mutex<Instant>,
+    total: usize,
+}
+
+/// How often the plain progress line is printed.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+impl ProgressLine {
+    fn new(total: usize) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} users  {msg}  ETA {eta}",
+                )
+                .expect("valid template"),
+            );
+            bar
+        });
+        Self {
+            bar,
+            started: Instant::now(),
+            last_line: std::sync::Mutex::new(Instant::now()),
+            total,
+        }
+    }
+
+    fn update(&self, progress: Progress) {
+        let rate = progress.done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        if let Some(bar) = &self.bar {
+            bar.set_position(progress.done as u64);
+            bar.set_message(format!("{rate:.0} users/s"));
+            return;
+        }
+        let mut last = self.last_line.lock().expect("progress lock");
+        if last.elapsed() >= PLAIN_PROGRESS_EVERY {
+            *last = Instant::now();
+            let eta = if rate > 0.0 {
+                (self.total - progress.done) as f64 / rate
+            } else {
+                0.0
+            };
+            eprintln!(
+                "applied {}/{} users ({rate:.0} users/s, ETA {eta:.0}s)",
+                progress.done, progress.total
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Renders an apply report for people.
+pub fn render_report(report: &Report) -> String {
+    let mut out = String::new();
+    let verdict = if report.interrupted {
+        "Apply interrupted"
+    } else if report.succeeded() {
+        "Apply complete"
+    } else {
+        "Apply finished with errors"
+    };
+    let in_doubt = report.in_doubt();
+    out.push_str(&format!(
+        "{verdict}: {} created, {} updated, {} deleted, {} failed{}{}.\n",
+        report.created,
+        report.updated,
+        report.deleted,
+        report.failed.len(),
+        if in_doubt > 0 {
+            format!(" ({in_doubt} in doubt)")
+        } else {
+            String::new()
+        },
+        if report.skipped > 0 {
+            format!(", {} not attempted", report.skipped)
+        } else {
+            String::new()
+        }
+    ));
+    out.push_str(&format!(
+        "  {} calls, {} retries, {} throttled, {:.2}s\n",
+        report.calls,
+        report.retries,
+        report.throttled,
+        report.elapsed.as_secs_f64()
+    ));
+    if !report.failed.is_empty() {
+        out.push_str("Failed users (not recorded in the snapshot; the next apply retries them):\n");
+        for failed in &report.failed {
+            let doubt = if failed.in_doubt {
+                " [in doubt: the server may hold the new values; the next apply re-sends them in full]"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "  - {}: {}{doubt}\n",
+                failed.user,
+                describe_failed(failed)
+            ));
+        }
+    }
+    if let Some(error) = &report.error {
+        out.push_str(&format!("Stopped: {error}\n"));
+    }
+    if report.interrupted || report.skipped > 0 {
+        out.push_str("Run `attrsync apply` again to send what is still missing.\n");
+    }
+    out
+}

@@ -1,0 +1,89 @@
+//! `attrsync attributes push`: the configured attribute names registered on the app.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+
+use super::{confirm, Context};
+use crate::api::AttrSlot;
+use crate::apply::{self, CallStats, RetryPolicy, StopSignal};
+use crate::link::connect;
+use crate::model::AttrName;
+use crate::plan;
+
+/// `attrsync attributes push`: registers the configured names in free slots.
+pub async fn attributes_push(ctx: &Context, auto_approve: bool) -> Result<String> {
+    let config = ctx.load_config()?;
+    let settings = &config.settings;
+    let connection = connect(settings).await?;
+    let stop = StopSignal::new();
+    let stats = CallStats::default();
+    let retry = RetryPolicy::default();
+    let registered = apply::with_retries(&connection.client, &retry, &stop, &stats, || {
+        connection.client.get_attr_name()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot read the app's attribute names: {e}"))?;
+    let missing: Vec<&AttrName> = settings
+        .attributes
+        .iter()
+        .filter(|a| !registered.values().any(|r| r.name == a.as_str()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(format!(
+            "All {} attributes are registered on the app. Nothing to do.\n",
+            settings.attributes.len()
+        ));
+    }
+    let free: Vec<u8> = (0..crate::model::MAX_ATTRIBUTES as u8)
+        .filter(|slot| !registered.contains_key(slot))
+        .collect();
+    if free.len() < missing.len() {
+        bail!(
+            "the app has {} free attribute slots but {} names to register ({}); free slots in the console first \
+             (attrsync never changes a registered slot)",
+            free.len(),
+            missing.len(),
+            missing.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    // New names apply to the IM UserID (account type 0, the documented default).
+    let additions: BTreeMap<u8, AttrSlot> = free
+        .iter()
+        .zip(&missing)
+        .map(|(slot, name)| {
+            (
+                *slot,
+                AttrSlot {
+                    name: name.as_str().to_owned(),
+                    account_type: 0,
+                },
+            )
+        })
+        .collect();
+    let mut preview = String::from(
+        "attrsync will register these attribute names (existing slots are left as they are):\n",
+    );
+    for (slot, attr) in &additions {
+        preview.push_str(&format!("  + slot {slot}: {} (for UserIDs)\n", attr.name));
+    }
+    print!("{preview}");
+    if !auto_approve && !confirm()? {
+        return Ok("Cancelled: nothing was registered.\n".to_owned());
+    }
+    // Send the registered slots unchanged, each with its account type, with the new ones:
+    // whether the API merges or replaces a partial map is not documented, the full map is
+    // right either way, and a type left out would default to 0, which cannot be changed once
+    // set (`docs/api.md`).
+    let mut full = registered.clone();
+    full.extend(additions.clone());
+    apply::with_retries(&connection.client, &retry, &stop, &stats, || {
+        connection.client.set_attr_name(&full)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot register the attribute names: {e}"))?;
+    Ok(format!(
+        "Registered {}.\n",
+        plan::plural(additions.len(), "attribute name")
+    ))
+}

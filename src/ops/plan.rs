@@ -1,0 +1,202 @@
+//! `attrsync plan`: the config against the snapshot, or with `--refresh` against the server.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+
+use super::{describe_failed, open_existing, write_atomically, Context};
+use crate::apply::{self, CallStats, FailedUser, RetryPolicy, StopSignal};
+use crate::config::Config;
+use crate::link::connect;
+use crate::model::{Attrs, Drift, Plan, Snapshot, UserId, UserMap};
+use crate::plan::{self, Guards, PlanOptions};
+use crate::state::Commit;
+
+/// Output formats of `plan`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanFormat {
+    /// For people, Terraform-like.
+    Text,
+    /// The plan document (`format_version` 1), for machines and saved plans.
+    Json,
+    /// For a pull-request comment.
+    Markdown,
+}
+
+/// The options of `plan`.
+#[derive(Clone, Debug)]
+pub struct PlanRequest {
+    /// Output format.
+    pub format: PlanFormat,
+    /// Save the plan (JSON) here for `apply PLANFILE`.
+    pub out: Option<PathBuf>,
+    /// `--prune` (in addition to `prune:` in attrsync.yaml).
+    pub prune: bool,
+    /// `--allow-empty`.
+    pub allow_empty: bool,
+    /// `--refresh`: plan against the server's live values instead of the snapshot.
+    pub refresh: bool,
+}
+
+/// What `plan` produced.
+#[derive(Debug)]
+pub struct PlanOutcome {
+    /// The plan.
+    pub plan: Plan,
+    /// The rendering for stdout.
+    pub output: String,
+    /// Warnings for stderr (e.g. the mass-delete guard will refuse this plan).
+    pub warnings: Vec<String>,
+}
+
+/// `attrsync plan`: diffs the config against the snapshot (or, with `--refresh`, the server).
+///
+/// With `--refresh`, users in doubt whose live values were read are recorded with them: the
+/// doubt is resolved, so the snapshot moves (a new serial) even though nothing is sent.
+pub async fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
+    let started = std::time::Instant::now();
+    let config = ctx.load_config()?;
+    tracing::debug!(users = config.desired.len(), files = config.files, elapsed = ?started.elapsed(), "loaded the config");
+    let store = open_existing(&config, "plan")?;
+    let mut snapshot = match &store {
+        Some(store) => store.load()?,
+        None => Snapshot::default(),
+    };
+    tracing::debug!(users = snapshot.users.len(), elapsed = ?started.elapsed(), "read the snapshot");
+    let settings = &config.settings;
+    let guards = Guards {
+        max_deletes: settings.max_deletes,
+        allow_mass_delete: false,
+        allow_empty: request.allow_empty,
+    };
+    plan::check_empty_desired(&config.desired, &snapshot, guards)?;
+    let mut warnings = Vec::new();
+    let refreshed = match request.refresh {
+        true => {
+            let refreshed = refresh(&config, &snapshot).await?;
+            if let (Some(store), false) = (&store, refreshed.resolved.is_empty()) {
+                let resolved = refreshed.resolved.clone();
+                store.commit(&resolved)?;
+                let n = resolved.record.len();
+                warnings.push(if n == 1 {
+                    "1 user in doubt was read back from the server; the snapshot now records its live values".to_owned()
+                } else {
+                    format!("{n} users in doubt were read back from the server; the snapshot now records their live values")
+                });
+                snapshot = store.load()?;
+            }
+            for failed in &refreshed.unread {
+                warnings.push(format!(
+                    "could not read {} from the server ({}); it is planned against the snapshot",
+                    failed.user,
+                    describe_failed(failed)
+                ));
+            }
+            Some(refreshed)
+        }
+        false => None,
+    };
+    drop(store);
+    let live;
+    let base = match &refreshed {
+        Some(r) => {
+            live = plan::live_snapshot(&snapshot, &r.live);
+            &live
+        }
+        None => &snapshot,
+    };
+    let plan = plan::plan(
+        &config.desired,
+        base,
+        PlanOptions {
+            sdkappid: settings.sdkappid,
+            prune: settings.prune || request.prune,
+        },
+    );
+    tracing::debug!(changes = plan.changes.len(), elapsed = ?started.elapsed(), "planned");
+    if let Err(guard) = plan::check_mass_delete(&plan, guards) {
+        warnings.push(format!("apply will refuse this plan: {guard}"));
+    }
+    if let Some(path) = &request.out {
+        write_atomically(path, plan::to_json(&plan).as_bytes())
+            .with_context(|| format!("cannot write the plan to {}", path.display()))?;
+    }
+    let drift = refreshed.as_ref().map(|r| r.drift.as_slice());
+    let output = match (request.format, drift) {
+        (PlanFormat::Text, None) => plan::render_text(&plan, ctx.text_style()),
+        (PlanFormat::Text, Some(drift)) => {
+            plan::render_drift_text(drift, ctx.text_style())
+                + &plan::render_text(&plan, ctx.text_style())
+        }
+        (PlanFormat::Json, None) => plan::to_json(&plan),
+        (PlanFormat::Json, Some(drift)) => plan::to_json_with_drift(&plan, drift),
+        (PlanFormat::Markdown, None) => plan::render_markdown(&plan),
+        (PlanFormat::Markdown, Some(drift)) => {
+            plan::render_markdown(&plan) + &plan::render_drift_markdown(drift)
+        }
+    };
+    Ok(PlanOutcome {
+        plan,
+        output,
+        warnings,
+    })
+}
+
+/// What `plan --refresh` read from the server.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// The live attributes of every user that could be read.
+    pub live: UserMap<Attrs>,
+    /// Users that changed outside attrsync.
+    pub drift: Vec<Drift>,
+    /// Users in doubt that were read: recording their live values resolves the doubt.
+    pub resolved: Commit,
+    /// Users the server could not be asked about (answered with an error): planned against
+    /// the snapshot, neither drift nor resolved.
+    pub unread: Vec<FailedUser>,
+    /// Calls made.
+    pub calls: usize,
+}
+
+/// Reads the live attributes of every user in desired ∪ snapshot ∪ in doubt.
+pub async fn refresh(config: &Config, snapshot: &Snapshot) -> Result<Refreshed> {
+    let mut users: Vec<UserId> = config.desired.iter().map(|(u, _)| u.clone()).collect();
+    users.extend(snapshot.users.iter().map(|(u, _)| u.clone()));
+    users.extend(snapshot.in_doubt.iter().map(|(u, _)| u.clone()));
+    users.sort();
+    users.dedup();
+    let connection = connect(&config.settings).await?;
+    let stats = CallStats::default();
+    let live = apply::read_live(
+        &connection.client,
+        &users,
+        &config.settings.attributes,
+        &RetryPolicy::default(),
+        &StopSignal::new(),
+        &stats,
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the live attributes from {}: {e}",
+            connection.base_url
+        )
+    })?;
+    let resolved = Commit {
+        record: live
+            .attrs
+            .iter()
+            .filter(|(user, _)| snapshot.in_doubt.get(user.as_str()).is_some())
+            .map(|(user, attrs)| (user.clone(), Some(attrs.clone())))
+            .collect(),
+        applied_at: crate::clock::unix_seconds(),
+        ..Commit::default()
+    };
+    Ok(Refreshed {
+        drift: plan::drift(snapshot, &live.attrs),
+        live: live.attrs,
+        resolved,
+        unread: live.errors,
+        calls: stats.calls.into_inner(),
+    })
+}
