@@ -22,7 +22,8 @@
 //! - [`emulator`]: a local stand-in for the server, used by tests and the quickstart.
 //! - [`ops`]: one function per command, wiring the shells to the core; `main.rs` only
 //!   parses arguments and maps results to exit codes.
-//! - [`clock`] and [`text`]: the wall clock and plurals, leaves that import nothing.
+//! - [`clock`], [`text`] and [`sync`]: the wall clock, plurals and the one mutex policy,
+//!   leaves that import nothing.
 //!
 //! Imports point inward: `model` imports nothing from the crate; `plan` and `config` only
 //! `model` (and the `text` leaf); `state` and `api` the core; `apply` uses `api` and `state`;
@@ -40,5 +41,6 @@ pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod state;
+pub mod sync;
 pub mod text;
 pub mod watch;

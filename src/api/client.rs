@@ -555,11 +555,8 @@ impl Client {
     }
 
     fn lock_usersig(&self) -> std::sync::MutexGuard<'_, Option<CachedUserSig>> {
-        // A poisoned cache is still a valid cache: it is replaced whole, never half-written.
-        self.inner
-            .usersig
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // The cache is replaced whole, never half-written.
+        crate::sync::lock(&self.inner.usersig)
     }
 }
 

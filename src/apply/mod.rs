@@ -26,10 +26,4 @@ pub use retry::{
     counted, with_retries, CallFailure, CallOutcome, CallStats, GaveUp, RetryPolicy, StopSignal,
 };
 
-/// Locks a mutex whose data stays valid whatever a panicking holder was doing: every update
-/// under these locks is a single push, pop or increment.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;

@@ -404,7 +404,7 @@ fn parse_files(
                     let text = to_text(bytes)?;
                     Ok((Arc::new(users::parse(&text, attributes)), key, true))
                 });
-                *slots[i].lock().expect("no worker panics") = Some(outcome);
+                *crate::sync::lock(&slots[i]) = Some(outcome);
             });
         }
     });

@@ -125,9 +125,7 @@ impl From<Rejection> for Answer {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Mutable> {
         // Counters and the RNG stay usable after a panic elsewhere; they are never half-updated.
-        self.mutable
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.mutable)
     }
 
     /// Replaces the fault-injection settings.

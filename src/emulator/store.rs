@@ -137,9 +137,7 @@ impl Store {
     /// Locks the data for reading or for computing a change.
     pub fn lock(&self) -> MutexGuard<'_, Data> {
         // Every mutation is applied whole under the lock, so a poisoned lock holds valid data.
-        self.data
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.data)
     }
 
     /// Applies `change` to the locked data and, with a data directory, to sled in one batch.

@@ -192,7 +192,7 @@ impl ProgressLine {
             bar.set_message(format!("{rate:.0} users/s"));
             return;
         }
-        let mut last = self.last_line.lock().expect("progress lock");
+        let mut last = crate::sync::lock(&self.last_line);
         if last.elapsed() >= PLAIN_PROGRESS_EVERY {
             *last = Instant::now();
             let eta = if rate > 0.0 {

@@ -601,10 +601,7 @@ impl Store {
     /// The serial grows by one. Recorded users leave doubt; users written with `None` or with
     /// no attributes are forgotten.
     pub fn commit(&self, commit: &Commit) -> Result<u64, StateError> {
-        let _guard = self
-            .commit_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = crate::sync::lock(&self.commit_lock);
         self.check_dir()?;
         if let (Some(found), Some(expected)) = (&self.other_target, &self.bind_target) {
             // Adding to another server's records would mix two servers in one snapshot.

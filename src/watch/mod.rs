@@ -230,7 +230,7 @@ impl Shared {
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {
-        self.status.lock().expect("status lock")
+        crate::sync::lock(&self.status)
     }
 
     pub(crate) fn readiness(&self) -> Result<(), String> {
@@ -931,7 +931,7 @@ impl ProgressLog {
     }
 
     fn update(&self, progress: Progress) {
-        let mut last = self.last.lock().expect("progress lock");
+        let mut last = crate::sync::lock(&self.last);
         if last.elapsed() >= PROGRESS_EVERY {
             *last = Instant::now();
             tracing::info!(

@@ -309,7 +309,7 @@ impl ConfigWatcher {
 
     /// Replaces the scope (after a reload that moved `users_dir` or `state_dir`).
     pub fn set_scope(&mut self, scope: Scope) {
-        let mut current = self.scope.lock().expect("scope lock");
+        let mut current = crate::sync::lock(&self.scope);
         if *current != scope {
             *current = scope;
         }
@@ -318,14 +318,14 @@ impl ConfigWatcher {
     /// Whether the config directory exists (after [`FsSignal::RootGone`], the daemon waits for
     /// it to come back).
     pub fn root_exists(&self) -> bool {
-        identity(&self.scope.lock().expect("scope lock").root).is_some()
+        identity(&crate::sync::lock(&self.scope).root).is_some()
     }
 
     /// Makes sure the root and the users directory are watched as they are now: watches a
     /// directory that appeared, and watches again one that was replaced (deleted and
     /// recreated, or swapped by a rename). Cheap: two `stat`s when nothing changed.
     pub fn arm(&mut self) {
-        let scope = self.scope.lock().expect("scope lock").clone();
+        let scope = crate::sync::lock(&self.scope).clone();
         let targets: Vec<(PathBuf, RecursiveMode)> = if scope.users_dir == scope.root {
             vec![(scope.root.clone(), RecursiveMode::Recursive)]
         } else {
@@ -443,7 +443,7 @@ fn handler(scope: Arc<Mutex<Scope>>, tx: UnboundedSender<FsSignal>) -> impl noti
     move |result: notify::Result<Event>| {
         let signal = match result {
             Ok(event) => {
-                let scope = scope.lock().expect("scope lock");
+                let scope = crate::sync::lock(&scope);
                 let root_gone = matches!(
                     event.kind,
                     EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
