@@ -22,6 +22,7 @@
 //! - [`emulator`]: a local stand-in for the server, used by tests and the quickstart.
 //! - [`ops`]: one function per command, wiring the shells to the core; `main.rs` only
 //!   parses arguments and maps results to exit codes.
+//! - [`shutdown`]: SIGINT/SIGTERM the same way for every long-running command.
 //! - [`clock`], [`text`] and [`sync`]: the wall clock, plurals and the one mutex policy,
 //!   leaves that import nothing.
 //!
@@ -40,6 +41,7 @@ pub mod link;
 pub mod model;
 pub mod ops;
 pub mod plan;
+pub mod shutdown;
 pub mod state;
 pub mod sync;
 pub mod text;

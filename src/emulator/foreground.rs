@@ -24,6 +24,7 @@ pub async fn run_foreground(
         }
     };
     let sdkappid = config.sdkappid;
+    let signals = crate::shutdown::Signals::install()?;
     let running = Emulator::start(config, listen).await?;
     let addr = running.addr();
     // The first stdout line is the contract for scripts; everything else goes to stderr.
@@ -42,23 +43,8 @@ pub async fn run_foreground(
         running.base_url(),
         super::STATE_PATH,
     );
-    wait_for_stop_signal().await?;
+    signals.first("second signal: stopping now").await;
     eprintln!("attrsync emulator: stopping");
     running.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result?,
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -1,12 +1,12 @@
-//! SIGINT and SIGTERM during long work: the first asks the work to stop cleanly, the second
-//! ends the process at once (the snapshot is consistent at every moment, so that is safe).
+//! SIGINT and SIGTERM during `apply`: the first stops dispatching (see [`crate::shutdown`]),
+//! and the exit code says whether the apply was interrupted.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use tokio::signal::unix::{signal, SignalKind};
-
 use crate::apply::StopSignal;
+use crate::shutdown::Signals;
+pub use crate::shutdown::{EXIT_SIGINT, EXIT_SIGTERM};
 
 /// Which signal arrived, as the conventional exit code (128 + signal number).
 #[derive(Clone, Debug, Default)]
@@ -22,11 +22,6 @@ impl Received {
     }
 }
 
-/// Exit code after SIGINT.
-pub const EXIT_SIGINT: u8 = 130;
-/// Exit code after SIGTERM.
-pub const EXIT_SIGTERM: u8 = 143;
-
 /// The exit code of an apply: 130/143 when a signal interrupted it, else 0 when every user was
 /// applied and 1 otherwise. A signal that arrived after the apply finished interrupted nothing.
 pub fn exit_code(signal: Option<u8>, report: &crate::apply::Report) -> u8 {
@@ -41,30 +36,19 @@ pub fn exit_code(signal: Option<u8>, report: &crate::apply::Report) -> u8 {
 pub fn listen(stop: StopSignal) -> Received {
     let received = Received::default();
     let flag = Arc::clone(&received.0);
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let Ok(signals) = Signals::install() else {
         tracing::warn!(
             "cannot listen for SIGINT/SIGTERM; an interrupt will end the process at once"
         );
         return received;
     };
     tokio::spawn(async move {
-        loop {
-            let code = tokio::select! {
-                _ = interrupt.recv() => EXIT_SIGINT,
-                _ = terminate.recv() => EXIT_SIGTERM,
-            };
-            if flag.swap(code, Ordering::SeqCst) != 0 {
-                eprintln!(
-                    "second signal: stopping now (batches in flight may be sent again next time)"
-                );
-                std::process::exit(i32::from(code));
-            }
-            eprintln!("stopping: no new batches; waiting for the ones in flight to finish and be recorded (signal again to stop at once)");
-            stop.stop();
-        }
+        let code = signals
+            .first("second signal: stopping now (batches in flight may be sent again next time)")
+            .await;
+        flag.store(code, Ordering::SeqCst);
+        eprintln!("stopping: no new batches; waiting for the ones in flight to finish and be recorded (signal again to stop at once)");
+        stop.stop();
     });
     received
 }

@@ -175,24 +175,13 @@ pub enum ReconcileError {
 /// The handlers are installed when this is called (inside the runtime), not when the future is
 /// first polled, so a signal that arrives during startup is not lost.
 pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, WatchError> {
-    let mut terminate = signal(SignalKind::terminate()).map_err(WatchError::Signals)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(WatchError::Signals)?;
+    let signals = crate::shutdown::Signals::install().map_err(WatchError::Signals)?;
     Ok(async move {
-        let name = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        };
+        let code = signals
+            .first("second signal: exiting now; batches in flight are re-planned at the next start")
+            .await;
+        let name = crate::shutdown::name(code);
         tracing::info!(signal = name, "{name}: stopping; batches in flight finish and are recorded (signal again to exit at once)");
-        tokio::spawn(async move {
-            let code = tokio::select! {
-                _ = terminate.recv() => 143,
-                _ = interrupt.recv() => 130,
-            };
-            eprintln!(
-                "second signal: exiting now; batches in flight are re-planned at the next start"
-            );
-            std::process::exit(code);
-        });
     })
 }
 
