@@ -2,6 +2,9 @@
 //!
 //! # Architecture
 //!
+//! `docs/architecture.md` draws the data flow (config → desired → plan → batches → API →
+//! snapshot) and says who owns what.
+//!
 //! The pure core sits at the bottom and knows nothing about files, networks or clocks:
 //!
 //! - [`model`]: the domain types — user ids, attributes, desired state, snapshot, plan.
