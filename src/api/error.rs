@@ -52,6 +52,13 @@ impl Endpoint {
     }
 }
 
+impl serde::Serialize for Endpoint {
+    /// As its command name (`set_attr`), which is also how reports and metrics label it.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::CallOutcome;
+use crate::api::Endpoint;
+
 /// A user the server did not accept.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FailedUser {
@@ -46,7 +49,7 @@ pub struct Report {
     /// The error that stopped the run, if any.
     pub error: Option<String>,
     /// Calls per endpoint and outcome (`{"set_attr": {"ok": 3, "throttled": 1}}`), for metrics.
-    pub calls_by_endpoint: BTreeMap<String, BTreeMap<String, usize>>,
+    pub calls_by_endpoint: BTreeMap<Endpoint, BTreeMap<CallOutcome, usize>>,
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -101,19 +101,17 @@ impl CallStats {
         *lock(&self.outcomes).entry((endpoint, outcome)).or_default() += 1;
     }
 
-    /// Attempts per endpoint name and outcome name.
-    pub fn by_endpoint(&self) -> BTreeMap<String, BTreeMap<String, usize>> {
-        let mut out: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    /// Attempts per endpoint and outcome.
+    pub fn by_endpoint(&self) -> BTreeMap<Endpoint, BTreeMap<CallOutcome, usize>> {
+        let mut out: BTreeMap<Endpoint, BTreeMap<CallOutcome, usize>> = BTreeMap::new();
         for ((endpoint, outcome), calls) in lock(&self.outcomes).iter() {
-            out.entry(endpoint.name().to_owned())
-                .or_default()
-                .insert(outcome.name().to_owned(), *calls);
+            out.entry(*endpoint).or_default().insert(*outcome, *calls);
         }
         out
     }
 }
 
-/// How one attempt at a call ended, as counted in [`CallStats`].
+/// How one attempt at a call ended, as counted in [`CallStats`]; serialised as its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CallOutcome {
     /// Answered `OK` (possibly with an `ErrorList`).
@@ -126,6 +124,12 @@ pub enum CallOutcome {
     UserSigExpired,
     /// Anything retrying cannot fix.
     Fatal,
+}
+
+impl serde::Serialize for CallOutcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
 }
 
 impl CallOutcome {

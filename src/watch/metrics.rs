@@ -200,8 +200,8 @@ impl Metrics {
         for (endpoint, outcomes) in &report.calls_by_endpoint {
             for (outcome, calls) in outcomes {
                 let labels = CallLabels {
-                    endpoint: endpoint.clone(),
-                    outcome: outcome.clone(),
+                    endpoint: endpoint.name().to_owned(),
+                    outcome: outcome.name().to_owned(),
                 };
                 self.api_calls.get_or_create(&labels).inc_by(*calls as u64);
             }
@@ -261,9 +261,9 @@ mod tests {
         };
         report
             .calls_by_endpoint
-            .entry("set_attr".to_owned())
+            .entry(crate::api::Endpoint::SetAttr)
             .or_default()
-            .insert("ok".to_owned(), 3);
+            .insert(crate::apply::CallOutcome::Ok, 3);
         metrics.applied(&report);
         metrics.reconciled(true, 0.2);
         metrics.planned(10, 0);
