@@ -12,7 +12,7 @@ use attrsync::apply::StopSignal;
 use attrsync::config::Diagnostics;
 use attrsync::emulator::{EmulatorConfig, FailMode, SetAttrMode, DEFAULT_SDKAPPID};
 use attrsync::ops::ApplyRequest;
-use attrsync::ops::{self, interrupts, Context, PlanFormat, PlanRequest, ValidateFormat};
+use attrsync::ops::{self, interrupts, Globals, PlanFormat, PlanRequest, ValidateFormat};
 
 /// Keep Tencent Cloud IM push user attributes equal to what a config repository declares.
 ///
@@ -349,7 +349,7 @@ enum StateCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    let ctx = Context {
+    let ctx = Globals {
         dir: cli.dir.clone(),
         state: cli.state.clone(),
         color: std::io::stdout().is_terminal()
@@ -364,7 +364,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
+fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { format } => {
             let validation = ops::validate(ctx, format.into());

@@ -76,9 +76,9 @@ pub use stats::{CallCounts, CallRecord, StateReport, LOG_CAPACITY};
 pub use store::StoreError;
 
 use crate::api::{Endpoint, SecretKey};
-use service::{Mutable, Settings, Shared};
+use service::{Mutable, ServerSettings, Shared};
 use stats::Stats;
-use store::{AttrSlot, Change, Store};
+use store::{AttrSlot, DataChange, EmulatorStore};
 
 /// The built-in **demo** secret key, used when no key is configured.
 ///
@@ -221,7 +221,7 @@ pub enum EmulatorError {
     },
     /// The data directory could not be used.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    EmulatorStore(#[from] StoreError),
 }
 
 /// An emulator with its data loaded, ready to serve.
@@ -247,11 +247,11 @@ impl Emulator {
             return invalid("the secret key is empty".into());
         }
         let store = match &config.data_dir {
-            Some(dir) => Store::open(dir)?,
-            None => Store::in_memory(),
+            Some(dir) => EmulatorStore::open(dir)?,
+            None => EmulatorStore::in_memory(),
         };
         register_attributes(&store, &config.attributes)?;
-        let settings = Settings {
+        let settings = ServerSettings {
             sdkappid: config.sdkappid,
             secret_key: config.secret_key,
             unknown_users: config.unknown_users.into_iter().collect(),
@@ -312,9 +312,9 @@ impl Emulator {
 }
 
 /// Registers `attributes` in the lowest free slots, skipping names already registered.
-fn register_attributes(store: &Store, attributes: &[String]) -> Result<(), EmulatorError> {
+fn register_attributes(store: &EmulatorStore, attributes: &[String]) -> Result<(), EmulatorError> {
     let mut data = store.lock();
-    let mut change = Change::default();
+    let mut change = DataChange::default();
     let mut free_slots = (0..MAX_ATTR_SLOTS).filter(|slot| !data.attr_names.contains_key(slot));
     for name in attributes {
         if name.is_empty() || name.len() > MAX_VALUE_BYTES {

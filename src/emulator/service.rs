@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::stats::{Outcome, Record, StateReport, Stats};
-use super::store::{AttrSlot, Change, Data, Store};
+use super::store::{AttrSlot, Data, DataChange, EmulatorStore};
 use super::{Clock, FailMode, Faults, SetAttrMode};
 use crate::api::usersig::{self, VerifyError};
 use crate::api::wire::{
@@ -34,9 +34,9 @@ const API_PREFIX: &str = "/v4/timpush/";
 /// The path of the test-only state document.
 pub const STATE_PATH: &str = "/_emulator/state";
 
-/// Settings fixed for the emulator's lifetime.
+/// The settings fixed for the emulator's lifetime.
 #[derive(Debug)]
-pub struct Settings {
+pub struct ServerSettings {
     pub sdkappid: u64,
     pub secret_key: SecretKey,
     pub unknown_users: BTreeSet<String>,
@@ -49,8 +49,8 @@ pub struct Settings {
 /// Everything the connections share.
 #[derive(Debug)]
 pub struct Shared {
-    pub settings: Settings,
-    pub store: Store,
+    pub settings: ServerSettings,
+    pub store: EmulatorStore,
     pub mutable: Mutex<Mutable>,
 }
 
@@ -311,7 +311,7 @@ async fn serve(shared: &Shared, endpoint: Endpoint, uri: &hyper::Uri, body: &[u8
 }
 
 /// Checks the query string and the UserSig, answering with the server's codes.
-fn authenticate(settings: &Settings, uri: &hyper::Uri) -> Result<(), Rejection> {
+fn authenticate(settings: &ServerSettings, uri: &hyper::Uri) -> Result<(), Rejection> {
     let Ok(Query(params)) = Query::<HashMap<String, String>>::try_from_uri(uri) else {
         return Err(Rejection::new(
             60002,
@@ -419,7 +419,7 @@ fn check_registered(data: &Data, name: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn persist(shared: &Shared, data: &mut Data, change: Change) -> Result<(), Rejection> {
+fn persist(shared: &Shared, data: &mut Data, change: DataChange) -> Result<(), Rejection> {
     shared.store.apply(data, change).map_err(|err| {
         tracing::error!(%err, "the emulator could not store a change");
         Rejection::new(91000, "internal service error, please try again")
@@ -459,7 +459,7 @@ fn set_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Rejection> {
         }
     }
     let mut errors = Vec::new();
-    let mut change = Change::default();
+    let mut change = DataChange::default();
     for UserAttrs { account, attrs } in request.users {
         if shared.settings.unknown_users.contains(&account) {
             errors.push(unknown_user(&account));
@@ -494,7 +494,7 @@ fn remove_attr(shared: &Shared, body: &[u8]) -> Result<Answer, Rejection> {
         }
     }
     let mut errors = Vec::new();
-    let mut change = Change::default();
+    let mut change = DataChange::default();
     for user in request.users {
         if shared.settings.unknown_users.contains(&user.account) {
             errors.push(unknown_user(&user.account));
@@ -568,7 +568,7 @@ fn set_attr_name(shared: &Shared, body: &[u8]) -> Result<Answer, Rejection> {
         )));
     }
     let mut data = shared.store.lock();
-    let mut change = Change::default();
+    let mut change = DataChange::default();
     for (key, name) in &request.names {
         let slot = key
             .parse::<u8>()

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 /// A user's attributes: name → value.
-pub type Attrs = BTreeMap<String, String>;
+pub type AttrMap = BTreeMap<String, String>;
 
 /// One registered attribute: its name and account type (0 = UserID, 1 = RegistrationID).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,7 +26,7 @@ pub struct AttrSlot {
 #[derive(Debug, Clone, Default)]
 pub struct Data {
     /// Account → attributes; a user without attributes has no entry.
-    pub users: BTreeMap<String, Attrs>,
+    pub users: BTreeMap<String, AttrMap>,
     /// Slot (0..=9) → registered attribute.
     pub attr_names: BTreeMap<u8, AttrSlot>,
 }
@@ -61,7 +61,7 @@ pub enum StoreError {
 
 /// The emulator's data, shared by all connections.
 #[derive(Debug)]
-pub struct Store {
+pub struct EmulatorStore {
     data: Mutex<Data>,
     disk: Option<Disk>,
 }
@@ -76,14 +76,14 @@ struct Disk {
 
 /// A change to write: users to replace (an empty map deletes) and slots to replace.
 #[derive(Debug, Default)]
-pub struct Change {
+pub struct DataChange {
     /// Account → its complete new attributes.
-    pub users: BTreeMap<String, Attrs>,
+    pub users: BTreeMap<String, AttrMap>,
     /// Slot → its new registration.
     pub attr_names: BTreeMap<u8, AttrSlot>,
 }
 
-impl Store {
+impl EmulatorStore {
     /// A store that forgets everything when the emulator stops.
     pub fn in_memory() -> Self {
         Self {
@@ -110,7 +110,7 @@ impl Store {
             let (key, value) = entry.map_err(sled_error)?;
             let account = String::from_utf8(key.to_vec())
                 .map_err(|_| corrupt("an account is not UTF-8".into()))?;
-            let attrs: Attrs = serde_json::from_slice(&value)
+            let attrs: AttrMap = serde_json::from_slice(&value)
                 .map_err(|err| corrupt(format!("attributes of {account:?}: {err}")))?;
             data.users.insert(account, attrs);
         }
@@ -142,8 +142,8 @@ impl Store {
 
     /// Applies `change` to the locked data and, with a data directory, to sled in one batch.
     ///
-    /// Call [`Store::flush`] after releasing the lock and before answering the request.
-    pub fn apply(&self, data: &mut Data, change: Change) -> Result<(), StoreError> {
+    /// Call [`EmulatorStore::flush`] after releasing the lock and before answering the request.
+    pub fn apply(&self, data: &mut Data, change: DataChange) -> Result<(), StoreError> {
         if let Some(disk) = &self.disk {
             let sled_error = |source| StoreError::Sled {
                 dir: disk.dir.clone(),

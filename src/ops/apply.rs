@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-use super::{binding, confirm, describe_failed, Context};
+use super::{binding, confirm, describe_failed, Globals};
 use crate::apply::{self, ApplyOptions, Progress, Report, RetryPolicy, StopSignal};
 use crate::link::{connect, preflight};
 use crate::plan::{self, Guards, PlanOptions};
@@ -46,7 +46,7 @@ pub struct ApplyOutcome {
 
 /// `attrsync apply`: plans (or reads a saved plan), confirms, and applies.
 pub async fn apply(
-    ctx: &Context,
+    ctx: &Globals,
     request: &ApplyRequest,
     stop: &StopSignal,
 ) -> Result<ApplyOutcome> {

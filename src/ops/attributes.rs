@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 
-use super::{confirm, Context};
+use super::{confirm, Globals};
 use crate::api::AttrSlot;
 use crate::apply::{self, CallStats, RetryPolicy, StopSignal};
 use crate::link::connect;
@@ -12,7 +12,7 @@ use crate::model::AttrName;
 use crate::plan;
 
 /// `attrsync attributes push`: registers the configured names in free slots.
-pub async fn attributes_push(ctx: &Context, auto_approve: bool) -> Result<String> {
+pub async fn attributes_push(ctx: &Globals, auto_approve: bool) -> Result<String> {
     let config = ctx.load_config()?;
     let settings = &config.settings;
     let connection = connect(settings).await?;

@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, Result};
 
-use super::{binding, describe_failed, Context};
+use super::{binding, describe_failed, Globals};
 use crate::apply::{self, CallStats, RetryPolicy, StopSignal};
 use crate::link::connect;
 use crate::model::{Attrs, UserId, UserMap};
@@ -12,7 +12,7 @@ use crate::state::{Commit, Holder, OnOtherTarget, Store};
 /// `attrsync import [USERS…]`: records the users' live attributes in the snapshot, resolving
 /// any doubt about them. A snapshot recorded for another server is adopted: its whole content
 /// is replaced by what this server holds.
-pub async fn import(ctx: &Context, users: &[String]) -> Result<String> {
+pub async fn import(ctx: &Globals, users: &[String]) -> Result<String> {
     let config = ctx.load_config()?;
     let settings = &config.settings;
     let users: Vec<UserId> = if users.is_empty() {

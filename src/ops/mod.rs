@@ -31,7 +31,7 @@ pub use validate::{validate, ValidateFormat, Validation};
 
 /// What every command gets from the global flags.
 #[derive(Clone, Debug)]
-pub struct Context {
+pub struct Globals {
     /// The config repository (`--dir`).
     pub dir: PathBuf,
     /// Overrides `state_dir` (`--state`).
@@ -40,7 +40,7 @@ pub struct Context {
     pub color: bool,
 }
 
-impl Context {
+impl Globals {
     /// Loads and validates the config repository.
     pub fn load_config(&self) -> Result<Config, Diagnostics> {
         config::load(&self.dir, self.state.as_deref(), &mut ParseCache::default())

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 
-use super::{describe_failed, open_existing, write_atomically, Context};
+use super::{describe_failed, open_existing, write_atomically, Globals};
 use crate::apply::{self, CallStats, FailedUser, RetryPolicy, StopSignal};
 use crate::config::Config;
 use crate::link::connect;
@@ -53,7 +53,7 @@ pub struct PlanOutcome {
 ///
 /// With `--refresh`, users in doubt whose live values were read are recorded with them: the
 /// doubt is resolved, so the snapshot moves (a new serial) even though nothing is sent.
-pub async fn plan(ctx: &Context, request: &PlanRequest) -> Result<PlanOutcome> {
+pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
     let started = std::time::Instant::now();
     let config = ctx.load_config()?;
     tracing::debug!(users = config.desired.len(), files = config.files, elapsed = ?started.elapsed(), "loaded the config");

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use super::{binding, open_existing, read_snapshot, write_atomically, Context};
+use super::{binding, open_existing, read_snapshot, write_atomically, Globals};
 use crate::state::{self, Holder, OnOtherTarget, Store};
 
 /// `attrsync state list`: the users in the snapshot (recorded or in doubt), one per line.
-pub fn state_list(ctx: &Context) -> Result<String> {
+pub fn state_list(ctx: &Globals) -> Result<String> {
     let config = ctx.load_config()?;
     let snapshot = read_snapshot(&config, "state list")?;
     // Users only in doubt are in the snapshot too: `state show` tells them apart.
@@ -31,7 +31,7 @@ pub fn state_list(ctx: &Context) -> Result<String> {
 
 /// `attrsync state show USER`: one user's recorded attributes, when they were applied, and
 /// whether it is in doubt.
-pub fn state_show(ctx: &Context, user: &str) -> Result<String> {
+pub fn state_show(ctx: &Globals, user: &str) -> Result<String> {
     let config = ctx.load_config()?;
     let store = open_existing(&config, "state show")?;
     let (entry, doubt) = match &store {
@@ -70,7 +70,7 @@ pub fn state_show(ctx: &Context, user: &str) -> Result<String> {
 }
 
 /// `attrsync state export`: the snapshot as JSON Lines, to `out` or stdout.
-pub fn state_export(ctx: &Context, out: Option<&Path>) -> Result<()> {
+pub fn state_export(ctx: &Globals, out: Option<&Path>) -> Result<()> {
     let config = ctx.load_config()?;
     let snapshot = read_snapshot(&config, "state export")?;
     match out {
@@ -99,7 +99,7 @@ pub struct ImportError {
 }
 
 /// `attrsync state import FILE`: replaces the snapshot with the file's content, atomically.
-pub fn state_import(ctx: &Context, file: &Path) -> Result<String> {
+pub fn state_import(ctx: &Globals, file: &Path) -> Result<String> {
     let config = ctx.load_config()?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;

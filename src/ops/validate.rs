@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::Context;
+use super::Globals;
 use crate::plan;
 
 /// Output formats of `validate`.
@@ -26,7 +26,7 @@ pub struct Validation {
 }
 
 /// `attrsync validate`: checks the config repository without touching the snapshot or the API.
-pub fn validate(ctx: &Context, format: ValidateFormat) -> Validation {
+pub fn validate(ctx: &Globals, format: ValidateFormat) -> Validation {
     let result = ctx.load_config();
     let diagnostics = match &result {
         Ok(_) => Vec::new(),
