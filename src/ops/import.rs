@@ -3,8 +3,6 @@
 use anyhow::{Context as _, Result};
 
 use super::{binding, describe_failed, Globals};
-use crate::apply::{self, CallStats, RetryPolicy, StopSignal};
-use crate::link::connect;
 use crate::model::{Attrs, UserId, UserMap};
 use crate::plan;
 use crate::state::{Commit, Holder, OnOtherTarget, Store};
@@ -35,23 +33,7 @@ pub async fn import(ctx: &Globals, users: &[String]) -> Result<String> {
         &Holder::this_process("import"),
         OnOtherTarget::Adopt,
     )?;
-    let connection = connect(settings).await?;
-    let stats = CallStats::default();
-    let live = apply::read_live(
-        &connection.client,
-        &users,
-        &settings.attributes,
-        &RetryPolicy::default(),
-        &StopSignal::new(),
-        &stats,
-    )
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read the live attributes from {}: {e}",
-            connection.base_url
-        )
-    })?;
+    let (live, calls) = super::read_live(settings, &users).await?;
     let now = crate::clock::unix_seconds();
     let with_attrs = live.attrs.iter().filter(|(_, a)| !a.is_empty()).count();
     let mut out = String::new();
@@ -80,7 +62,7 @@ pub async fn import(ctx: &Globals, users: &[String]) -> Result<String> {
         "Imported {} from the server ({with_attrs} with attributes, {} without) in {} calls; the snapshot is at serial {}.\n",
         plan::plural(live.attrs.len(), "user"),
         live.attrs.len() - with_attrs,
-        stats.calls.into_inner(),
+        calls,
         store.serial()?
     ));
     if !live.errors.is_empty() {

@@ -80,6 +80,32 @@ pub fn read_snapshot(config: &Config, command: &str) -> Result<Snapshot> {
     }
 }
 
+/// Connects to the configured server and reads the live attributes of `users`; returns them
+/// with the number of calls made.
+async fn read_live(
+    settings: &Settings,
+    users: &[crate::model::UserId],
+) -> Result<(crate::apply::Live, usize)> {
+    let connection = crate::link::connect(settings).await?;
+    let stats = crate::apply::CallStats::default();
+    let live = crate::apply::read_live(
+        &connection.client,
+        users,
+        &settings.attributes,
+        &crate::apply::RetryPolicy::default(),
+        &crate::apply::StopSignal::new(),
+        &stats,
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the live attributes from {}: {e}",
+            connection.base_url
+        )
+    })?;
+    Ok((live, stats.calls.into_inner()))
+}
+
 /// `error 70107: the account has not been imported`, or the reason alone.
 pub fn describe_failed(failed: &crate::apply::FailedUser) -> String {
     match failed.code {

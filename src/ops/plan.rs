@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 
 use super::{describe_failed, open_existing, write_atomically, Globals};
-use crate::apply::{self, CallStats, FailedUser, RetryPolicy, StopSignal};
+use crate::apply::FailedUser;
 use crate::config::Config;
-use crate::link::connect;
 use crate::model::{Attrs, Drift, Plan, Snapshot, UserId, UserMap};
 use crate::plan::{self, Guards, PlanOptions};
 use crate::state::Commit;
@@ -165,23 +164,7 @@ pub async fn refresh(config: &Config, snapshot: &Snapshot) -> Result<Refreshed> 
     users.extend(snapshot.in_doubt.iter().map(|(u, _)| u.clone()));
     users.sort();
     users.dedup();
-    let connection = connect(&config.settings).await?;
-    let stats = CallStats::default();
-    let live = apply::read_live(
-        &connection.client,
-        &users,
-        &config.settings.attributes,
-        &RetryPolicy::default(),
-        &StopSignal::new(),
-        &stats,
-    )
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read the live attributes from {}: {e}",
-            connection.base_url
-        )
-    })?;
+    let (live, calls) = super::read_live(&config.settings, &users).await?;
     let resolved = Commit {
         record: live
             .attrs
@@ -197,6 +180,6 @@ pub async fn refresh(config: &Config, snapshot: &Snapshot) -> Result<Refreshed> 
         live: live.attrs,
         resolved,
         unread: live.errors,
-        calls: stats.calls.into_inner(),
+        calls,
     })
 }
