@@ -96,11 +96,19 @@ fn fifty_files_changed_at_once_are_one_reconcile() {
     wait_until("all 50 users are on the server", || {
         emulator.state()["users"].as_object().unwrap().len() == 51
     });
-    // Only absence is left to check: no second reconcile follows the burst.
-    std::thread::sleep(Duration::from_millis(900));
+    // Absence, without guessing a wait: a manual reconcile is an observable point after the
+    // burst; between startup and it there is exactly one reconcile, triggered by the files.
+    daemon.http("POST", "/reconcile");
+    wait_until("the manual reconcile is logged", || {
+        daemon.reconciles().iter().any(|r| r["trigger"] == "http")
+    });
     let reconciles = daemon.reconciles();
-    assert_eq!(reconciles.len(), 2, "{}", daemon.log());
-    let burst = &reconciles[1];
+    let before_manual: Vec<&Value> = reconciles
+        .iter()
+        .take_while(|r| r["trigger"] != "http")
+        .collect();
+    assert_eq!(before_manual.len(), 2, "{}", daemon.log());
+    let burst = before_manual[1];
     assert_eq!(burst["trigger"], "files");
     assert_eq!(burst["files_changed"], 50);
     assert_eq!(burst["create"], 50);
