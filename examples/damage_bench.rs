@@ -27,7 +27,7 @@ use std::process::Command;
 use support::binary;
 
 use attrsync::model::{Attrs, Region, Target, UserId};
-use attrsync::state::{Binding, Commit, Holder, Store};
+use attrsync::state::{Binding, Commit, Holder, SledDb};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -48,7 +48,7 @@ fn fill(state: &Path, users: usize, city: &str) {
         sdkappid: 1_400_000_000,
         target: &target,
     };
-    let store = Store::open(state, binding, &Holder::this_process("damage_bench")).unwrap();
+    let store = SledDb::open(state, binding, &Holder::this_process("damage_bench")).unwrap();
     let ids: Vec<UserId> = (0..users)
         .map(|i| UserId::new(&format!("u{i:06}")).unwrap())
         .collect();

@@ -439,13 +439,17 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
         Command::Attributes(AttributesCommand::Push { auto_approve }) => {
             print_ok(runtime()?.block_on(ops::attributes_push(ctx, auto_approve))?)
         }
-        Command::State(StateCommand::List) => print_ok(ops::state_list(ctx)?),
-        Command::State(StateCommand::Show { user }) => print_ok(ops::state_show(ctx, &user)?),
+        Command::State(StateCommand::List) => print_ok(runtime()?.block_on(ops::state_list(ctx))?),
+        Command::State(StateCommand::Show { user }) => {
+            print_ok(runtime()?.block_on(ops::state_show(ctx, &user))?)
+        }
         Command::State(StateCommand::Export { out }) => {
-            ops::state_export(ctx, out.as_deref())?;
+            runtime()?.block_on(ops::state_export(ctx, out.as_deref()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::State(StateCommand::Import { file }) => print_ok(ops::state_import(ctx, &file)?),
+        Command::State(StateCommand::Import { file }) => {
+            print_ok(runtime()?.block_on(ops::state_import(ctx, &file))?)
+        }
         Command::Watch {
             interval,
             debounce,

@@ -231,35 +231,7 @@ impl Client {
             accounts: accounts.to_vec(),
         };
         let response = self.call(endpoint, &request, accounts.len()).await?;
-        let mut errors = response.error_list.unwrap_or_default();
-        let mut attrs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        for user in response.user_attrs.unwrap_or_default() {
-            match attrs.entry(user.account) {
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert(user.attrs);
-                }
-                std::collections::btree_map::Entry::Occupied(slot) => {
-                    errors.push(super::UserError {
-                        account: slot.key().clone(),
-                        code: None,
-                        info: "the server answered this user twice".to_owned(),
-                    });
-                }
-            }
-        }
-        // A user the answer does not mention at all is not known to have no attributes.
-        for account in accounts {
-            if !attrs.contains_key(account) && !errors.iter().any(|e| &e.account == account) {
-                errors.push(super::UserError {
-                    account: account.clone(),
-                    code: None,
-                    info: "the server's answer did not mention this user".to_owned(),
-                });
-            }
-        }
-        // An error wins over attributes answered for the same user.
-        attrs.retain(|account, _| !errors.iter().any(|e| &e.account == account));
-        Ok(GetAttrOutcome { attrs, errors })
+        Ok(get_attr_outcome(accounts, response))
     }
 
     /// Reads the app's attribute names: slot (0..=9) → name and account type (0 when the
@@ -420,56 +392,9 @@ impl Client {
             }
             bytes.extend_from_slice(&chunk);
         }
-        let quote = || quote_body(&bytes);
-        if status.is_server_error() || status == reqwest::StatusCode::REQUEST_TIMEOUT {
-            return Err(ApiError::Transient {
-                endpoint,
-                code: None,
-                reason: format!("HTTP {status}"),
-                maybe_applied: true,
-            });
-        }
-        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            return Err(ApiError::RateLimited {
-                endpoint,
-                code: None,
-                info: format!("HTTP {status}"),
-            });
-        }
-        if status != reqwest::StatusCode::OK {
-            // A 4xx is an answer from something that did not pass the call on.
-            return Err(unexpected(
-                format!(
-                    "HTTP {status}, content type {content_type}, body starts: {}",
-                    quote()
-                ),
-                !status.is_client_error(),
-            ));
-        }
-        let mut response = decode_response(&bytes).map_err(|why| {
-            unexpected(
-                format!(
-                    "{}: HTTP {status}, content type {content_type}, body starts: {}",
-                    why.0,
-                    quote()
-                ),
-                true,
-            )
-        })?;
-        if response.is_ok() {
-            for error in response.error_list.iter_mut().flatten() {
-                error.info = self.scrub(&error.info, usersig);
-            }
-            return Ok(response);
-        }
-        if response.error_code == 0 {
-            return Err(unexpected(
-                format!("ActionStatus {:?} with ErrorCode 0", response.action_status),
-                true,
-            ));
-        }
-        let info = self.scrub(&response.error_info, usersig);
-        Err(ApiError::from_code(endpoint, response.error_code, info))
+        read_answer(endpoint, status, &content_type, &bytes, &|text| {
+            self.scrub(text, usersig)
+        })
     }
 
     /// A transport failure, classified: a connection that was never made proves the call
@@ -558,6 +483,110 @@ impl Client {
         // The cache is replaced whole, never half-written.
         crate::sync::lock(&self.inner.usersig)
     }
+}
+
+/// Reads one answer of `endpoint` that arrived whole (redirects and oversized bodies are the
+/// transport's to refuse): a 5xx or 408 is transient, a 429 rate-limited, any other non-200 or
+/// a body that is not the API's envelope is unexpected, and a documented failure becomes its
+/// [`ApiError`] class. `scrub` removes secrets from any text of the answer that is kept.
+pub(crate) fn read_answer(
+    endpoint: Endpoint,
+    status: reqwest::StatusCode,
+    content_type: &str,
+    bytes: &[u8],
+    scrub: &dyn Fn(&str) -> String,
+) -> Result<Response, ApiError> {
+    let unexpected = |reason: String, maybe_applied: bool| ApiError::UnexpectedResponse {
+        endpoint,
+        reason: scrub(&reason),
+        maybe_applied,
+    };
+    let quote = || quote_body(bytes);
+    if status.is_server_error() || status == reqwest::StatusCode::REQUEST_TIMEOUT {
+        return Err(ApiError::Transient {
+            endpoint,
+            code: None,
+            reason: format!("HTTP {status}"),
+            maybe_applied: true,
+        });
+    }
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(ApiError::RateLimited {
+            endpoint,
+            code: None,
+            info: format!("HTTP {status}"),
+        });
+    }
+    if status != reqwest::StatusCode::OK {
+        // A 4xx is an answer from something that did not pass the call on.
+        return Err(unexpected(
+            format!(
+                "HTTP {status}, content type {content_type}, body starts: {}",
+                quote()
+            ),
+            !status.is_client_error(),
+        ));
+    }
+    let mut response = decode_response(bytes).map_err(|why| {
+        unexpected(
+            format!(
+                "{}: HTTP {status}, content type {content_type}, body starts: {}",
+                why.0,
+                quote()
+            ),
+            true,
+        )
+    })?;
+    if response.is_ok() {
+        for error in response.error_list.iter_mut().flatten() {
+            error.info = scrub(&error.info);
+        }
+        return Ok(response);
+    }
+    if response.error_code == 0 {
+        return Err(unexpected(
+            format!("ActionStatus {:?} with ErrorCode 0", response.action_status),
+            true,
+        ));
+    }
+    Err(ApiError::from_code(
+        endpoint,
+        response.error_code,
+        scrub(&response.error_info),
+    ))
+}
+
+/// What a `get_attr` answer says of each user asked about: its attributes, or an error. A user
+/// answered twice, or not mentioned at all, is an error, never a user without attributes; an
+/// error wins over attributes answered for the same user.
+pub(crate) fn get_attr_outcome(accounts: &[String], response: Response) -> GetAttrOutcome {
+    let mut errors = response.error_list.unwrap_or_default();
+    let mut attrs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for user in response.user_attrs.unwrap_or_default() {
+        match attrs.entry(user.account) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(user.attrs);
+            }
+            std::collections::btree_map::Entry::Occupied(slot) => {
+                errors.push(super::UserError {
+                    account: slot.key().clone(),
+                    code: None,
+                    info: "the server answered this user twice".to_owned(),
+                });
+            }
+        }
+    }
+    for account in accounts {
+        if !attrs.contains_key(account) && !errors.iter().any(|e| &e.account == account) {
+            errors.push(super::UserError {
+                account: account.clone(),
+                code: None,
+                info: "the server's answer did not mention this user".to_owned(),
+            });
+        }
+    }
+    attrs.retain(|account, _| !errors.iter().any(|e| &e.account == account));
+    GetAttrOutcome { attrs, errors }
 }
 
 /// The first bytes of a body, printable, for an error message.

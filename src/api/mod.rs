@@ -6,8 +6,11 @@
 //! - [`ApiError`]: every failure classified (transient, rate-limited, UserSig expired, fatal) so
 //!   the caller decides what to retry; this module never retries by itself.
 //! - [`SecretKey`] / [`UserSig`]: credentials that print as `***`.
+//! - [`AttrApi`]: the calls the executor and the daemon make, implemented by [`Client`] and
+//!   by the emulator in-process.
 //! - [`wire`]: the documented JSON shapes, shared with the emulator.
 
+mod attr_api;
 mod client;
 mod error;
 pub mod limiter;
@@ -15,6 +18,8 @@ pub mod secret;
 pub mod usersig;
 pub mod wire;
 
+pub use attr_api::AttrApi;
+pub(crate) use client::{get_attr_outcome, read_answer};
 pub use client::{
     AttrSlot, Client, ClientBuildError, ClientConfig, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT, MAX_RESPONSE_BYTES, USERSIG_LIFETIME, USERSIG_RENEW_BEFORE,

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use super::report::refused_users;
@@ -10,9 +10,9 @@ use super::{
     counted, lock, with_retries, CallFailure, CallStats, FailedUser, GaveUp, Progress, Report,
     RetryPolicy, StopSignal,
 };
-use crate::api::{ApiError, Client, Endpoint, UserAttrNames, UserAttrs};
+use crate::api::{ApiError, AttrApi, Endpoint, UserAttrNames, UserAttrs};
 use crate::model::{Action, Attrs, Change, DoubtNote, InDoubt, Plan, Snapshot, UserId};
-use crate::state::{self, Commit, Store};
+use crate::state::{self, Commit, SnapshotStore};
 
 /// Batches in flight at once. The rate limiter, not this, bounds calls per second; it only has
 /// to cover the latency: 100 calls/s × 50 ms needs 5 in flight, 16 leaves room for slow answers.
@@ -77,12 +77,12 @@ impl Item<'_> {
     }
 }
 
-/// Applies `plan` (computed against `snapshot`) through `client`, committing to `store`.
+/// Applies `plan` (computed against `snapshot`) through `api`, committing to `store`.
 pub async fn execute(
     plan: &Plan,
     snapshot: &Snapshot,
-    client: &Client,
-    store: &Arc<Store>,
+    api: &dyn AttrApi,
+    store: &dyn SnapshotStore,
     options: ApplyOptions,
     stop: &StopSignal,
     on_progress: &(dyn Fn(Progress) + Sync),
@@ -112,7 +112,7 @@ pub async fn execute(
     let batch_size = options.batch_size.clamp(1, crate::model::MAX_BATCH_SIZE);
     let queue: Mutex<VecDeque<&[Item<'_>]>> = Mutex::new(items.chunks(batch_size).collect());
     let shared = Shared {
-        client,
+        api,
         retry: options.retry,
         store,
         stop,
@@ -160,9 +160,9 @@ pub async fn execute(
 }
 
 struct Shared<'a> {
-    client: &'a Client,
+    api: &'a dyn AttrApi,
     retry: RetryPolicy,
-    store: &'a Arc<Store>,
+    store: &'a dyn SnapshotStore,
     stop: &'a StopSignal,
     report: Mutex<Report>,
     stats: CallStats,
@@ -318,8 +318,8 @@ impl Shared<'_> {
             .collect();
         let mut refused: Vec<FailedUser> = Vec::new();
         if !sets.is_empty() {
-            let outcome = with_retries(self.client, &self.retry, self.stop, &self.stats, || {
-                counted(&self.stats, Endpoint::SetAttr, self.client.set_attr(&sets))
+            let outcome = with_retries(self.api, &self.retry, self.stop, &self.stats, || {
+                counted(&self.stats, Endpoint::SetAttr, self.api.set_attr(&sets))
             })
             .await?;
             refused = refused_users(outcome);
@@ -351,11 +351,11 @@ impl Shared<'_> {
         }
         let mut fatal = None;
         if !removes.is_empty() {
-            let result = with_retries(self.client, &self.retry, self.stop, &self.stats, || {
+            let result = with_retries(self.api, &self.retry, self.stop, &self.stats, || {
                 counted(
                     &self.stats,
                     Endpoint::RemoveAttr,
-                    self.client.remove_attr(&removes),
+                    self.api.remove_attr(&removes),
                 )
             })
             .await;
@@ -490,12 +490,9 @@ impl Shared<'_> {
         self.progress(batch_len);
     }
 
-    /// One snapshot commit, off the async worker threads (sled's flush blocks on fsync).
+    /// One snapshot commit.
     async fn commit(&self, commit: Commit) -> Result<u64, state::StateError> {
-        let store = Arc::clone(self.store);
-        tokio::task::spawn_blocking(move || store.commit(&commit))
-            .await
-            .unwrap_or_else(|join| panic!("snapshot commit panicked: {join}"))
+        self.store.commit(commit).await
     }
 
     /// Stops dispatching; the first error stopping the run is the one reported.

@@ -8,7 +8,7 @@ use super::{
     counted, lock, with_retries, CallFailure, CallStats, FailedUser, GaveUp, RetryPolicy,
     StopSignal, IN_FLIGHT,
 };
-use crate::api::{Client, Endpoint};
+use crate::api::{AttrApi, Endpoint};
 use crate::model::{AttrName, Attrs, UserId, UserMap};
 
 /// What `get_attr` found: the live attributes of the users it could read, and the users it
@@ -22,11 +22,11 @@ pub struct Live {
 }
 
 /// Reads the live attributes of `users` with `get_attr`, 100 per call, [`IN_FLIGHT`] calls at
-/// once through the client's limiter. Only the configured `attributes` are kept (others on the
+/// once through the API's limiter. Only the configured `attributes` are kept (others on the
 /// server are not attrsync's). A user the server answers with an error (70107 included), or
 /// with a value attrsync cannot hold, is in [`Live::errors`], never read as having none.
 pub async fn read_live(
-    client: &Client,
+    api: &dyn AttrApi,
     users: &[UserId],
     attributes: &[AttrName],
     retry: &RetryPolicy,
@@ -48,8 +48,8 @@ pub async fn read_live(
                 break;
             };
             let accounts: Vec<String> = chunk.iter().map(|u| u.as_str().to_owned()).collect();
-            let outcome = match with_retries(client, retry, stop, stats, || {
-                counted(stats, Endpoint::GetAttr, client.get_attr(&accounts))
+            let outcome = match with_retries(api, retry, stop, stats, || {
+                counted(stats, Endpoint::GetAttr, api.get_attr(&accounts))
             })
             .await
             {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::lock;
-use crate::api::{ApiError, Client, Endpoint};
+use crate::api::{ApiError, AttrApi, Endpoint};
 
 /// The server's code for an invalid attribute: the caller may split the batch.
 pub(super) const INVALID_ATTRIBUTE: i64 = 90033;
@@ -40,11 +40,14 @@ impl RetryPolicy {
     /// The wait before retry number `attempt` (1-based): a random duration in
     /// `[0, min(cap, base × 2^(attempt-1))]`.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .base
+        self.backoff_ceiling(attempt).mul_f64(fastrand::f64())
+    }
+
+    /// The longest wait before retry number `attempt`: `min(cap, base × 2^(attempt-1))`.
+    pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
+        self.base
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(self.cap);
-        ceiling.mul_f64(fastrand::f64())
+            .min(self.cap)
     }
 }
 
@@ -201,9 +204,9 @@ pub struct CallFailure {
 
 /// Runs one call with `policy`: exponential backoff with full jitter for transient and
 /// rate-limited failures, one re-sign for an expired UserSig, none for other errors. `send`
-/// makes one attempt (the client's limiter paces it).
+/// makes one attempt (the API's limiter paces it).
 pub async fn with_retries<T, F, Fut>(
-    client: &Client,
+    api: &dyn AttrApi,
     policy: &RetryPolicy,
     stop: &StopSignal,
     stats: &CallStats,
@@ -233,7 +236,7 @@ where
         }
         if error.needs_new_usersig() && !resigned {
             resigned = true;
-            client.renew_usersig();
+            api.renew_usersig();
             stats.retries.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -274,10 +277,8 @@ mod tests {
     fn backoff_is_bounded_and_grows() {
         let policy = RetryPolicy::default();
         for attempt in 1..=20 {
-            let ceiling = policy
-                .base
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(policy.cap);
+            let ceiling = policy.backoff_ceiling(attempt);
+            assert!(ceiling <= policy.cap);
             for _ in 0..50 {
                 assert!(policy.backoff(attempt) <= ceiling);
             }

@@ -58,6 +58,7 @@
 //! milliseconds since the emulator started.
 
 mod foreground;
+mod in_process;
 mod server;
 mod service;
 mod stats;
@@ -71,6 +72,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use foreground::run_foreground;
+pub use in_process::InProcess;
 pub use service::{MAX_ATTR_SLOTS, MAX_VALUE_BYTES, STATE_PATH};
 pub use stats::{CallCounts, CallRecord, StateReport, LOG_CAPACITY};
 pub use store::StoreError;
@@ -283,6 +285,13 @@ impl Emulator {
         listen: &str,
     ) -> Result<RunningEmulator, EmulatorError> {
         Self::new(config)?.serve(listen).await
+    }
+
+    /// An [`crate::api::AttrApi`] on this emulator without HTTP, signing as `identifier` and
+    /// pacing itself at `rate_limit` calls per second, for tests on paused tokio time. It shares
+    /// the emulator's data, faults and statistics with [`Emulator::serve`]'s server.
+    pub fn in_process(&self, identifier: &str, rate_limit: u32) -> InProcess {
+        InProcess::new(Arc::clone(&self.shared), identifier, rate_limit)
     }
 
     /// Binds `listen` and serves in a background task until [`RunningEmulator::shutdown`].

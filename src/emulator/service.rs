@@ -29,7 +29,7 @@ pub const MAX_ATTR_SLOTS: u8 = crate::model::MAX_ATTRIBUTES as u8;
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The path prefix of the emulated APIs.
-const API_PREFIX: &str = "/v4/timpush/";
+pub const API_PREFIX: &str = "/v4/timpush/";
 
 /// The path of the test-only state document.
 pub const STATE_PATH: &str = "/_emulator/state";
@@ -170,7 +170,48 @@ pub async fn handle(
         let body = ApiResponse::fail(60002, "the REST API only accepts POST");
         return Ok(json_response(StatusCode::OK, &body));
     }
+    let uri = request.uri().clone();
+    let body = axum::body::to_bytes(Body::new(request.into_body()), MAX_BODY_BYTES).await;
+    let body = body.as_deref().map_err(|_| UnreadableBody);
+    match exchange(&shared, endpoint, arrived, &uri, body).await {
+        Exchange::Answer(answer) => Ok(json_response(StatusCode::OK, &answer)),
+        Exchange::BadGateway => {
+            let mut response = Response::new(Body::from(BAD_GATEWAY_BODY));
+            *response.status_mut() = StatusCode::BAD_GATEWAY;
+            Ok(response)
+        }
+        Exchange::Dropped => Err(ConnectionDropped),
+    }
+}
 
+/// The HTML body of an injected 502, as a proxy in front of the server would send it.
+pub const BAD_GATEWAY_BODY: &str = "<html><body>502 Bad Gateway</body></html>";
+
+/// The request body could not be read whole.
+#[derive(Debug, Clone, Copy)]
+pub struct UnreadableBody;
+
+/// How one API call ended, before any transport carries it back.
+#[derive(Debug)]
+pub enum Exchange {
+    /// The API's JSON envelope, sent with HTTP 200.
+    Answer(ApiResponse),
+    /// An injected fault: HTTP 502 with [`BAD_GATEWAY_BODY`].
+    BadGateway,
+    /// An injected fault: the connection is closed with no answer (after the call ran).
+    Dropped,
+}
+
+/// Runs one call of `endpoint` that arrived at `arrived` with the query of `uri`: the rate
+/// limit, fault injection, authentication, the endpoint itself, the latency and the statistics.
+/// Shared by the HTTP server and the in-process API, so both behave alike.
+pub async fn exchange(
+    shared: &Shared,
+    endpoint: Endpoint,
+    arrived: tokio::time::Instant,
+    uri: &hyper::Uri,
+    body: Result<&[u8], UnreadableBody>,
+) -> Exchange {
     let (admitted, fault) = {
         let mut mutable = shared.lock();
         let admitted = mutable
@@ -184,8 +225,6 @@ pub async fn handle(
             .flatten();
         (admitted, fault)
     };
-    let uri = request.uri().clone();
-    let body = axum::body::to_bytes(Body::new(request.into_body()), MAX_BODY_BYTES).await;
 
     let (answer, outcome, fault) = if !admitted {
         let answer = Answer::fail(
@@ -195,26 +234,16 @@ pub async fn handle(
         (answer, Outcome::Throttled, None)
     } else if fault == Some(Fault::BadGateway) {
         tokio::time::sleep(shared.settings.latency).await;
-        record(
-            &shared,
-            endpoint,
-            arrived,
-            Outcome::Injected,
-            0,
-            None,
-            fault,
-        );
+        record(shared, endpoint, arrived, Outcome::Injected, 0, None, fault);
         tracing::debug!(%endpoint, "fault injection: answering HTTP 502");
-        let mut response = Response::new(Body::from("<html><body>502 Bad Gateway</body></html>"));
-        *response.status_mut() = StatusCode::BAD_GATEWAY;
-        return Ok(response);
+        return Exchange::BadGateway;
     } else if fault == Some(Fault::InternalError) {
         let answer = Answer::fail(91000, "internal service error, please try again");
         (answer, Outcome::Injected, fault)
     } else {
         let answer = match body {
-            Ok(body) => serve(&shared, endpoint, &uri, &body).await,
-            Err(_) => Answer::fail(90001, "the request body could not be read"),
+            Ok(body) => serve(shared, endpoint, uri, body).await,
+            Err(UnreadableBody) => Answer::fail(90001, "the request body could not be read"),
         };
         let outcome = if fault.is_some() {
             Outcome::Injected
@@ -231,7 +260,7 @@ pub async fn handle(
     tokio::time::sleep(shared.settings.latency).await;
     let code = answer.body.error_code;
     record(
-        &shared,
+        shared,
         endpoint,
         arrived,
         outcome,
@@ -241,9 +270,9 @@ pub async fn handle(
     );
     tracing::debug!(%endpoint, accounts = answer.accounts, code, fault = fault.map(Fault::name), "emulated call");
     if fault == Some(Fault::Drop) {
-        return Err(ConnectionDropped);
+        return Exchange::Dropped;
     }
-    Ok(json_response(StatusCode::OK, &answer.body))
+    Exchange::Answer(answer.body)
 }
 
 fn record(

@@ -2,16 +2,15 @@
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-use super::{binding, confirm, describe_failed, Globals};
+use super::{confirm, describe_failed, open_for_writing, Globals};
 use crate::apply::{self, ApplyOptions, Progress, Report, RetryPolicy, StopSignal};
 use crate::link::{connect, preflight};
 use crate::plan::{self, Guards, PlanOptions};
-use crate::state::{Holder, Store};
+use crate::state::OnOtherTarget;
 
 /// Why a saved plan cannot be applied: it is not the plan the config and snapshot give now.
 #[derive(Debug, thiserror::Error)]
@@ -52,18 +51,8 @@ pub async fn apply(
 ) -> Result<ApplyOutcome> {
     let config = ctx.load_config()?;
     let settings = &config.settings;
-    std::fs::create_dir_all(&settings.state_dir).with_context(|| {
-        format!(
-            "cannot create the state directory {}",
-            settings.state_dir.display()
-        )
-    })?;
-    let store = Arc::new(Store::open(
-        &settings.state_dir,
-        binding(settings),
-        &Holder::this_process("apply"),
-    )?);
-    let snapshot = store.load()?;
+    let store = open_for_writing(&config, "apply", OnOtherTarget::Refuse).await?;
+    let snapshot = store.load().await?;
     let guards = Guards {
         max_deletes: settings.max_deletes,
         allow_mass_delete: request.allow_mass_delete,
@@ -142,7 +131,7 @@ pub async fn apply(
         &plan,
         &snapshot,
         &connection.client,
-        &store,
+        store.as_ref(),
         options,
         stop,
         &|p| progress.update(p),

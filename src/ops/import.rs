@@ -1,11 +1,11 @@
 //! `attrsync import [USERS…]`: the snapshot seeded from the server's live values.
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
-use super::{binding, describe_failed, Globals};
+use super::{describe_failed, open_for_writing, Globals};
 use crate::model::{Attrs, UserId, UserMap};
 use crate::plan;
-use crate::state::{Commit, Holder, OnOtherTarget, Store};
+use crate::state::{Commit, OnOtherTarget};
 
 /// `attrsync import [USERS…]`: records the users' live attributes in the snapshot, resolving
 /// any doubt about them. A snapshot recorded for another server is adopted: its whole content
@@ -21,25 +21,17 @@ pub async fn import(ctx: &Globals, users: &[String]) -> Result<String> {
             .map(|u| UserId::new(u).map_err(|e| anyhow::anyhow!("invalid user id {u:?}: {e}")))
             .collect::<Result<_>>()?
     };
-    std::fs::create_dir_all(&settings.state_dir).with_context(|| {
-        format!(
-            "cannot create the state directory {}",
-            settings.state_dir.display()
-        )
-    })?;
-    let mut store = Store::open_with(
-        &settings.state_dir,
-        binding(settings),
-        &Holder::this_process("import"),
-        OnOtherTarget::Adopt,
-    )?;
+    let store = open_for_writing(&config, "import", OnOtherTarget::Adopt).await?;
     let (live, calls) = super::read_live(settings, &users).await?;
     let now = crate::clock::unix_seconds();
     let with_attrs = live.attrs.iter().filter(|(_, a)| !a.is_empty()).count();
     let mut out = String::new();
-    if let Some(previous) = store.other_target().map(str::to_owned) {
+    let read = live.attrs.len();
+    if let Some(previous) = store.other_target() {
         // Nothing recorded for the previous server says anything about this one.
-        store.replace_all(&live.attrs, &UserMap::default(), now)?;
+        store
+            .replace_all(live.attrs, UserMap::default(), now)
+            .await?;
         out.push_str(&format!(
             "The snapshot recorded {previous}; it now records {} and holds only the users read from it.\n",
             settings.target
@@ -51,19 +43,21 @@ pub async fn import(ctx: &Globals, users: &[String]) -> Result<String> {
             .map(|(user, attrs)| (user.clone(), Some(attrs.clone())))
             .collect();
         for chunk in writes.chunks(10_000) {
-            store.commit(&Commit {
-                record: chunk.to_vec(),
-                applied_at: now,
-                ..Commit::default()
-            })?;
+            store
+                .commit(Commit {
+                    record: chunk.to_vec(),
+                    applied_at: now,
+                    ..Commit::default()
+                })
+                .await?;
         }
     }
     out.push_str(&format!(
         "Imported {} from the server ({with_attrs} with attributes, {} without) in {} calls; the snapshot is at serial {}.\n",
-        plan::plural(live.attrs.len(), "user"),
-        live.attrs.len() - with_attrs,
+        plan::plural(read, "user"),
+        read - with_attrs,
         calls,
-        store.serial()?
+        store.serial().await?
     ));
     if !live.errors.is_empty() {
         out.push_str(&format!(

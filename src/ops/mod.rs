@@ -14,13 +14,14 @@ mod validate;
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::config::{self, Config, Diagnostics, ParseCache, Settings};
 use crate::model::Snapshot;
 use crate::plan::TextStyle;
-use crate::state::{Binding, Holder, Store};
+use crate::state::{Binding, Holder, OnOtherTarget, SnapshotStore};
 
 pub use apply::{apply, render_report, ApplyOutcome, ApplyRequest, StalePlan};
 pub use attributes::attributes_push;
@@ -64,18 +65,40 @@ pub fn binding(settings: &Settings) -> Binding<'_> {
 }
 
 /// Opens the snapshot for `config` if one exists, without creating one.
-pub fn open_existing(config: &Config, command: &str) -> Result<Option<Store>> {
-    Ok(Store::open_existing(
+pub async fn open_existing(
+    config: &Config,
+    command: &str,
+) -> Result<Option<Arc<dyn SnapshotStore>>> {
+    Ok(crate::state::open_existing(
         &config.settings.state_dir,
         binding(&config.settings),
         &Holder::this_process(command),
-    )?)
+    )
+    .await?)
+}
+
+/// Opens the snapshot for `config` to write to it, creating it if needed.
+pub async fn open_for_writing(
+    config: &Config,
+    command: &str,
+    on_other_target: OnOtherTarget,
+) -> Result<Arc<dyn SnapshotStore>> {
+    let dir = &config.settings.state_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    Ok(crate::state::open(
+        dir,
+        binding(&config.settings),
+        &Holder::this_process(command),
+        on_other_target,
+    )
+    .await?)
 }
 
 /// Reads the snapshot for `config` without creating one when none exists yet.
-pub fn read_snapshot(config: &Config, command: &str) -> Result<Snapshot> {
-    match open_existing(config, command)? {
-        Some(store) => Ok(store.load()?),
+pub async fn read_snapshot(config: &Config, command: &str) -> Result<Snapshot> {
+    match open_existing(config, command).await? {
+        Some(store) => Ok(store.load().await?),
         None => Ok(Snapshot::default()),
     }
 }

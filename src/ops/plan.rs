@@ -56,9 +56,9 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
     let started = std::time::Instant::now();
     let config = ctx.load_config()?;
     tracing::debug!(users = config.desired.len(), files = config.files, elapsed = ?started.elapsed(), "loaded the config");
-    let store = open_existing(&config, "plan")?;
+    let store = open_existing(&config, "plan").await?;
     let mut snapshot = match &store {
-        Some(store) => store.load()?,
+        Some(store) => store.load().await?,
         None => Snapshot::default(),
     };
     tracing::debug!(users = snapshot.users.len(), elapsed = ?started.elapsed(), "read the snapshot");
@@ -75,14 +75,14 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
             let refreshed = refresh(&config, &snapshot).await?;
             if let (Some(store), false) = (&store, refreshed.resolved.is_empty()) {
                 let resolved = refreshed.resolved.clone();
-                store.commit(&resolved)?;
+                store.commit(resolved.clone()).await?;
                 let n = resolved.record.len();
                 warnings.push(if n == 1 {
                     "1 user in doubt was read back from the server; the snapshot now records its live values".to_owned()
                 } else {
                     format!("{n} users in doubt were read back from the server; the snapshot now records their live values")
                 });
-                snapshot = store.load()?;
+                snapshot = store.load().await?;
             }
             for failed in &refreshed.unread {
                 warnings.push(format!(

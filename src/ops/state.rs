@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use super::{binding, open_existing, read_snapshot, write_atomically, Globals};
-use crate::state::{self, Holder, OnOtherTarget, Store};
+use super::{open_existing, open_for_writing, read_snapshot, write_atomically, Globals};
+use crate::state::{self, OnOtherTarget};
 
 /// `attrsync state list`: the users in the snapshot (recorded or in doubt), one per line.
-pub fn state_list(ctx: &Globals) -> Result<String> {
+pub async fn state_list(ctx: &Globals) -> Result<String> {
     let config = ctx.load_config()?;
-    let snapshot = read_snapshot(&config, "state list")?;
+    let snapshot = read_snapshot(&config, "state list").await?;
     // Users only in doubt are in the snapshot too: `state show` tells them apart.
     let mut users: Vec<&str> = snapshot
         .users
@@ -31,11 +31,11 @@ pub fn state_list(ctx: &Globals) -> Result<String> {
 
 /// `attrsync state show USER`: one user's recorded attributes, when they were applied, and
 /// whether it is in doubt.
-pub fn state_show(ctx: &Globals, user: &str) -> Result<String> {
+pub async fn state_show(ctx: &Globals, user: &str) -> Result<String> {
     let config = ctx.load_config()?;
-    let store = open_existing(&config, "state show")?;
+    let store = open_existing(&config, "state show").await?;
     let (entry, doubt) = match &store {
-        Some(store) => (store.get(user)?, store.doubt(user)?),
+        Some(store) => (store.get(user).await?, store.doubt(user).await?),
         None => (None, None),
     };
     if entry.is_none() && doubt.is_none() {
@@ -70,9 +70,9 @@ pub fn state_show(ctx: &Globals, user: &str) -> Result<String> {
 }
 
 /// `attrsync state export`: the snapshot as JSON Lines, to `out` or stdout.
-pub fn state_export(ctx: &Globals, out: Option<&Path>) -> Result<()> {
+pub async fn state_export(ctx: &Globals, out: Option<&Path>) -> Result<()> {
     let config = ctx.load_config()?;
-    let snapshot = read_snapshot(&config, "state export")?;
+    let snapshot = read_snapshot(&config, "state export").await?;
     match out {
         Some(path) => {
             let mut buffer = Vec::new();
@@ -99,7 +99,7 @@ pub struct ImportError {
 }
 
 /// `attrsync state import FILE`: replaces the snapshot with the file's content, atomically.
-pub fn state_import(ctx: &Globals, file: &Path) -> Result<String> {
+pub async fn state_import(ctx: &Globals, file: &Path) -> Result<String> {
     let config = ctx.load_config()?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -113,24 +113,21 @@ pub fn state_import(ctx: &Globals, file: &Path) -> Result<String> {
         }
     })?;
     // The file replaces everything, so the snapshot is bound to the server configured now.
-    let mut store = Store::open_with(
-        &config.settings.state_dir,
-        binding(&config.settings),
-        &Holder::this_process("state import"),
-        OnOtherTarget::Adopt,
-    )?;
-    let serial = store.replace_all(
-        &imported.users,
-        &imported.in_doubt,
-        crate::clock::unix_seconds(),
-    )?;
-    let doubt = if imported.in_doubt.is_empty() {
+    let store = open_for_writing(&config, "state import", OnOtherTarget::Adopt).await?;
+    let (users, in_doubt) = (imported.users.len(), imported.in_doubt.len());
+    let serial = store
+        .replace_all(
+            imported.users,
+            imported.in_doubt,
+            crate::clock::unix_seconds(),
+        )
+        .await?;
+    let doubt = if in_doubt == 0 {
         String::new()
     } else {
-        format!(", {} in doubt", imported.in_doubt.len())
+        format!(", {in_doubt} in doubt")
     };
     Ok(format!(
-        "Imported {} users into the snapshot{doubt} (serial {serial}).\n",
-        imported.users.len()
+        "Imported {users} users into the snapshot{doubt} (serial {serial}).\n"
     ))
 }

@@ -20,15 +20,52 @@
 //! checked before every commit, so a state directory deleted under a running process stops it
 //! ([`StateError::Gone`]) instead of committing into files nobody will read.
 //!
-//! - [`store`]: the sled store and its checks.
+//! - [`SnapshotStore`]: what attrsync asks of any snapshot backend (async, paged reads, one
+//!   commit per batch); everything outside this module goes through it.
+//! - [`SledStore`]: the sled database behind that trait.
+//! - [`store`]: the sled database ([`SledDb`]) and its checks.
 //! - `codec`: the binary records inside it.
 //! - [`jsonl`]: `state export` / `state import`.
 
 mod codec;
 pub mod jsonl;
+mod sled_store;
+mod snapshot_store;
 pub mod store;
 
 pub use jsonl::{export, parse_import, ImportProblem, Imported};
+pub use sled_store::SledStore;
+pub use snapshot_store::{PagedUser, SnapshotStore};
 pub use store::{
-    Binding, Commit, Holder, OnOtherTarget, StateError, Store, CHUNK_USERS, FORMAT_VERSION,
+    Binding, Commit, Holder, OnOtherTarget, SledDb, StateError, CHUNK_USERS, FORMAT_VERSION,
 };
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// Opens (creating if needed) the snapshot at `location` for `binding`; what to do when it
+/// records another server is `on_other_target`.
+pub async fn open(
+    location: &Path,
+    binding: Binding<'_>,
+    holder: &Holder,
+    on_other_target: OnOtherTarget,
+) -> Result<Arc<dyn SnapshotStore>, StateError> {
+    let store = SledStore::open(location, binding, holder, on_other_target).await?;
+    Ok(Arc::new(store))
+}
+
+/// Opens the snapshot at `location` if one exists; `None` (and nothing created) otherwise.
+pub async fn open_existing(
+    location: &Path,
+    binding: Binding<'_>,
+    holder: &Holder,
+) -> Result<Option<Arc<dyn SnapshotStore>>, StateError> {
+    if SledDb::exists(location) {
+        open(location, binding, holder, OnOtherTarget::Refuse)
+            .await
+            .map(Some)
+    } else {
+        Ok(None)
+    }
+}

@@ -108,7 +108,7 @@ pub enum StateError {
     },
     /// sled or the file system failed.
     #[error("cannot {doing} the snapshot at {dir}: {source}; check the disk and the directory's permissions")]
-    Store {
+    Sled {
         /// What was being done ("open", "commit to", …).
         doing: &'static str,
         /// The state directory.
@@ -166,7 +166,7 @@ pub struct Binding<'a> {
 pub enum OnOtherTarget {
     /// Refuse with [`StateError::OtherTarget`] (every command but import).
     Refuse,
-    /// Open it; the caller replaces its whole content with [`Store::replace_all`], which binds
+    /// Open it; the caller replaces its whole content with [`SledDb::replace_all`], which binds
     /// it to the new server (`attrsync import`).
     Adopt,
 }
@@ -193,6 +193,15 @@ impl Commit {
     }
 }
 
+/// The server a snapshot records and the one it is being bound to.
+#[derive(Debug, Default)]
+struct Targets {
+    /// The server to bind the snapshot to at its next commit (a format-1 snapshot has none).
+    bind: Option<String>,
+    /// The other server the snapshot records, when it was opened to adopt a new one.
+    other: Option<String>,
+}
+
 /// The identity of a directory, to notice it being removed or replaced.
 type DirId = (u64, u64);
 
@@ -201,26 +210,25 @@ fn dir_id(dir: &Path) -> Option<DirId> {
 }
 
 /// The open snapshot store.
-pub struct Store {
+pub struct SledDb {
     dir: PathBuf,
     dir_id: Option<DirId>,
     db: sled::Db,
     meta: sled::Tree,
-    users: sled::Tree,
+    /// The users tree; `replace_all` swaps in a new one.
+    users: std::sync::RwLock<sled::Tree>,
     doubt: sled::Tree,
     serial_file: std::fs::File,
-    /// The server to bind the snapshot to at its next commit (a format-1 snapshot has none).
-    bind_target: Option<String>,
-    /// The other server the snapshot records, when it was opened to adopt a new one.
-    other_target: Option<String>,
+    /// Which server the snapshot is bound to, and what changes at the next commit.
+    targets: std::sync::Mutex<Targets>,
     /// Commits read the chunks they change before their transaction (sled transactions
     /// cannot range-scan), so commits must not interleave.
     commit_lock: std::sync::Mutex<()>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SledDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
+        f.debug_struct("SledDb")
             .field("dir", &self.dir)
             .finish_non_exhaustive()
     }
@@ -236,10 +244,10 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, Option<sled::E
     }
 }
 
-impl Store {
+impl SledDb {
     /// Opens (creating if needed) the snapshot at `dir` for `binding`, refusing one recorded
     /// for another app or server.
-    pub fn open(dir: &Path, binding: Binding<'_>, holder: &Holder) -> Result<Store, StateError> {
+    pub fn open(dir: &Path, binding: Binding<'_>, holder: &Holder) -> Result<SledDb, StateError> {
         Self::open_with(dir, binding, holder, OnOtherTarget::Refuse)
     }
 
@@ -250,7 +258,7 @@ impl Store {
         binding: Binding<'_>,
         holder: &Holder,
         on_other_target: OnOtherTarget,
-    ) -> Result<Store, StateError> {
+    ) -> Result<SledDb, StateError> {
         let store_err = |doing, source| sled_error(doing, dir, source);
         let corrupt = |what: String| StateError::Corrupt {
             dir: dir.to_owned(),
@@ -347,16 +355,18 @@ impl Store {
                 db.drop_tree(&name).map_err(|e| store_err("clean up", e))?;
             }
         }
-        let store = Store {
+        let store = SledDb {
             dir: dir.to_owned(),
             dir_id: dir_id(dir),
             db,
             meta,
-            users,
+            users: std::sync::RwLock::new(users),
             doubt,
             serial_file,
-            bind_target,
-            other_target,
+            targets: std::sync::Mutex::new(Targets {
+                bind: bind_target,
+                other: other_target,
+            }),
             commit_lock: std::sync::Mutex::new(()),
         };
         if found_format == Some(1) {
@@ -377,7 +387,7 @@ impl Store {
         dir: &Path,
         binding: Binding<'_>,
         holder: &Holder,
-    ) -> Result<Option<Store>, StateError> {
+    ) -> Result<Option<SledDb>, StateError> {
         if Self::exists(dir) {
             Self::open(dir, binding, holder).map(Some)
         } else {
@@ -395,7 +405,7 @@ impl Store {
     /// Format 1 had no user count: count once, and mark the database as format 2.
     fn upgrade_from_format_1(&self) -> Result<(), StateError> {
         let mut count = 0u64;
-        for item in self.users.iter() {
+        for item in self.users().iter() {
             let (_, chunk) = item.map_err(self.err("read"))?;
             count += decode_chunk(&chunk)
                 .ok_or_else(|| self.corrupt("a chunk of users"))?
@@ -410,9 +420,18 @@ impl Store {
     }
 
     /// The server this snapshot records, when it was opened with [`OnOtherTarget::Adopt`] for
-    /// another one: its content must be replaced ([`Store::replace_all`]), not added to.
-    pub fn other_target(&self) -> Option<&str> {
-        self.other_target.as_deref()
+    /// another one: its content must be replaced ([`SledDb::replace_all`]), not added to.
+    pub fn other_target(&self) -> Option<String> {
+        crate::sync::lock(&self.targets).other.clone()
+    }
+
+    /// The current users tree (a cheap handle).
+    fn users(&self) -> sled::Tree {
+        // A tree handle is replaced whole; a panic elsewhere cannot leave it half-written.
+        self.users
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The state directory.
@@ -452,7 +471,7 @@ impl Store {
     pub fn load(&self) -> Result<Snapshot, StateError> {
         let mut names = NameInterner::default();
         let mut users = Vec::new();
-        for item in self.users.iter() {
+        for item in self.users().iter() {
             let (_, chunk) = item.map_err(self.err("read"))?;
             for (id, entry) in
                 decode_chunk(&chunk).ok_or_else(|| self.corrupt("a chunk of users"))?
@@ -491,7 +510,7 @@ impl Store {
     /// One user's entry.
     pub fn get(&self, user: &str) -> Result<Option<SnapshotEntry>, StateError> {
         let Some((_, chunk)) = self
-            .users
+            .users()
             .range(..=user.as_bytes())
             .next_back()
             .transpose()
@@ -526,10 +545,10 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(UserId, SnapshotEntry)>, StateError> {
         let start: &[u8] = after.map_or(b"", str::as_bytes);
+        let users = self.users();
         // The chunk holding `after` starts at or before it.
         let first = match after {
-            Some(after) => self
-                .users
+            Some(after) => users
                 .range(..=after.as_bytes())
                 .next_back()
                 .transpose()
@@ -540,8 +559,8 @@ impl Store {
         let mut names = NameInterner::default();
         let mut out = Vec::with_capacity(limit);
         let range = match &first {
-            Some(key) => self.users.range(key.as_ref()..),
-            None => self.users.range::<&[u8], _>(..),
+            Some(key) => users.range(key.as_ref()..),
+            None => users.range::<&[u8], _>(..),
         };
         for item in range {
             let (_, chunk) = item.map_err(self.err("read"))?;
@@ -603,14 +622,19 @@ impl Store {
     pub fn commit(&self, commit: &Commit) -> Result<u64, StateError> {
         let _guard = crate::sync::lock(&self.commit_lock);
         self.check_dir()?;
-        if let (Some(found), Some(expected)) = (&self.other_target, &self.bind_target) {
-            // Adding to another server's records would mix two servers in one snapshot.
-            return Err(StateError::OtherTarget {
-                dir: self.dir.clone(),
-                found: found.clone(),
-                expected: expected.clone(),
-            });
-        }
+        let bind_target = {
+            let targets = crate::sync::lock(&self.targets);
+            if let (Some(found), Some(expected)) = (&targets.other, &targets.bind) {
+                // Adding to another server's records would mix two servers in one snapshot.
+                return Err(StateError::OtherTarget {
+                    dir: self.dir.clone(),
+                    found: found.clone(),
+                    expected: expected.clone(),
+                });
+            }
+            targets.bind.clone()
+        };
+        let users = self.users();
         let mut writes: Vec<(&[u8], Option<Vec<u8>>)> = commit
             .record
             .iter()
@@ -632,7 +656,7 @@ impl Store {
                 false
             }
         });
-        let (removals, inserts, user_delta) = self.rechunk(writes)?;
+        let (removals, inserts, user_delta) = self.rechunk(&users, writes)?;
         let doubt_inserts: Vec<(&[u8], Vec<u8>)> = commit
             .doubt
             .iter()
@@ -644,8 +668,8 @@ impl Store {
             .map(|(user, _)| user.as_str().as_bytes())
             .chain(commit.clear.iter().map(|user| user.as_str().as_bytes()))
             .collect();
-        let bind_target = self.bind_target.as_deref();
-        let serial = (&self.meta, &self.users, &self.doubt)
+        let bind_target = bind_target.as_deref();
+        let serial = (&self.meta, &users, &self.doubt)
             .transaction(|(meta, users, doubt)| {
                 for key in &removals {
                     users.remove(key)?;
@@ -676,7 +700,7 @@ impl Store {
                 Ok::<u64, ConflictableTransactionError<()>>(serial)
             })
             .map_err(|e| match e {
-                TransactionError::Storage(source) => StateError::Store {
+                TransactionError::Storage(source) => StateError::Sled {
                     doing: "commit to",
                     dir: self.dir.clone(),
                     source,
@@ -693,21 +717,17 @@ impl Store {
     #[allow(clippy::type_complexity)]
     fn rechunk(
         &self,
+        users: &sled::Tree,
         writes: Vec<(&[u8], Option<Vec<u8>>)>,
     ) -> Result<(Vec<sled::IVec>, Vec<(Vec<u8>, Vec<u8>)>, i64), StateError> {
         // Which chunk each write lands in: the last chunk starting at or before the user, or
         // the first chunk for a user before all of them.
-        let first_key = self
-            .users
-            .first()
-            .map_err(self.err("read"))?
-            .map(|(k, _)| k);
+        let first_key = users.first().map_err(self.err("read"))?.map(|(k, _)| k);
         // (the chunk's key, or None when the tree is empty) → the writes that land in it.
         type Group<'w> = (Option<sled::IVec>, Vec<(&'w [u8], Option<Vec<u8>>)>);
         let mut groups: Vec<Group<'_>> = Vec::new();
         for (user, record) in writes {
-            let key = match self
-                .users
+            let key = match users
                 .range(..=user)
                 .next_back()
                 .transpose()
@@ -726,7 +746,7 @@ impl Store {
         let mut delta = 0i64;
         for (key, members) in groups {
             let old = match &key {
-                Some(key) => self.users.get(key).map_err(self.err("read"))?,
+                Some(key) => users.get(key).map_err(self.err("read"))?,
                 None => None,
             };
             let mut records: Vec<(Vec<u8>, Vec<u8>)> = match &old {
@@ -774,11 +794,12 @@ impl Store {
     /// The new content goes to a fresh tree first; one small transaction then switches the
     /// snapshot over, so a crash leaves either the old or the new snapshot, never a mix.
     pub fn replace_all(
-        &mut self,
+        &self,
         users: &UserMap<Attrs>,
         in_doubt: &UserMap<InDoubt>,
         applied_at: u64,
     ) -> Result<u64, StateError> {
+        let _guard = crate::sync::lock(&self.commit_lock);
         self.check_dir()?;
         let current = self
             .meta
@@ -810,8 +831,8 @@ impl Store {
         next.apply_batch(batch).map_err(self.err("write"))?;
         self.db.flush().map_err(self.err("flush"))?;
         let serial = self.serial()? + 1;
-        let target = self
-            .bind_target
+        let target = crate::sync::lock(&self.targets)
+            .bind
             .clone()
             .map(String::into_bytes)
             .or_else(|| self.meta.get(KEY_TARGET).ok().flatten().map(|t| t.to_vec()));
@@ -848,9 +869,11 @@ impl Store {
             })?;
         self.db.flush().map_err(self.err("flush"))?;
         self.write_serial_file(serial)?;
-        self.users = next;
-        self.bind_target = None;
-        self.other_target = None;
+        *self
+            .users
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        *crate::sync::lock(&self.targets) = Targets::default();
         self.db.drop_tree(&current).map_err(self.err("clean up"))?;
         self.db.flush().map_err(self.err("flush"))?;
         Ok(serial)
@@ -869,7 +892,7 @@ impl Store {
     }
 }
 
-impl Drop for Store {
+impl Drop for SledDb {
     fn drop(&mut self) {
         let _ = self.db.flush();
         let _ = std::fs::remove_file(self.dir.join(HOLDER_FILE));
@@ -887,7 +910,7 @@ fn sled_error(doing: &'static str, dir: &Path, source: sled::Error) -> StateErro
                 None => "sled found damaged data in its files".to_owned(),
             },
         },
-        source => StateError::Store {
+        source => StateError::Sled {
             doing,
             dir: dir.to_owned(),
             source,
@@ -940,7 +963,7 @@ fn holder_json(holder: &Holder) -> Vec<u8> {
 /// Opens (creating) the `serial` file and reads the serial in it, if any.
 fn open_serial_file(dir: &Path) -> Result<(std::fs::File, Option<u64>), StateError> {
     let path = dir.join(SERIAL_FILE);
-    let io_err = |doing, e: std::io::Error| StateError::Store {
+    let io_err = |doing, e: std::io::Error| StateError::Sled {
         doing,
         dir: dir.to_owned(),
         source: sled::Error::Io(e),
@@ -1009,7 +1032,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let holder = Holder::this_process("test");
         {
-            let store = Store::open(dir.path(), app(7), &holder).unwrap();
+            let store = SledDb::open(dir.path(), app(7), &holder).unwrap();
             assert_eq!(store.serial().unwrap(), 0);
             let serial = store
                 .commit(&record(
@@ -1023,7 +1046,7 @@ mod tests {
             assert_eq!(serial, 1);
             assert_eq!(store.commit(&record(&[("b", None)], 101)).unwrap(), 2);
         }
-        let store = Store::open(dir.path(), app(7), &holder).unwrap();
+        let store = SledDb::open(dir.path(), app(7), &holder).unwrap();
         let snapshot = store.load().unwrap();
         assert_eq!(snapshot.serial, 2);
         assert_eq!(
@@ -1040,7 +1063,7 @@ mod tests {
     #[test]
     fn doubt_is_marked_then_cleared_by_a_record_or_a_clear() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), app(7), &Holder::default()).unwrap();
+        let store = SledDb::open(dir.path(), app(7), &Holder::default()).unwrap();
         store
             .commit(&record(&[("a", Some(attrs(&[("x", "1")])))], 1))
             .unwrap();
@@ -1074,7 +1097,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let copy = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), app(7), &Holder::default()).unwrap();
+            let store = SledDb::open(dir.path(), app(7), &Holder::default()).unwrap();
             store
                 .commit(&record(&[("a", Some(attrs(&[("x", "1")])))], 1))
                 .unwrap();
@@ -1084,7 +1107,7 @@ mod tests {
             std::fs::copy(dir.path().join(name), copy.path().join(name)).unwrap();
         }
         {
-            let store = Store::open(dir.path(), app(7), &Holder::default()).unwrap();
+            let store = SledDb::open(dir.path(), app(7), &Holder::default()).unwrap();
             store
                 .commit(&record(&[("a", Some(attrs(&[("x", "2")])))], 2))
                 .unwrap();
@@ -1092,7 +1115,7 @@ mod tests {
         for name in ["conf", "db"] {
             std::fs::copy(copy.path().join(name), dir.path().join(name)).unwrap();
         }
-        let err = Store::open(dir.path(), app(7), &Holder::default()).unwrap_err();
+        let err = SledDb::open(dir.path(), app(7), &Holder::default()).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -1111,7 +1134,7 @@ mod tests {
     fn a_removed_state_directory_stops_the_next_commit() {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("state");
-        let store = Store::open(&dir, app(7), &Holder::default()).unwrap();
+        let store = SledDb::open(&dir, app(7), &Holder::default()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let err = store
             .commit(&record(&[("a", Some(attrs(&[("x", "1")])))], 1))
@@ -1128,13 +1151,13 @@ mod tests {
     #[test]
     fn the_snapshot_is_bound_to_its_server() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path(), app(7), &Holder::default()).unwrap());
+        drop(SledDb::open(dir.path(), app(7), &Holder::default()).unwrap());
         let region = Target::Region(crate::model::Region::Singapore);
         let other = Binding {
             sdkappid: 7,
             target: &region,
         };
-        let err = Store::open(dir.path(), other, &Holder::default()).unwrap_err();
+        let err = SledDb::open(dir.path(), other, &Holder::default()).unwrap_err();
         assert!(matches!(err, StateError::OtherTarget { .. }), "{err}");
         let text = err.to_string();
         assert!(
@@ -1143,20 +1166,20 @@ mod tests {
         );
         assert!(text.contains("attrsync import"), "{text}");
         // Import adopts the new server by replacing the whole content.
-        let mut store =
-            Store::open_with(dir.path(), other, &Holder::default(), OnOtherTarget::Adopt).unwrap();
+        let store =
+            SledDb::open_with(dir.path(), other, &Holder::default(), OnOtherTarget::Adopt).unwrap();
         store
             .replace_all(&UserMap::default(), &UserMap::default(), 1)
             .unwrap();
         drop(store);
-        assert!(Store::open(dir.path(), other, &Holder::default()).is_ok());
-        assert!(Store::open(dir.path(), app(7), &Holder::default()).is_err());
+        assert!(SledDb::open(dir.path(), other, &Holder::default()).is_ok());
+        assert!(SledDb::open(dir.path(), app(7), &Holder::default()).is_err());
     }
 
     #[test]
     fn chunks_split_and_stay_sorted_under_scattered_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), app(7), &Holder::default()).unwrap();
+        let store = SledDb::open(dir.path(), app(7), &Holder::default()).unwrap();
         let mut expected = std::collections::BTreeMap::new();
         // 1,000 users in 10 interleaved batches, then every third one removed.
         for round in 0..10u32 {
@@ -1197,9 +1220,9 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(snapshot.serial, 11);
         assert!(
-            store.users.len() > 1000 / CHUNK_SPLIT_ABOVE,
+            store.users().len() > 1000 / CHUNK_SPLIT_ABOVE,
             "chunks were split: {}",
-            store.users.len()
+            store.users().len()
         );
         assert_eq!(
             store
@@ -1227,8 +1250,8 @@ mod tests {
     #[test]
     fn refuses_another_apps_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path(), app(7), &Holder::default()).unwrap());
-        let err = Store::open(dir.path(), app(8), &Holder::default()).unwrap_err();
+        drop(SledDb::open(dir.path(), app(7), &Holder::default()).unwrap());
+        let err = SledDb::open(dir.path(), app(8), &Holder::default()).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -1246,7 +1269,7 @@ mod tests {
     fn open_existing_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
-        assert!(Store::open_existing(&path, app(1), &Holder::default())
+        assert!(SledDb::open_existing(&path, app(1), &Holder::default())
             .unwrap()
             .is_none());
         assert!(!path.exists());
@@ -1255,7 +1278,7 @@ mod tests {
     #[test]
     fn replace_all_swaps_the_whole_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), app(7), &Holder::default()).unwrap();
+        let store = SledDb::open(dir.path(), app(7), &Holder::default()).unwrap();
         store
             .commit(&Commit {
                 record: vec![(id("old"), Some(attrs(&[("x", "1")])))],
@@ -1289,7 +1312,7 @@ mod tests {
             ["n3"]
         );
         drop(store);
-        let store = Store::open(dir.path(), app(7), &Holder::default()).unwrap();
+        let store = SledDb::open(dir.path(), app(7), &Holder::default()).unwrap();
         assert_eq!(store.load().unwrap().users.len(), 2);
         assert_eq!(
             store

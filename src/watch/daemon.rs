@@ -15,14 +15,14 @@ use crate::config::{Diagnostics, ParseCache, Settings, Target};
 use crate::link::Connection;
 use crate::model::{AttrName, Summary};
 use crate::plan;
-use crate::state::{Holder, Store};
+use crate::state::{Holder, SnapshotStore};
 
 /// The open snapshot and what it was opened for.
 pub(super) struct OpenStore {
     pub(super) dir: PathBuf,
     pub(super) sdkappid: u64,
     pub(super) target: Target,
-    pub(super) store: Arc<Store>,
+    pub(super) store: Arc<dyn SnapshotStore>,
 }
 
 /// The connection to the server and what it was made for.
@@ -192,7 +192,7 @@ impl Daemon {
         };
         match scan
             .step(
-                &open.store,
+                open.store.as_ref(),
                 &link.connection.client,
                 &current.config,
                 &self.shared.metrics,

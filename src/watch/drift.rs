@@ -7,16 +7,15 @@
 //! that follows re-sends its full desired state; without, it is only logged and counted. The
 //! scan runs in the daemon's own loop, between reconciles, so it never races an apply.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::api::Client;
+use crate::api::AttrApi;
 use crate::apply::CallOutcome;
 use crate::config::Config;
 use crate::model::{AttrValue, Attrs, DoubtNote, InDoubt, UserId, MAX_BATCH_SIZE};
-use crate::state::{Commit, StateError, Store};
+use crate::state::{Commit, SnapshotStore, StateError};
 
 use super::Metrics;
 
@@ -94,9 +93,9 @@ impl DriftScan {
     }
 
     /// Saves the position (on shutdown), so the next start resumes there.
-    pub fn save(&mut self, store: &Store) {
+    pub async fn save(&mut self, store: &dyn SnapshotStore) {
         if let Some(cursor) = &self.cursor {
-            if let Err(error) = store.save_drift_cursor(cursor.as_deref()) {
+            if let Err(error) = store.save_drift_cursor(cursor.as_deref()).await {
                 tracing::warn!(%error, "could not save the drift scan's position");
             }
         }
@@ -105,15 +104,15 @@ impl DriftScan {
     /// Reads the next page of managed users and compares them with the snapshot.
     pub async fn step(
         &mut self,
-        store: &Arc<Store>,
-        client: &Client,
+        store: &dyn SnapshotStore,
+        api: &dyn AttrApi,
         config: &Config,
         metrics: &Metrics,
     ) -> Result<StepOutcome, StateError> {
         let started = Instant::now();
         let cursor = match &self.cursor {
             Some(cursor) => cursor.clone(),
-            None => store.drift_cursor()?,
+            None => store.drift_cursor().await?,
         };
         if self.pass_started.is_none() {
             self.pass_started = Some(started);
@@ -122,17 +121,15 @@ impl DriftScan {
         let mut after = cursor.clone();
         let mut page = Vec::new();
         for _ in 0..QUIET_PAGES_PER_STEP {
-            let users = store.users_after(after.as_deref(), MAX_BATCH_SIZE)?;
-            let Some((last, _)) = users.last() else {
-                self.finish_pass(store, metrics, started);
+            let users = store.users_after(after.as_deref(), MAX_BATCH_SIZE).await?;
+            let Some(last) = users.last() else {
+                self.finish_pass(store, metrics, started).await;
                 return Ok(StepOutcome::default());
             };
-            after = Some(last.as_str().to_owned());
-            for (user, entry) in users {
-                if config.desired.get(user.as_str()).is_some()
-                    && store.doubt(user.as_str())?.is_none()
-                {
-                    page.push((user, entry.attrs));
+            after = Some(last.user.as_str().to_owned());
+            for paged in users {
+                if config.desired.get(paged.user.as_str()).is_some() && !paged.in_doubt {
+                    page.push((paged.user, paged.entry.attrs));
                 }
             }
             if !page.is_empty() {
@@ -145,7 +142,7 @@ impl DriftScan {
             return Ok(StepOutcome::default());
         }
         let accounts: Vec<String> = page.iter().map(|(u, _)| u.as_str().to_owned()).collect();
-        let result = client.get_attr(&accounts).await;
+        let result = api.get_attr(&accounts).await;
         metrics.drift_call(CallOutcome::of(&result).name());
         let outcome = match result {
             Ok(outcome) => outcome,
@@ -216,26 +213,23 @@ impl DriftScan {
                     applied_at: since,
                     ..Commit::default()
                 };
-                let store = Arc::clone(store);
-                tokio::task::spawn_blocking(move || store.commit(&commit))
-                    .await
-                    .unwrap_or_else(|join| panic!("snapshot commit panicked: {join}"))?;
+                store.commit(commit).await?;
                 step.marked = true;
             }
         }
         if self.cursor_saved.elapsed() >= SAVE_CURSOR_EVERY {
             self.cursor_saved = Instant::now();
-            self.save(store);
+            self.save(store).await;
         }
         self.next_at = started + self.spacing;
         Ok(step)
     }
 
-    fn finish_pass(&mut self, store: &Store, metrics: &Metrics, now: Instant) {
+    async fn finish_pass(&mut self, store: &dyn SnapshotStore, metrics: &Metrics, now: Instant) {
         tracing::debug!(users = self.scanned, "the drift scan finished a pass");
         metrics.drift_pass_done();
         self.cursor = Some(None);
-        self.save(store);
+        self.save(store).await;
         self.cursor_saved = now;
         let started = self.pass_started.take().unwrap_or(now);
         self.next_at = (started + self.pass_every).max(now + self.spacing);
@@ -245,34 +239,19 @@ impl DriftScan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ClientConfig, SecretKey, UserAttrs};
-    use crate::emulator::{Emulator, EmulatorConfig, DEMO_SECRET_KEY};
-    use crate::state::{Binding, Holder};
+    use crate::api::UserAttrs;
+    use crate::emulator::{Emulator, EmulatorConfig, InProcess};
+    use crate::state::{Binding, Holder, OnOtherTarget, SledStore};
 
-    /// 250 users in Rome, on the emulator, in the config and recorded in the snapshot.
-    async fn managed() -> (
-        crate::emulator::RunningEmulator,
-        Client,
-        tempfile::TempDir,
-        Arc<Store>,
-        Config,
-    ) {
-        let server = Emulator::start(
-            EmulatorConfig {
-                attributes: vec!["city".into()],
-                ..EmulatorConfig::default()
-            },
-            "127.0.0.1:0",
-        )
-        .await
+    /// 250 users in Rome, on the emulator (in-process), in the config and recorded in the
+    /// snapshot.
+    async fn managed() -> (InProcess, tempfile::TempDir, SledStore, Config) {
+        let emulator = Emulator::new(EmulatorConfig {
+            attributes: vec!["city".into()],
+            ..EmulatorConfig::default()
+        })
         .unwrap();
-        let client = Client::new(ClientConfig::new(
-            server.base_url(),
-            1_400_000_000,
-            "administrator",
-            SecretKey::new(DEMO_SECRET_KEY),
-        ))
-        .unwrap();
+        let client = emulator.in_process("administrator", 100);
         let dir = tempfile::tempdir().unwrap();
         let mut yaml = String::from("users:\n");
         let ids: Vec<UserId> = (0..250)
@@ -287,7 +266,7 @@ mod tests {
             dir.path().join("attrsync.yaml"),
             format!(
                 "sdkappid: 1400000000\nidentifier: administrator\nendpoint: {}\nattributes: [city]\n",
-                server.base_url()
+                "http://127.0.0.1:9"
             ),
         )
         .unwrap();
@@ -301,20 +280,22 @@ mod tests {
                     attrs: [("city".to_owned(), "Rome".to_owned())].into(),
                 })
                 .collect();
-            client.set_attr(&users).await.unwrap();
+            AttrApi::set_attr(&client, &users).await.unwrap();
         }
         let target = config.settings.target.clone();
-        let store = Store::open(
+        let store = SledStore::open(
             &dir.path().join("state"),
             Binding {
                 sdkappid: 1_400_000_000,
                 target: &target,
             },
             &Holder::default(),
+            OnOtherTarget::Refuse,
         )
+        .await
         .unwrap();
         store
-            .commit(&Commit {
+            .commit(Commit {
                 record: ids
                     .iter()
                     .map(|id| (id.clone(), Some(rome.clone())))
@@ -322,56 +303,61 @@ mod tests {
                 applied_at: 1,
                 ..Commit::default()
             })
+            .await
             .unwrap();
-        (server, client, dir, Arc::new(store), config)
+        (client, dir, store, config)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_pass_finds_drift_marks_it_in_doubt_and_resumes_after_a_restart() {
-        let (_server, client, _dir, store, config) = managed().await;
+        let (client, _dir, store, config) = managed().await;
         let metrics = Metrics::new();
         let paris = UserAttrs {
             account: "u180".into(),
             attrs: [("city".to_owned(), "Paris".to_owned())].into(),
         };
-        client.set_attr(&[paris]).await.unwrap();
+        AttrApi::set_attr(&client, &[paris]).await.unwrap();
         let every = Duration::from_millis(1);
         let mut scan = DriftScan::new(100, 100, true, every).unwrap();
         let first = scan.step(&store, &client, &config, &metrics).await.unwrap();
         assert_eq!(first.drifted, 0, "u000..u099 are as recorded");
-        scan.save(&store);
-        assert_eq!(store.drift_cursor().unwrap().as_deref(), Some("u099"));
+        scan.save(&store).await;
+        assert_eq!(store.drift_cursor().await.unwrap().as_deref(), Some("u099"));
         // A restart: a new scan resumes after u099 and finds u180 on its first read.
         let mut scan = DriftScan::new(100, 100, true, every).unwrap();
         let second = scan.step(&store, &client, &config, &metrics).await.unwrap();
         assert_eq!((second.drifted, second.marked), (1, true));
-        let doubt = store.doubt("u180").unwrap().expect("u180 is in doubt");
+        let doubt = store
+            .doubt("u180")
+            .await
+            .unwrap()
+            .expect("u180 is in doubt");
         assert_eq!(doubt.maybe.get("city").unwrap().as_str(), "Paris");
         assert_eq!(doubt.note.reason, DRIFT_REASON);
         // The rest of the pass, then it wraps around.
         scan.step(&store, &client, &config, &metrics).await.unwrap();
         scan.step(&store, &client, &config, &metrics).await.unwrap();
         assert_eq!(
-            store.drift_cursor().unwrap(),
+            store.drift_cursor().await.unwrap(),
             None,
             "a finished pass starts over"
         );
         assert!(metrics.encode().contains("attrsync_drift_users_total 1"));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn without_self_heal_drift_is_only_counted() {
-        let (_server, client, _dir, store, config) = managed().await;
+        let (client, _dir, store, config) = managed().await;
         let metrics = Metrics::new();
         let paris = UserAttrs {
             account: "u005".into(),
             attrs: [("city".to_owned(), "Paris".to_owned())].into(),
         };
-        client.set_attr(&[paris]).await.unwrap();
+        AttrApi::set_attr(&client, &[paris]).await.unwrap();
         let mut scan = DriftScan::new(100, 100, false, Duration::from_millis(1)).unwrap();
         let step = scan.step(&store, &client, &config, &metrics).await.unwrap();
         assert_eq!((step.drifted, step.marked), (1, false));
-        assert!(store.doubt("u005").unwrap().is_none());
+        assert!(store.doubt("u005").await.unwrap().is_none());
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::apply::StopSignal;
 use crate::config::{self, Config, Diagnostics, ParseCache};
 use crate::link::LinkError;
 use crate::plan::GuardError;
-use crate::state::{Holder, StateError, Store};
+use crate::state::{Holder, SnapshotStore, StateError};
 
 use daemon::Daemon;
 pub use metrics::Metrics;
@@ -207,7 +207,7 @@ struct Status {
 #[derive(Clone)]
 pub(crate) struct Current {
     pub(crate) config: Arc<Config>,
-    pub(crate) store: Arc<Store>,
+    pub(crate) store: Arc<dyn SnapshotStore>,
 }
 
 impl Shared {
@@ -333,7 +333,7 @@ pub async fn run(
     };
     daemon.run_loop(events, hangup, down_rx).await;
     if let (Some(scan), Some(open)) = (daemon.drift.as_mut(), daemon.store.as_ref()) {
-        scan.save(&open.store);
+        scan.save(open.store.as_ref()).await;
     }
     // Release every handle on the snapshot: dropping the last one flushes it and removes
     // holder.json, so a CLI command can open it the moment the process is gone.

@@ -7,12 +7,14 @@ use tokio::time::Instant;
 use super::daemon::{Daemon, Link, LinkKey, OpenStore, Pass};
 use super::trigger::Scope;
 use super::{Current, ReconcileError, PLAN_LOG_LIMIT, PROGRESS_EVERY};
-use crate::apply::{self, ApplyOptions, Progress, Report};
+use crate::api::AttrApi;
+use crate::apply::{self, ApplyOptions, Progress, Report, StopSignal};
 use crate::config::{self, Config, Settings};
 use crate::link;
 use crate::model::Plan;
+use crate::model::Snapshot;
 use crate::plan::{self, Guards, PlanOptions, TextStyle};
-use crate::state::Store;
+use crate::state::{OnOtherTarget, SnapshotStore};
 
 impl Daemon {
     /// One pass: reload, plan, apply (or log the plan with `--plan-only`).
@@ -30,62 +32,33 @@ impl Daemon {
 
         let store = self.store_for(settings).await?;
         // A state directory removed under the daemon is a failure now, not at the next write.
-        store.check_dir()?;
+        store.check().await?;
         self.shared.status().current = Some(Current {
             config: Arc::clone(&config),
             store: Arc::clone(&store),
         });
-        // The daemon has no --allow-* flags: a guard that refuses is for a person to decide,
-        // with the daemon stopped, using `attrsync apply --allow-mass-delete`.
-        let guards = Guards {
-            max_deletes: settings.max_deletes,
-            allow_mass_delete: false,
-            allow_empty: false,
-        };
-        let planned = tokio::task::spawn_blocking({
-            let config = Arc::clone(&config);
-            let store = Arc::clone(&store);
-            move || -> Result<_, ReconcileError> {
-                let snapshot = store.load()?;
-                plan::check_empty_desired(&config.desired, &snapshot, guards)?;
-                let options = PlanOptions {
-                    sdkappid: config.settings.sdkappid,
-                    prune: config.settings.prune,
-                };
-                let plan = plan::plan(&config.desired, &snapshot, options);
-                Ok((snapshot, plan))
-            }
-        })
-        .await
-        .expect("planning does not panic");
-        let (snapshot, plan) = planned?;
-        let writes = plan.summary.writes();
-        pass.summary = Some(plan.summary);
+        let planned = plan_pass(&config, store.as_ref()).await?;
+        let writes = planned.plan.summary.writes();
+        pass.summary = Some(planned.plan.summary);
         self.shared.metrics.planned(config.desired.len(), writes);
 
         if self.options.plan_only {
-            self.log_plan(&plan);
+            self.log_plan(&planned.plan);
             return Ok(());
         }
-        plan::check_mass_delete(&plan, guards)?;
+        plan::check_mass_delete(&planned.plan, daemon_guards(settings))?;
         // Connect (and check the attribute names) even when there is nothing to send, so that
         // a wrong key or endpoint shows on /readyz at once, not at the next edit.
         let client = self.client_for(settings).await?;
         if writes == 0 {
             return Ok(());
         }
-        let options = ApplyOptions {
-            batch_size: settings.batch_size,
-            in_flight: apply::IN_FLIGHT,
-            retry: apply::RetryPolicy::default(),
-        };
         let progress = ProgressLog::new();
-        let report = apply::execute(
-            &plan,
-            &snapshot,
+        let report = apply_pass(
+            &config,
+            &planned,
             &client,
-            &store,
-            options,
+            store.as_ref(),
             &self.stop,
             &|p| progress.update(p),
         )
@@ -95,13 +68,7 @@ impl Daemon {
             config.desired.len(),
             writes.saturating_sub(report.applied()),
         );
-        let outcome = if report.interrupted {
-            Err(ReconcileError::Interrupted)
-        } else if !report.succeeded() {
-            Err(ReconcileError::Apply(describe_failure(&report)))
-        } else {
-            Ok(())
-        };
+        let outcome = pass_outcome(&report);
         pass.report = Some(report);
         outcome
     }
@@ -130,7 +97,7 @@ impl Daemon {
     pub(super) async fn store_for(
         &mut self,
         settings: &Settings,
-    ) -> Result<Arc<Store>, ReconcileError> {
+    ) -> Result<Arc<dyn SnapshotStore>, ReconcileError> {
         if let Some(open) = &self.store {
             if open.dir == settings.state_dir
                 && open.sdkappid == settings.sdkappid
@@ -149,21 +116,12 @@ impl Daemon {
             dir: dir.clone(),
             source,
         })?;
-        let (sdkappid, holder) = (settings.sdkappid, self.holder.clone());
-        let target = settings.target.clone();
-        let opened = tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            move || {
-                let binding = crate::state::Binding {
-                    sdkappid,
-                    target: &target,
-                };
-                Store::open(&dir, binding, &holder)
-            }
-        })
-        .await
-        .expect("opening the snapshot does not panic")?;
-        let store = Arc::new(opened);
+        let binding = crate::state::Binding {
+            sdkappid: settings.sdkappid,
+            target: &settings.target,
+        };
+        let store = crate::state::open(&dir, binding, &self.holder, OnOtherTarget::Refuse).await?;
+        let sdkappid = settings.sdkappid;
         tracing::info!(dir = %dir.display(), "opened the snapshot; other attrsync commands are told this daemon holds it");
         self.store = Some(OpenStore {
             dir,
@@ -229,6 +187,86 @@ impl Daemon {
     }
 }
 
+/// The daemon has no --allow-* flags: a guard that refuses is for a person to decide, with the
+/// daemon stopped, using `attrsync apply --allow-mass-delete`.
+fn daemon_guards(settings: &Settings) -> Guards {
+    Guards {
+        max_deletes: settings.max_deletes,
+        allow_mass_delete: false,
+        allow_empty: false,
+    }
+}
+
+/// A plan and the snapshot it was computed against.
+#[derive(Debug)]
+pub(crate) struct Planned {
+    /// The snapshot as read for this pass.
+    pub snapshot: Snapshot,
+    /// The plan against it.
+    pub plan: Plan,
+}
+
+/// The planning half of a pass: reads the snapshot and plans the config against it, refusing
+/// an empty desired state that would delete everything.
+pub(crate) async fn plan_pass(
+    config: &Arc<Config>,
+    store: &dyn SnapshotStore,
+) -> Result<Planned, ReconcileError> {
+    let snapshot = store.load().await?;
+    let config = Arc::clone(config);
+    // Planning a large config takes a while: keep it off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let guards = daemon_guards(&config.settings);
+        plan::check_empty_desired(&config.desired, &snapshot, guards)?;
+        let options = PlanOptions {
+            sdkappid: config.settings.sdkappid,
+            prune: config.settings.prune,
+        };
+        let plan = plan::plan(&config.desired, &snapshot, options);
+        Ok(Planned { snapshot, plan })
+    })
+    .await
+    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+}
+
+/// The applying half of a pass: sends `planned` through `api`, committing to `store`, with the
+/// settings' batch size and the default retry policy.
+pub(crate) async fn apply_pass(
+    config: &Config,
+    planned: &Planned,
+    api: &dyn AttrApi,
+    store: &dyn SnapshotStore,
+    stop: &StopSignal,
+    on_progress: &(dyn Fn(Progress) + Sync),
+) -> Report {
+    let options = ApplyOptions {
+        batch_size: config.settings.batch_size,
+        in_flight: apply::IN_FLIGHT,
+        retry: apply::RetryPolicy::default(),
+    };
+    apply::execute(
+        &planned.plan,
+        &planned.snapshot,
+        api,
+        store,
+        options,
+        stop,
+        on_progress,
+    )
+    .await
+}
+
+/// A pass's result from its report: interrupted, failed (in one line), or done.
+pub(crate) fn pass_outcome(report: &Report) -> Result<(), ReconcileError> {
+    if report.interrupted {
+        Err(ReconcileError::Interrupted)
+    } else if !report.succeeded() {
+        Err(ReconcileError::Apply(describe_failure(report)))
+    } else {
+        Ok(())
+    }
+}
+
 /// Why an apply did not finish, in one line: counts, the first refused users, the fatal error.
 fn describe_failure(report: &Report) -> String {
     let mut text = format!(
@@ -286,6 +324,80 @@ impl ProgressLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::emulator::{Emulator, EmulatorConfig, FailMode, Faults};
+    use crate::model::Target;
+    use crate::state::{Binding, Holder, SledStore};
+
+    /// A config repository of 250 users in Rome, loaded.
+    fn config(dir: &std::path::Path) -> Arc<Config> {
+        let mut yaml = String::from("users:\n");
+        for i in 0..250 {
+            yaml.push_str(&format!("  u{i:03}: {{city: Rome}}\n"));
+        }
+        std::fs::create_dir(dir.join("users")).unwrap();
+        std::fs::write(dir.join("users/all.yaml"), yaml).unwrap();
+        std::fs::write(
+            dir.join("attrsync.yaml"),
+            "sdkappid: 1400000000\nidentifier: administrator\nendpoint: embedded\nattributes: [city]\n",
+        )
+        .unwrap();
+        Arc::new(config::load(dir, None, &mut Default::default()).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_pass_converges_and_a_lost_answer_is_resent_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let emulator = Emulator::new(EmulatorConfig {
+            attributes: vec!["city".into()],
+            ..EmulatorConfig::default()
+        })
+        .unwrap();
+        let api = emulator.in_process("administrator", 100);
+        let store = SledStore::open(
+            &dir.path().join("state"),
+            Binding {
+                sdkappid: 1_400_000_000,
+                target: &Target::Embedded,
+            },
+            &Holder::default(),
+            OnOtherTarget::Refuse,
+        )
+        .await
+        .unwrap();
+        let stop = StopSignal::new();
+
+        // Every answer is lost after the call was applied: its users stay in doubt.
+        api.set_faults(Faults {
+            rate: 1.0,
+            mode: FailMode::Drop,
+            endpoints: vec![crate::api::Endpoint::SetAttr],
+        });
+        let planned = plan_pass(&config, &store).await.unwrap();
+        assert_eq!(planned.plan.summary.create, 250);
+        let report = apply_pass(&config, &planned, &api, &store, &stop, &|_| {}).await;
+        assert!(matches!(
+            pass_outcome(&report),
+            Err(ReconcileError::Apply(_))
+        ));
+        assert_eq!(report.failed.len(), 250);
+        assert!(report.failed.iter().all(|f| f.in_doubt));
+        assert_eq!(api.state().users.len(), 250, "every drop was applied");
+        assert_eq!(store.load().await.unwrap().in_doubt.len(), 250);
+
+        // The next pass re-sends them in full and records them.
+        api.set_faults(Faults::default());
+        let planned = plan_pass(&config, &store).await.unwrap();
+        assert_eq!(planned.plan.summary.resend, 250);
+        let report = apply_pass(&config, &planned, &api, &store, &stop, &|_| {}).await;
+        pass_outcome(&report).unwrap();
+        let snapshot = store.load().await.unwrap();
+        assert_eq!((snapshot.users.len(), snapshot.in_doubt.len()), (250, 0));
+
+        // Converged: the pass after plans nothing.
+        let planned = plan_pass(&config, &store).await.unwrap();
+        assert_eq!(planned.plan.summary.writes(), 0);
+    }
 
     #[test]
     fn a_failed_apply_is_described_in_one_line() {

@@ -76,23 +76,23 @@ async fn plan(State(shared): State<Arc<Shared>>) -> Response {
         )
             .into_response();
     };
+    let snapshot = match current.store.load().await {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response()
+        }
+    };
     let computed = tokio::task::spawn_blocking(move || {
-        let snapshot = current.store.load()?;
         let settings = &current.config.settings;
         let options = PlanOptions {
             sdkappid: settings.sdkappid,
             prune: settings.prune,
         };
-        Ok::<_, crate::state::StateError>(plan::to_json(&plan::plan(
-            &current.config.desired,
-            &snapshot,
-            options,
-        )))
+        plan::to_json(&plan::plan(&current.config.desired, &snapshot, options))
     })
     .await;
     match computed {
-        Ok(Ok(json)) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Ok(Err(error)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(join) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("planning failed: {join}\n"),

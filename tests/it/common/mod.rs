@@ -229,8 +229,8 @@ pub const TARGET: attrsync::model::Target =
     attrsync::model::Target::Region(attrsync::model::Region::Singapore);
 
 /// Opens the snapshot at `dir` for the app and server of [`SETTINGS`].
-pub fn open_store(dir: &Path, holder: &attrsync::state::Holder) -> attrsync::state::Store {
-    attrsync::state::Store::open(
+pub fn open_store(dir: &Path, holder: &attrsync::state::Holder) -> attrsync::state::SledDb {
+    attrsync::state::SledDb::open(
         dir,
         attrsync::state::Binding {
             sdkappid: SDKAPPID,
@@ -243,7 +243,7 @@ pub fn open_store(dir: &Path, holder: &attrsync::state::Holder) -> attrsync::sta
 
 /// Records `writes` in `store` as one commit, as if the server had accepted them.
 pub fn record(
-    store: &attrsync::state::Store,
+    store: &attrsync::state::SledDb,
     writes: &[(attrsync::model::UserId, Option<attrsync::model::Attrs>)],
     applied_at: u64,
 ) -> u64 {

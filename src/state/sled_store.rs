@@ -1,0 +1,149 @@
+//! [`SledStore`]: the sled database behind the [`SnapshotStore`] trait. sled blocks (a commit
+//! waits for fsync), so every call runs on tokio's blocking pool, never on an async worker.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::snapshot_store::{PagedUser, SnapshotStore};
+use super::store::{Binding, Commit, Holder, OnOtherTarget, SledDb, StateError};
+use crate::model::{Attrs, InDoubt, Snapshot, SnapshotEntry, UserMap};
+
+/// A sled snapshot, shared: clones use one open database.
+#[derive(Clone, Debug)]
+pub struct SledStore {
+    db: Arc<SledDb>,
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the snapshot at `dir`; see [`SledDb::open_with`].
+    pub async fn open(
+        dir: &Path,
+        binding: Binding<'_>,
+        holder: &Holder,
+        on_other_target: OnOtherTarget,
+    ) -> Result<Self, StateError> {
+        let dir: PathBuf = dir.to_owned();
+        let (sdkappid, target, holder) = (binding.sdkappid, binding.target.clone(), holder.clone());
+        let db = blocking(move || {
+            let binding = Binding {
+                sdkappid,
+                target: &target,
+            };
+            SledDb::open_with(&dir, binding, &holder, on_other_target)
+        })
+        .await?;
+        Ok(Self::from(db))
+    }
+
+    /// The database itself, for sled-only work (benchmarks, damage checks).
+    pub fn db(&self) -> &SledDb {
+        &self.db
+    }
+
+    /// Runs `read` on the blocking pool with the database.
+    fn with<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&SledDb) -> Result<T, StateError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StateError>> {
+        let db = Arc::clone(&self.db);
+        Box::pin(blocking(move || read(&db)))
+    }
+}
+
+impl From<SledDb> for SledStore {
+    fn from(db: SledDb) -> Self {
+        Self { db: Arc::new(db) }
+    }
+}
+
+/// Runs `work` on the blocking pool. A panic there is a bug, resumed here as one.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+impl SnapshotStore for SledStore {
+    fn location(&self) -> String {
+        self.db.dir().display().to_string()
+    }
+
+    fn serial(&self) -> BoxFuture<'_, Result<u64, StateError>> {
+        self.with(SledDb::serial)
+    }
+
+    fn load(&self) -> BoxFuture<'_, Result<Snapshot, StateError>> {
+        self.with(SledDb::load)
+    }
+
+    fn get<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SnapshotEntry>, StateError>> {
+        let user = user.to_owned();
+        self.with(move |db| db.get(&user))
+    }
+
+    fn doubt<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<InDoubt>, StateError>> {
+        let user = user.to_owned();
+        self.with(move |db| db.doubt(&user))
+    }
+
+    fn users_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<PagedUser>, StateError>> {
+        let after = after.map(str::to_owned);
+        self.with(move |db| {
+            db.users_after(after.as_deref(), limit)?
+                .into_iter()
+                .map(|(user, entry)| {
+                    let in_doubt = db.doubt(user.as_str())?.is_some();
+                    Ok(PagedUser {
+                        user,
+                        entry,
+                        in_doubt,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn drift_cursor(&self) -> BoxFuture<'_, Result<Option<String>, StateError>> {
+        self.with(SledDb::drift_cursor)
+    }
+
+    fn save_drift_cursor<'a>(
+        &'a self,
+        cursor: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        let cursor = cursor.map(str::to_owned);
+        self.with(move |db| db.save_drift_cursor(cursor.as_deref()))
+    }
+
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<u64, StateError>> {
+        self.with(move |db| db.commit(&commit))
+    }
+
+    fn replace_all(
+        &self,
+        users: UserMap<Attrs>,
+        in_doubt: UserMap<InDoubt>,
+        applied_at: u64,
+    ) -> BoxFuture<'_, Result<u64, StateError>> {
+        self.with(move |db| db.replace_all(&users, &in_doubt, applied_at))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), StateError>> {
+        // A stat of the directory: cheap enough for the async worker.
+        Box::pin(std::future::ready(self.db.check_dir()))
+    }
+
+    fn other_target(&self) -> Option<String> {
+        self.db.other_target()
+    }
+}
