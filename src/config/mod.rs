@@ -5,7 +5,10 @@ mod settings;
 mod users;
 pub mod yaml;
 
-pub use settings::{Settings, Target, DEFAULT_STATE_DIR, DEFAULT_USERS_DIR, SETTINGS_FILE};
+pub use settings::{
+    Kind, Need, Setting, Settings, Target, DEFAULT_STATE_DIR, DEFAULT_USERS_DIR, SETTINGS,
+    SETTINGS_FILE,
+};
 pub use users::{DeclaredUser, ParsedFile};
 
 use std::collections::{HashMap, HashSet};

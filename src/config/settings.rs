@@ -41,40 +41,280 @@ pub struct Settings {
     pub batch_size: usize,
 }
 
-/// Every key `attrsync.yaml` may have, for messages and suggestions.
-const KEYS: [&str; 12] = [
-    "sdkappid",
-    "identifier",
-    "region",
-    "endpoint",
-    "secret_key_env",
-    "attributes",
-    "users_dir",
-    "state_dir",
-    "prune",
-    "max_deletes",
-    "rate_limit",
-    "batch_size",
+/// Whether a setting must be written, and what it is when it is not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// It must be written; the hint says how.
+    Required(&'static str),
+    /// Exactly one setting of `group` must be written.
+    OneOf(&'static str),
+    /// Optional; the default as it would be written in YAML.
+    Default(&'static str),
+}
+
+/// The type of a setting's value, which decides how it is read and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A non-empty string.
+    Text,
+    /// A whole number in `min..=max`.
+    Whole {
+        /// The smallest value allowed.
+        min: u64,
+        /// The largest value allowed.
+        max: u64,
+    },
+    /// `true` or `false`.
+    Flag,
+    /// A list of attribute names.
+    Names,
+    /// One of the region names.
+    Region,
+    /// An http(s) base URL, or `embedded`.
+    Endpoint,
+}
+
+/// A value read for a setting, checked against its [`Kind`].
+#[derive(Clone, Debug)]
+enum Value {
+    Text(String),
+    Whole(u64),
+    Flag(bool),
+    Names(Vec<AttrName>),
+    Region(Region),
+    /// The URL, and where it was written.
+    Endpoint(String, Pos),
+}
+
+/// One setting of `attrsync.yaml`: its name, type, default and documentation, and where its
+/// value goes. [`SETTINGS`] is the one place a setting is defined: parsing, the unknown-key
+/// suggestions and the messages come from it, and a test checks README's table and
+/// `examples/attrsync.full.yaml` against it.
+pub struct Setting {
+    /// The key in `attrsync.yaml`.
+    pub name: &'static str,
+    /// The type of its value.
+    pub kind: Kind,
+    /// Whether it is required, and its default.
+    pub need: Need,
+    /// What it means (README's table).
+    pub doc: &'static str,
+    /// Stores a value of `kind` (the `root` is the config directory, for paths).
+    store: fn(&mut Settings, Value, &Path),
+}
+
+/// The region/endpoint group: where the API lives.
+const TARGET_GROUP: &str = "region or endpoint";
+
+/// Every setting of `attrsync.yaml`, in the order README and the full example list them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "sdkappid",
+        kind: Kind::Whole {
+            min: 1,
+            max: u32::MAX as u64 * 4,
+        },
+        need: Need::Required("set it to your app's SDKAppID, e.g. `sdkappid: 1400000000`"),
+        doc: "the app's SDKAppID",
+        store: |s, v, _| s.sdkappid = v.whole(),
+    },
+    Setting {
+        name: "identifier",
+        kind: Kind::Text,
+        need: Need::Required("set it to an App admin account, e.g. `identifier: administrator`"),
+        doc: "an App admin account; requests are signed as it",
+        store: |s, v, _| s.identifier = v.text(),
+    },
+    Setting {
+        name: "region",
+        kind: Kind::Region,
+        need: Need::OneOf(TARGET_GROUP),
+        doc: "`china`, `singapore`, `seoul`, `tokyo`, `frankfurt`, `silicon-valley`, `jakarta`",
+        store: |s, v, _| {
+            if let Value::Region(region) = v {
+                s.target = Target::Region(region);
+            }
+        },
+    },
+    Setting {
+        name: "endpoint",
+        kind: Kind::Endpoint,
+        need: Need::OneOf(TARGET_GROUP),
+        doc: "any base URL (`http://127.0.0.1:8080`: an emulator or proxy), or `embedded`",
+        store: |s, v, _| {
+            s.target = match v.text().as_str() {
+                "embedded" => Target::Embedded,
+                url => Target::Endpoint(url.trim_end_matches('/').to_owned()),
+            }
+        },
+    },
+    Setting {
+        name: "secret_key_env",
+        kind: Kind::Text,
+        need: Need::Default(crate::model::DEFAULT_SECRET_KEY_ENV),
+        doc: "the environment variable holding the secret key",
+        store: |s, v, _| s.secret_key_env = v.text(),
+    },
+    Setting {
+        name: "attributes",
+        kind: Kind::Names,
+        need: Need::Required("list the app's attribute names, e.g. `attributes: [sex, city]`"),
+        doc: "the app's attribute names, at most 10, each at most 50 bytes",
+        store: |s, v, _| {
+            if let Value::Names(names) = v {
+                s.attributes = names;
+            }
+        },
+    },
+    Setting {
+        name: "users_dir",
+        kind: Kind::Text,
+        need: Need::Default(DEFAULT_USERS_DIR),
+        doc: "where the user files are, relative to `attrsync.yaml`",
+        store: |s, v, root| s.users_dir = root.join(v.text()),
+    },
+    Setting {
+        name: "state_dir",
+        kind: Kind::Text,
+        need: Need::Default(DEFAULT_STATE_DIR),
+        doc: "where the snapshot is, relative to `attrsync.yaml` (`--state` overrides)",
+        store: |s, v, root| s.state_dir = root.join(v.text()),
+    },
+    Setting {
+        name: "prune",
+        kind: Kind::Flag,
+        need: Need::Default("false"),
+        doc: "delete the attributes of users removed from the config",
+        store: |s, v, _| s.prune = v.flag(),
+    },
+    Setting {
+        name: "max_deletes",
+        kind: Kind::Whole {
+            min: 0,
+            max: u64::MAX,
+        },
+        need: Need::Default("100"),
+        doc: "refuse plans deleting more users, unless `--allow-mass-delete`",
+        store: |s, v, _| s.max_deletes = usize::try_from(v.whole()).unwrap_or(usize::MAX),
+    },
+    Setting {
+        name: "rate_limit",
+        kind: Kind::Whole {
+            min: 1,
+            max: MAX_RATE_LIMIT as u64,
+        },
+        need: Need::Default("100"),
+        doc: "API calls per second, 1..=100",
+        store: |s, v, _| s.rate_limit = u32::try_from(v.whole()).unwrap_or(MAX_RATE_LIMIT),
+    },
+    Setting {
+        name: "batch_size",
+        kind: Kind::Whole {
+            min: 1,
+            max: MAX_BATCH_SIZE as u64,
+        },
+        need: Need::Default("100"),
+        doc: "users per call, 1..=100",
+        store: |s, v, _| s.batch_size = usize::try_from(v.whole()).unwrap_or(MAX_BATCH_SIZE),
+    },
 ];
 
-#[derive(Default)]
-struct Raw {
-    sdkappid: Option<u64>,
-    identifier: Option<String>,
-    region: Option<(Region, Pos)>,
-    endpoint: Option<(String, Pos)>,
-    secret_key_env: Option<String>,
-    attributes: Option<Vec<AttrName>>,
-    users_dir: Option<String>,
-    state_dir: Option<String>,
-    prune: Option<bool>,
-    max_deletes: Option<usize>,
-    rate_limit: Option<u32>,
-    batch_size: Option<usize>,
-    /// `region` or `endpoint` was written, even if invalid: don't also call it missing.
-    target_seen: bool,
-    /// Every key written, valid or not: an invalid required setting is not also "required".
-    written: Vec<String>,
+impl Value {
+    fn text(self) -> String {
+        match self {
+            Value::Text(text) | Value::Endpoint(text, _) => text,
+            other => unreachable!("the table pairs text settings with text values: {other:?}"),
+        }
+    }
+
+    fn whole(self) -> u64 {
+        match self {
+            Value::Whole(n) => n,
+            other => unreachable!("the table pairs number settings with numbers: {other:?}"),
+        }
+    }
+
+    fn flag(self) -> bool {
+        match self {
+            Value::Flag(b) => b,
+            other => unreachable!("the table pairs flags with booleans: {other:?}"),
+        }
+    }
+}
+
+impl Kind {
+    /// Reads a written value, reporting what is wrong with it; `None` when it is invalid.
+    fn read(self, r: &mut Reader<'_>, key: &str) -> Result<Option<Value>, super::yaml::Fatal> {
+        Ok(match self {
+            Kind::Text => text(r, key)?.map(|(s, _)| Value::Text(s)),
+            Kind::Whole { min, max } => number(r, key, min, max)?.map(Value::Whole),
+            Kind::Flag => boolean(r, key)?.map(Value::Flag),
+            Kind::Names => attributes(r)?.map(Value::Names),
+            Kind::Region => {
+                let Some((name, pos)) = text(r, key)? else {
+                    return Ok(None);
+                };
+                match Region::from_name(&name) {
+                    Some(region) => Some(Value::Region(region)),
+                    None => {
+                        let names: Vec<&str> = Region::ALL.iter().map(|(_, n, _)| *n).collect();
+                        r.problems.push(
+                            Problem::new(pos, format!("unknown region `{name}`"))
+                                .hint(format!("use one of: {}", names.join(", "))),
+                        );
+                        None
+                    }
+                }
+            }
+            Kind::Endpoint => {
+                let Some((url, pos)) = text(r, key)? else {
+                    return Ok(None);
+                };
+                if url == "embedded" || url.starts_with("http://") || url.starts_with("https://") {
+                    Some(Value::Endpoint(url, pos))
+                } else {
+                    r.problems.push(Problem::new(pos, format!("endpoint `{url}` is not a URL")).hint("write a base URL like http://127.0.0.1:8080, or `embedded` for the built-in emulator"));
+                    None
+                }
+            }
+        })
+    }
+
+    /// A default as written in [`Need::Default`], as a value (checked by a test to read the
+    /// same through YAML).
+    fn default_value(self, text: &str) -> Value {
+        match self {
+            Kind::Whole { .. } => Value::Whole(text.parse().unwrap_or_default()),
+            Kind::Flag => Value::Flag(text == "true"),
+            Kind::Endpoint => Value::Endpoint(text.to_owned(), Pos { line: 1, column: 1 }),
+            Kind::Text | Kind::Names | Kind::Region => Value::Text(text.to_owned()),
+        }
+    }
+}
+
+/// The setting named `name`.
+fn setting(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
+
+impl Settings {
+    /// Settings with every field unset; [`build`] sets each from [`SETTINGS`] before they
+    /// are returned (required ones were checked written, others get their default).
+    fn unset() -> Self {
+        Settings {
+            sdkappid: 0,
+            identifier: String::new(),
+            target: Target::Embedded,
+            secret_key_env: String::new(),
+            attributes: Vec::new(),
+            users_dir: PathBuf::new(),
+            state_dir: PathBuf::new(),
+            prune: false,
+            max_deletes: 0,
+            rate_limit: 0,
+            batch_size: 0,
+        }
+    }
 }
 
 /// What reading `attrsync.yaml` gave: the settings if valid, and the attribute list on its own
@@ -84,17 +324,35 @@ pub(super) struct Parsed {
     pub attributes: Option<Vec<AttrName>>,
 }
 
-/// Reads `attrsync.yaml` from `text`; `root` is the directory it lives in.
-pub(super) fn parse(text: &str, root: &Path) -> Parsed {
-    let mut raw = Raw::default();
-    let settings = parse_into(text, root, &mut raw);
-    Parsed {
-        settings,
-        attributes: raw.attributes,
+/// What was written: each setting's value (when valid), and every key written (valid or not,
+/// so that an invalid required setting is not also called missing).
+#[derive(Default)]
+struct Written {
+    values: Vec<(&'static Setting, Value)>,
+    keys: Vec<String>,
+}
+
+impl Written {
+    fn has_key(&self, name: &str) -> bool {
+        self.keys.iter().any(|k| k == name)
     }
 }
 
-fn parse_into(text: &str, root: &Path, raw: &mut Raw) -> Result<Settings, Vec<Problem>> {
+/// Reads `attrsync.yaml` from `text`; `root` is the directory it lives in.
+pub(super) fn parse(text: &str, root: &Path) -> Parsed {
+    let mut written = Written::default();
+    let settings = parse_into(text, root, &mut written);
+    let attributes = written.values.iter().find_map(|(_, value)| match value {
+        Value::Names(names) => Some(names.clone()),
+        _ => None,
+    });
+    Parsed {
+        settings,
+        attributes,
+    }
+}
+
+fn parse_into(text: &str, root: &Path, written: &mut Written) -> Result<Settings, Vec<Problem>> {
     let mut reader = Reader::new(text);
     let read = (|| {
         if !reader.begin()? {
@@ -105,8 +363,8 @@ fn parse_into(text: &str, root: &Path, raw: &mut Raw) -> Result<Settings, Vec<Pr
             return Ok(());
         }
         reader.mapping(&|| "attrsync.yaml".to_owned(), true, |r, key| {
-            raw.written.push(key.text.to_string());
-            read_setting(r, key, raw)
+            written.keys.push(key.text.to_string());
+            read_setting(r, key, written)
         })?;
         reader.end()
     })();
@@ -114,139 +372,104 @@ fn parse_into(text: &str, root: &Path, raw: &mut Raw) -> Result<Settings, Vec<Pr
     if read.is_err() {
         return Err(problems);
     }
-    let missing = |key: &str, hint: &str| {
-        Problem::new(
-            Pos { line: 1, column: 1 },
-            format!("`{key}` is required in attrsync.yaml"),
-        )
-        .hint(hint.to_owned())
-    };
-    let absent = |key: &str| !raw.written.iter().any(|k| k == key);
-    if raw.sdkappid.is_none() && absent("sdkappid") {
-        problems.push(missing(
-            "sdkappid",
-            "set it to your app's SDKAppID, e.g. `sdkappid: 1400000000`",
-        ));
-    }
-    if raw.identifier.is_none() && absent("identifier") {
-        problems.push(missing(
-            "identifier",
-            "set it to an App admin account, e.g. `identifier: administrator`",
-        ));
-    }
-    if raw.attributes.is_none() && absent("attributes") {
-        problems.push(missing(
-            "attributes",
-            "list the app's attribute names, e.g. `attributes: [sex, city]`",
-        ));
-    }
-    let both = |pos| {
-        Problem::new(pos, "set either `region` or `endpoint`, not both")
-            .hint("`endpoint` replaces `region`: remove one of them")
-    };
-    let target = match (raw.region, raw.endpoint.clone()) {
-        (Some(_), Some((_, pos))) => {
-            problems.push(both(pos));
-            None
-        }
-        // An invalid region is still a region written next to the endpoint.
-        (None, Some((_, pos))) if !absent("region") => {
-            problems.push(both(pos));
-            None
-        }
-        (Some((region, _)), None) => Some(Target::Region(region)),
-        (None, Some((endpoint, _))) if endpoint == "embedded" => Some(Target::Embedded),
-        (None, Some((endpoint, _))) => {
-            Some(Target::Endpoint(endpoint.trim_end_matches('/').to_owned()))
-        }
-        (None, None) if raw.target_seen => None,
-        (None, None) => {
-            problems.push(missing("region", "set `region` (china, singapore, seoul, tokyo, frankfurt, silicon-valley, jakarta) or `endpoint`"));
-            None
-        }
-    };
+    check_presence(written, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
-    Ok(Settings {
-        sdkappid: raw.sdkappid.expect("checked"),
-        identifier: raw.identifier.clone().expect("checked"),
-        target: target.expect("checked"),
-        secret_key_env: raw
-            .secret_key_env
-            .clone()
-            .unwrap_or_else(|| crate::model::DEFAULT_SECRET_KEY_ENV.to_owned()),
-        attributes: raw.attributes.clone().expect("checked"),
-        users_dir: root.join(raw.users_dir.as_deref().unwrap_or(DEFAULT_USERS_DIR)),
-        state_dir: root.join(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR)),
-        prune: raw.prune.unwrap_or(false),
-        max_deletes: raw.max_deletes.unwrap_or(100),
-        rate_limit: raw.rate_limit.unwrap_or(MAX_RATE_LIMIT),
-        batch_size: raw.batch_size.unwrap_or(MAX_BATCH_SIZE),
-    })
+    let mut settings = Settings::unset();
+    for (setting, value) in &written.values {
+        (setting.store)(&mut settings, value.clone(), root);
+    }
+    for setting in SETTINGS {
+        if let Need::Default(default) = setting.need {
+            if !written.has_key(setting.name) {
+                (setting.store)(&mut settings, setting.kind.default_value(default), root);
+            }
+        }
+    }
+    Ok(settings)
+}
+
+/// Reports required settings that are missing, and a group with no setting or two.
+fn check_presence(written: &Written, problems: &mut Vec<Problem>) {
+    let start = Pos { line: 1, column: 1 };
+    for setting in SETTINGS {
+        if let Need::Required(hint) = setting.need {
+            if !written.has_key(setting.name) {
+                problems.push(
+                    Problem::new(
+                        start,
+                        format!("`{}` is required in attrsync.yaml", setting.name),
+                    )
+                    .hint(hint.to_owned()),
+                );
+            }
+        }
+    }
+    let group: Vec<&Setting> = SETTINGS
+        .iter()
+        .filter(|s| s.need == Need::OneOf(TARGET_GROUP))
+        .collect();
+    let written_of_group: Vec<&str> = group
+        .iter()
+        .map(|s| s.name)
+        .filter(|name| written.has_key(name))
+        .collect();
+    for setting in SETTINGS
+        .iter()
+        .filter(|s| !matches!(s.need, Need::Default(_)))
+    {
+        let valid = written.values.iter().any(|(s, _)| s.name == setting.name);
+        if written.has_key(setting.name) && !valid && problems.is_empty() {
+            // Every reader reports why it found no value; this only guards that promise.
+            problems.push(Problem::new(
+                start,
+                format!("`{}` has no valid value", setting.name),
+            ));
+        }
+    }
+    if written_of_group.is_empty() {
+        problems.push(
+            Problem::new(start, "`region` is required in attrsync.yaml")
+                .hint("set `region` (china, singapore, seoul, tokyo, frankfurt, silicon-valley, jakarta) or `endpoint`"),
+        );
+    }
+    // Both written: said once, at the endpoint (an invalid endpoint was reported already).
+    let endpoint = written.values.iter().find_map(|(_, value)| match value {
+        Value::Endpoint(_, pos) => Some(*pos),
+        _ => None,
+    });
+    if let (Some(pos), true) = (endpoint, written_of_group.len() > 1) {
+        problems.push(
+            Problem::new(pos, "set either `region` or `endpoint`, not both")
+                .hint("`endpoint` replaces `region`: remove one of them"),
+        );
+    }
 }
 
 fn read_setting<'a>(
     r: &mut Reader<'a>,
     key: Scalar<'a>,
-    raw: &mut Raw,
+    written: &mut Written,
 ) -> Result<(), super::yaml::Fatal> {
-    match &*key.text {
-        "sdkappid" => raw.sdkappid = number(r, "sdkappid", 1, u64::from(u32::MAX) * 4)?,
-        "identifier" => raw.identifier = text(r, "identifier")?.map(|(s, _)| s),
-        "region" => {
-            raw.target_seen = true;
-            if let Some((name, pos)) = text(r, "region")? {
-                match Region::from_name(&name) {
-                    Some(region) => raw.region = Some((region, pos)),
-                    None => {
-                        let names: Vec<&str> = Region::ALL.iter().map(|(_, n, _)| *n).collect();
-                        r.problems.push(
-                            Problem::new(pos, format!("unknown region `{name}`"))
-                                .hint(format!("use one of: {}", names.join(", "))),
-                        );
-                    }
-                }
-            }
-        }
-        "endpoint" => {
-            raw.target_seen = true;
-            if let Some((url, pos)) = text(r, "endpoint")? {
-                if url == "embedded" || url.starts_with("http://") || url.starts_with("https://") {
-                    raw.endpoint = Some((url, pos));
-                } else {
-                    r.problems.push(Problem::new(pos, format!("endpoint `{url}` is not a URL")).hint("write a base URL like http://127.0.0.1:8080, or `embedded` for the built-in emulator"));
-                }
-            }
-        }
-        "secret_key_env" => raw.secret_key_env = text(r, "secret_key_env")?.map(|(s, _)| s),
-        "attributes" => raw.attributes = attributes(r)?,
-        "users_dir" => raw.users_dir = text(r, "users_dir")?.map(|(s, _)| s),
-        "state_dir" => raw.state_dir = text(r, "state_dir")?.map(|(s, _)| s),
-        "prune" => raw.prune = boolean(r, "prune")?,
-        "max_deletes" => {
-            raw.max_deletes = number(r, "max_deletes", 0, u64::MAX)?
-                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-        }
-        "rate_limit" => {
-            raw.rate_limit =
-                number(r, "rate_limit", 1, u64::from(MAX_RATE_LIMIT))?.map(|n| n as u32)
-        }
-        "batch_size" => {
-            raw.batch_size = number(r, "batch_size", 1, MAX_BATCH_SIZE as u64)?.map(|n| n as usize)
-        }
-        other => {
-            let mut problem = Problem::new(
-                key.pos,
-                format!("unknown setting `{other}` in attrsync.yaml"),
-            );
-            problem = match super::closest(other, KEYS.iter().copied()) {
-                Some(near) => problem.hint(format!("did you mean `{near}`?")),
-                None => problem.hint(format!("the settings are: {}", KEYS.join(", "))),
-            };
-            r.problems.push(problem);
-            r.skip_value()?;
-        }
+    let Some(setting) = setting(&key.text) else {
+        let mut problem = Problem::new(
+            key.pos,
+            format!("unknown setting `{}` in attrsync.yaml", key.text),
+        );
+        let names = || SETTINGS.iter().map(|s| s.name);
+        problem = match super::closest(&key.text, names()) {
+            Some(near) => problem.hint(format!("did you mean `{near}`?")),
+            None => problem.hint(format!(
+                "the settings are: {}",
+                names().collect::<Vec<_>>().join(", ")
+            )),
+        };
+        r.problems.push(problem);
+        return r.skip_value();
+    };
+    if let Some(value) = setting.kind.read(r, setting.name)? {
+        written.values.push((setting, value));
     }
     Ok(())
 }
@@ -369,4 +592,87 @@ fn attributes(r: &mut Reader<'_>) -> Result<Option<Vec<AttrName>>, super::yaml::
         ok = false;
     }
     Ok(ok.then_some(names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "sdkappid: 1400000000\nidentifier: administrator\nregion: singapore\nattributes: [sex, city, tier]\n";
+
+    fn settings(text: &str) -> Settings {
+        match parse(text, Path::new("/repo")).settings {
+            Ok(settings) => settings,
+            Err(problems) => panic!("{text}: {problems:?}"),
+        }
+    }
+
+    #[test]
+    fn every_default_reads_the_same_through_yaml() {
+        let defaults = settings(MINIMAL);
+        for setting in SETTINGS {
+            if let Need::Default(default) = setting.need {
+                let written = settings(&format!("{MINIMAL}{}: {default}\n", setting.name));
+                assert_eq!(written, defaults, "{}", setting.name);
+            }
+        }
+    }
+
+    #[test]
+    fn the_full_example_shows_every_setting_with_its_default() {
+        let text = include_str!("../../examples/attrsync.full.yaml");
+        for setting in SETTINGS {
+            let key = format!("{}: ", setting.name);
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&key) || l.starts_with(&format!("# {key}"))),
+                "{} is missing from examples/attrsync.full.yaml",
+                setting.name
+            );
+            if let Need::Default(default) = setting.need {
+                let line = format!("{key}{default}");
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "examples/attrsync.full.yaml should show `{line}`"
+                );
+            }
+        }
+        assert_eq!(settings(text), settings(MINIMAL));
+    }
+
+    #[test]
+    fn the_readme_table_is_the_settings_table() {
+        let readme = include_str!("../../README.md");
+        let rows: Vec<Vec<String>> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| setting | required | default | meaning |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                // No cell of this table holds a `|`.
+                l.trim()
+                    .trim_matches('|')
+                    .split('|')
+                    .map(|cell| cell.trim().to_owned())
+                    .collect()
+            })
+            .collect();
+        let expected: Vec<Vec<String>> = SETTINGS
+            .iter()
+            .map(|s| {
+                let (required, default) = match s.need {
+                    Need::Required(_) => ("yes", String::new()),
+                    Need::OneOf(_) => ("one of the two", String::new()),
+                    Need::Default(default) => ("no", format!("`{default}`")),
+                };
+                vec![
+                    format!("`{}`", s.name),
+                    required.to_owned(),
+                    default,
+                    s.doc.to_owned(),
+                ]
+            })
+            .collect();
+        assert_eq!(rows, expected, "README.md's settings table");
+    }
 }
