@@ -14,10 +14,12 @@
 //!
 //! - [`config`]: reads `attrsync.yaml` and the user files into a validated [`model::Desired`],
 //!   with every problem reported as `file:line:column`.
-//! - [`state`]: the sled snapshot of what the server holds, who is in doubt, and its checks.
-//! - [`api`]: the Tencent Cloud IM REST client (UserSig, rate limiter, error classes); the
-//!   facts it relies on are in `docs/api.md`.
-//! - [`apply`]: the executor — batches marked in doubt, sent, settled; the retry policy.
+//! - [`state`]: the snapshot of what the server holds and who is in doubt, behind the
+//!   [`state::SnapshotStore`] trait (sled today).
+//! - [`api`]: the Tencent Cloud IM REST client (UserSig, rate limiter, error classes), and the
+//!   [`api::AttrApi`] trait it implements; the facts it relies on are in `docs/api.md`.
+//! - [`apply`]: the executor — batches marked in doubt, sent, settled; the retry policy. It
+//!   works against the two traits, so tests run it on the emulator in-process, on paused time.
 //! - [`link`]: connecting to the configured server (a region, an endpoint or the embedded
 //!   emulator) and checking its attribute names.
 //! - [`watch`]: the daemon — file events, periodic resync, manual triggers and the drift scan
