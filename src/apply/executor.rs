@@ -138,20 +138,12 @@ pub async fn execute(
     // Workers are futures on this task, not spawned tasks: they borrow the plan, and the
     // limiter and the server's latency, not CPU, bound the throughput.
     futures_util::future::join_all((0..workers).map(|_| worker())).await;
-    let mut report = shared
-        .report
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut report = crate::sync::into_inner(shared.report);
     report.calls_by_endpoint = shared.stats.by_endpoint();
     report.calls = shared.stats.calls.into_inner();
     report.retries = shared.stats.retries.into_inner();
     report.throttled = shared.stats.throttled.into_inner();
-    let left: usize = queue
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|b| b.len())
-        .sum();
+    let left: usize = crate::sync::into_inner(queue).iter().map(|b| b.len()).sum();
     report.skipped += left;
     report.interrupted = stop.is_stopped();
     report.elapsed = started.elapsed();

@@ -93,7 +93,7 @@ pub async fn read_live(
         }
     };
     futures_util::future::join_all((0..IN_FLIGHT).map(|_| worker())).await;
-    if let Some(failure) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    if let Some(failure) = crate::sync::into_inner(failure) {
         return Err(failure);
     }
     if stop.is_stopped() {
@@ -102,8 +102,8 @@ pub async fn read_live(
             maybe_applied: false,
         });
     }
-    let found = found.into_inner().unwrap_or_else(|p| p.into_inner());
-    let mut errors = errors.into_inner().unwrap_or_else(|p| p.into_inner());
+    let found = crate::sync::into_inner(found);
+    let mut errors = crate::sync::into_inner(errors);
     errors.sort_by(|a, b| a.user.cmp(&b.user));
     Ok(Live {
         attrs: UserMap::from_unsorted(found)

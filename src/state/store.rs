@@ -428,10 +428,7 @@ impl SledDb {
     /// The current users tree (a cheap handle).
     fn users(&self) -> sled::Tree {
         // A tree handle is replaced whole; a panic elsewhere cannot leave it half-written.
-        self.users
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        crate::sync::read(&self.users).clone()
     }
 
     /// The state directory.
@@ -869,10 +866,7 @@ impl SledDb {
             })?;
         self.db.flush().map_err(self.err("flush"))?;
         self.write_serial_file(serial)?;
-        *self
-            .users
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        *crate::sync::write(&self.users) = next;
         *crate::sync::lock(&self.targets) = Targets::default();
         self.db.drop_tree(&current).map_err(self.err("clean up"))?;
         self.db.flush().map_err(self.err("flush"))?;

@@ -166,9 +166,9 @@ pub enum ReconcileError {
     /// Connecting, or checking the app's attribute names, failed.
     #[error(transparent)]
     Link(#[from] LinkError),
-    /// The apply left users unapplied.
-    #[error("the apply did not finish: {0}")]
-    Apply(String),
+    /// The apply left users unapplied; the report says which and why.
+    #[error("the apply did not finish: {}", reconcile::describe_failure(.0))]
+    Apply(Box<crate::apply::Report>),
     /// The daemon is shutting down; the apply stopped between batches.
     #[error("interrupted by shutdown")]
     Interrupted,

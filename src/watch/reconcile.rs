@@ -261,14 +261,14 @@ pub(crate) fn pass_outcome(report: &Report) -> Result<(), ReconcileError> {
     if report.interrupted {
         Err(ReconcileError::Interrupted)
     } else if !report.succeeded() {
-        Err(ReconcileError::Apply(describe_failure(report)))
+        Err(ReconcileError::Apply(Box::new(report.clone())))
     } else {
         Ok(())
     }
 }
 
 /// Why an apply did not finish, in one line: counts, the first refused users, the fatal error.
-fn describe_failure(report: &Report) -> String {
+pub(super) fn describe_failure(report: &Report) -> String {
     let mut text = format!(
         "{} applied, {} failed, {} not attempted",
         report.applied(),
