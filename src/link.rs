@@ -98,7 +98,7 @@ pub async fn connect(settings: &Settings) -> Result<Connection, LinkError> {
         Target::Region(region) => (region.base_url(), None),
         Target::Endpoint(url) => (url.clone(), None),
         Target::Embedded => {
-            let data_dir = embedded_data_dir(&settings.state_dir);
+            let data_dir = embedded_data_dir(&settings.local_dir());
             std::fs::create_dir_all(&data_dir).map_err(|source| LinkError::EmbeddedDataDir {
                 dir: data_dir.clone(),
                 source,

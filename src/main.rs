@@ -37,14 +37,30 @@ struct Cli {
     )]
     dir: PathBuf,
 
-    /// Where the snapshot lives; overrides state_dir in attrsync.yaml.
+    /// Where the snapshot lives: a directory, or a postgres:// URL shared by every machine;
+    /// overrides `state` in attrsync.yaml.
     #[arg(
         long,
         global = true,
-        value_name = "DIR",
+        env = "ATTRSYNC_STATE",
+        // The URL may hold a password: --help must not print it.
+        hide_env_values = true,
+        value_name = "DIR|URL",
         help_heading = "Global options"
     )]
-    state: Option<PathBuf>,
+    state: Option<String>,
+
+    /// How long to wait for another writer's lock on a shared (PostgreSQL) snapshot before
+    /// giving up, e.g. 5m; 0 fails at once, naming the holder.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = "0s",
+        value_parser = parse_lock_timeout,
+        help_heading = "Global options"
+    )]
+    lock_timeout: std::time::Duration,
 
     /// More log output (-v debug, -vv trace). RUST_LOG overrides both flags.
     #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet", help_heading = "Global options")]
@@ -352,6 +368,7 @@ fn main() -> ExitCode {
     let ctx = Globals {
         dir: cli.dir.clone(),
         state: cli.state.clone(),
+        lock_timeout: cli.lock_timeout,
         color: std::io::stdout().is_terminal()
             && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
     };
@@ -537,4 +554,10 @@ fn init_logging(cli: &Cli) {
         LogFormat::Text => builder.with_ansi(ansi).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// `--lock-timeout`: a duration, zero included (fail at once).
+fn parse_lock_timeout(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; write a duration such as 0s, 30s or 5m"))
 }

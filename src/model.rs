@@ -459,6 +459,118 @@ impl fmt::Display for Target {
     }
 }
 
+/// Where a snapshot lives: a directory (sled, the default) or a PostgreSQL database.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StateLocation {
+    /// A sled database in this directory.
+    Dir(std::path::PathBuf),
+    /// A PostgreSQL database, shared by every machine that uses the URL.
+    Postgres(PostgresUrl),
+}
+
+impl StateLocation {
+    /// Reads `--state`, `ATTRSYNC_STATE` or the `state` setting: a `postgres://` or
+    /// `postgresql://` URL, or else a directory (relative ones are resolved against `base`).
+    pub fn parse(text: &str, base: &std::path::Path) -> Self {
+        if PostgresUrl::is_url(text) {
+            StateLocation::Postgres(PostgresUrl(text.to_owned()))
+        } else {
+            StateLocation::Dir(base.join(text))
+        }
+    }
+
+    /// The directory, for a sled snapshot.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        match self {
+            StateLocation::Dir(dir) => Some(dir),
+            StateLocation::Postgres(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for StateLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateLocation::Dir(dir) => write!(f, "{}", dir.display()),
+            StateLocation::Postgres(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+impl fmt::Debug for StateLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StateLocation({self})")
+    }
+}
+
+/// A `postgres://` URL. It may carry a password, so it prints without one: `Display` and
+/// `Debug` show `postgres://user:***@host/db`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(String);
+
+impl PostgresUrl {
+    /// `text` as a PostgreSQL URL, if it is one.
+    pub fn new(text: &str) -> Option<Self> {
+        Self::is_url(text).then(|| Self(text.to_owned()))
+    }
+
+    /// Whether `text` is a PostgreSQL URL (`postgres://` or `postgresql://`).
+    pub fn is_url(text: &str) -> bool {
+        text.starts_with("postgres://") || text.starts_with("postgresql://")
+    }
+
+    /// The URL as given, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("postgres", &self.0));
+        // The user info ends at the last `@` before the path: a password may hold `@` and `/`
+        // only percent-encoded, but be generous and split at the last `@` of the authority.
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let authority = match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:***{}", &authority[at..]),
+                    None => authority.to_owned(),
+                }
+            }
+            None => authority.to_owned(),
+        };
+        // `?password=…` is another way to write it.
+        let tail = match tail.split_once('?') {
+            Some((path, query)) => {
+                let query: Vec<String> = query
+                    .split('&')
+                    .map(|pair| match pair.split_once('=') {
+                        Some(("password", _)) => "password=***".to_owned(),
+                        _ => pair.to_owned(),
+                    })
+                    .collect();
+                format!("{path}?{}", query.join("&"))
+            }
+            None => tail.to_owned(),
+        };
+        format!("{scheme}://{authority}{tail}")
+    }
+}
+
+impl fmt::Display for PostgresUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PostgresUrl({})", self.redacted())
+    }
+}
+
 /// What a change does to a user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
@@ -616,6 +728,39 @@ pub struct Plan {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_postgres_url_never_prints_its_password() {
+        use super::{PostgresUrl, StateLocation};
+        let cases = [
+            (
+                "postgres://app:s3cr%40t@db:5432/attrsync",
+                "postgres://app:***@db:5432/attrsync",
+            ),
+            (
+                "postgresql://app@db/attrsync",
+                "postgresql://app@db/attrsync",
+            ),
+            (
+                "postgres://db/x?sslmode=require&password=hunter2",
+                "postgres://db/x?sslmode=require&password=***",
+            ),
+            (
+                "postgres://u:p@/x?host=/run/pg",
+                "postgres://u:***@/x?host=/run/pg",
+            ),
+        ];
+        for (url, shown) in cases {
+            let location = StateLocation::parse(url, std::path::Path::new("/repo"));
+            assert_eq!(location.to_string(), shown);
+            assert_eq!(format!("{location:?}"), format!("StateLocation({shown})"));
+            assert!(PostgresUrl::is_url(url));
+        }
+        assert_eq!(
+            StateLocation::parse("state", std::path::Path::new("/repo")),
+            StateLocation::Dir("/repo/state".into())
+        );
+    }
+
     use super::*;
 
     fn name(s: &str) -> AttrName {

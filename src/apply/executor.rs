@@ -218,6 +218,16 @@ impl Shared<'_> {
                 return;
             }
         }
+        // A writer that may have lost its hold on a shared snapshot must not call the API:
+        // another one may be writing now. Its marked users stay in doubt, which is only
+        // cautious.
+        if let Err(error) = self.store.check().await {
+            tracing::error!(%error, "not sending a batch: the snapshot can no longer be written");
+            self.stop_run(error.to_string());
+            lock(&self.report).skipped += batch.len();
+            self.progress(batch.len());
+            return;
+        }
         let mut settled: Vec<(&Item<'_>, Settled)> = Vec::with_capacity(batch.len());
         // Split on 90033 until the offending users are alone; the rest is applied normally. A
         // part is "tainted" when an earlier attempt at it may have been applied: none of its

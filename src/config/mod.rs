@@ -137,11 +137,12 @@ impl ParseCache {
 
 /// Loads `dir/attrsync.yaml` and the user files it points at.
 ///
-/// `state_override` replaces `state_dir` (the `--state` flag). All problems are collected;
+/// `state_override` replaces the `state` setting (`--state`, or `ATTRSYNC_STATE`): a directory
+/// (relative to the working directory) or a PostgreSQL URL. All problems are collected;
 /// nothing is returned unless the whole repository is valid.
 pub fn load(
     dir: &Path,
-    state_override: Option<&Path>,
+    state_override: Option<&str>,
     cache: &mut ParseCache,
 ) -> Result<Config, Diagnostics> {
     let settings_path = dir.join(SETTINGS_FILE);
@@ -266,7 +267,7 @@ pub fn load(
     let desired = UserMap::from_sorted(entries).expect("sorted and checked for duplicates above");
     let mut settings = settings;
     if let Some(state) = state_override {
-        settings.state_dir = state.to_owned();
+        settings.state = crate::model::StateLocation::parse(state, Path::new(""));
     }
     Ok(Config {
         root: dir.to_owned(),

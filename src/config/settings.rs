@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 pub use crate::model::Target;
-use crate::model::{AttrName, Region, MAX_ATTRIBUTES, MAX_BATCH_SIZE, MAX_RATE_LIMIT};
+use crate::model::{
+    AttrName, Region, StateLocation, MAX_ATTRIBUTES, MAX_BATCH_SIZE, MAX_RATE_LIMIT,
+};
 
 use super::yaml::{Pos, Problem, Reader, Resolved, Scalar};
 
@@ -29,8 +31,12 @@ pub struct Settings {
     pub attributes: Vec<AttrName>,
     /// Where the user files are (resolved against the config directory).
     pub users_dir: PathBuf,
-    /// Where the snapshot is (resolved against the config directory).
-    pub state_dir: PathBuf,
+    /// Where the snapshot is: a directory (resolved against the config directory) or a
+    /// PostgreSQL URL.
+    pub state: StateLocation,
+    /// The config directory, for files kept beside the config (the embedded emulator's data
+    /// when the snapshot is not in a directory).
+    pub root: PathBuf,
     /// Delete attributes of users removed from the config.
     pub prune: bool,
     /// Most users a plan may delete without `--allow-mass-delete`.
@@ -39,6 +45,17 @@ pub struct Settings {
     pub rate_limit: u32,
     /// Users per API call, 1..=100.
     pub batch_size: usize,
+}
+
+impl Settings {
+    /// A directory for files kept on this machine (the embedded emulator's data): the state
+    /// directory, or `state` beside `attrsync.yaml` when the snapshot is in PostgreSQL.
+    pub fn local_dir(&self) -> PathBuf {
+        match &self.state {
+            StateLocation::Dir(dir) => dir.clone(),
+            StateLocation::Postgres(_) => self.root.join(DEFAULT_STATE_DIR),
+        }
+    }
 }
 
 /// Whether a setting must be written, and what it is when it is not.
@@ -50,6 +67,8 @@ pub enum Need {
     OneOf(&'static str),
     /// Optional; the default as it would be written in YAML.
     Default(&'static str),
+    /// Another name of the setting named here; the two may not both be written.
+    Alias(&'static str),
 }
 
 /// The type of a setting's value, which decides how it is read and checked.
@@ -174,11 +193,18 @@ pub const SETTINGS: &[Setting] = &[
         store: |s, v, root| s.users_dir = root.join(v.text()),
     },
     Setting {
-        name: "state_dir",
+        name: "state",
         kind: Kind::Text,
         need: Need::Default(DEFAULT_STATE_DIR),
-        doc: "where the snapshot is, relative to `attrsync.yaml` (`--state` overrides)",
-        store: |s, v, root| s.state_dir = root.join(v.text()),
+        doc: "where the snapshot is: a directory relative to `attrsync.yaml` (sled), or a `postgres://` URL; `ATTRSYNC_STATE` and `--state` override it",
+        store: |s, v, root| s.state = StateLocation::parse(&v.text(), root),
+    },
+    Setting {
+        name: "state_dir",
+        kind: Kind::Text,
+        need: Need::Alias("state"),
+        doc: "the older name of `state`",
+        store: |s, v, root| s.state = StateLocation::parse(&v.text(), root),
     },
     Setting {
         name: "prune",
@@ -308,7 +334,8 @@ impl Settings {
             secret_key_env: String::new(),
             attributes: Vec::new(),
             users_dir: PathBuf::new(),
-            state_dir: PathBuf::new(),
+            state: StateLocation::Dir(PathBuf::new()),
+            root: PathBuf::new(),
             prune: false,
             max_deletes: 0,
             rate_limit: 0,
@@ -377,12 +404,16 @@ fn parse_into(text: &str, root: &Path, written: &mut Written) -> Result<Settings
         return Err(problems);
     }
     let mut settings = Settings::unset();
+    settings.root = root.to_owned();
     for (setting, value) in &written.values {
         (setting.store)(&mut settings, value.clone(), root);
     }
     for setting in SETTINGS {
         if let Need::Default(default) = setting.need {
-            if !written.has_key(setting.name) {
+            let aliased = SETTINGS
+                .iter()
+                .any(|a| a.need == Need::Alias(setting.name) && written.has_key(a.name));
+            if !written.has_key(setting.name) && !aliased {
                 (setting.store)(&mut settings, setting.kind.default_value(default), root);
             }
         }
@@ -415,9 +446,25 @@ fn check_presence(written: &Written, problems: &mut Vec<Problem>) {
         .map(|s| s.name)
         .filter(|name| written.has_key(name))
         .collect();
+    for alias in SETTINGS {
+        if let Need::Alias(name) = alias.need {
+            if written.has_key(alias.name) && written.has_key(name) {
+                problems.push(
+                    Problem::new(
+                        start,
+                        format!("set either `{name}` or `{}`, not both", alias.name),
+                    )
+                    .hint(format!(
+                        "`{}` is the older name of `{name}`: remove it",
+                        alias.name
+                    )),
+                );
+            }
+        }
+    }
     for setting in SETTINGS
         .iter()
-        .filter(|s| !matches!(s.need, Need::Default(_)))
+        .filter(|s| !matches!(s.need, Need::Default(_) | Need::Alias(_)))
     {
         let valid = written.values.iter().any(|(s, _)| s.name == setting.name);
         if written.has_key(setting.name) && !valid && problems.is_empty() {
@@ -664,6 +711,7 @@ mod tests {
                     Need::Required(_) => ("yes", String::new()),
                     Need::OneOf(_) => ("one of the two", String::new()),
                     Need::Default(default) => ("no", format!("`{default}`")),
+                    Need::Alias(_) => ("no", String::new()),
                 };
                 vec![
                     format!("`{}`", s.name),

@@ -7,7 +7,7 @@ use super::settings::{self, Settings, Target};
 use super::users::{self, ParsedFile};
 use super::yaml::{Pos, Problem, Resolved};
 use super::{closest, to_text, Diagnostic, Diagnostics, ReadError};
-use crate::model::{AttrName, Region};
+use crate::model::{AttrName, Region, StateLocation};
 
 fn names(list: &[&str]) -> Vec<AttrName> {
     list.iter().map(|n| AttrName::new(n).unwrap()).collect()
@@ -620,7 +620,8 @@ mod settings_file {
                 secret_key_env: "TIM_SECRET_KEY".to_owned(),
                 attributes: names(&["sex", "city"]),
                 users_dir: PathBuf::from("/repo/users"),
-                state_dir: PathBuf::from("/repo/state"),
+                state: StateLocation::Dir(PathBuf::from("/repo/state")),
+                root: PathBuf::from("/repo"),
                 prune: false,
                 max_deletes: 100,
                 rate_limit: 100,
@@ -655,7 +656,8 @@ batch_size: 1
                 secret_key_env: "MY_KEY".to_owned(),
                 attributes: names(&["sex", "city"]),
                 users_dir: PathBuf::from("/repo/people"),
-                state_dir: PathBuf::from("/var/lib/attrsync"),
+                state: StateLocation::Dir(PathBuf::from("/var/lib/attrsync")),
+                root: PathBuf::from("/repo"),
                 prune: true,
                 max_deletes: 0,
                 rate_limit: 1,
@@ -687,7 +689,28 @@ batch_size: 1
         );
         assert_eq!(
             problems[1].hint.as_deref(),
-            Some("the settings are: sdkappid, identifier, region, endpoint, secret_key_env, attributes, users_dir, state_dir, prune, max_deletes, rate_limit, batch_size")
+            Some("the settings are: sdkappid, identifier, region, endpoint, secret_key_env, attributes, users_dir, state, state_dir, prune, max_deletes, rate_limit, batch_size")
+        );
+    }
+
+    #[test]
+    fn state_is_a_directory_or_a_postgres_url_and_state_dir_its_older_name() {
+        let url = "postgres://attrsync:pw@db.internal/attrsync?sslmode=verify-full";
+        let settings = read(&format!("{REQUIRED}state: {url}\n")).unwrap();
+        assert_eq!(
+            settings.state,
+            StateLocation::Postgres(crate::model::PostgresUrl::new(url).unwrap())
+        );
+        assert_eq!(settings.local_dir(), PathBuf::from("/repo/state"));
+        let settings = read(&format!("{REQUIRED}state_dir: snap\n")).unwrap();
+        assert_eq!(
+            settings.state,
+            StateLocation::Dir(PathBuf::from("/repo/snap"))
+        );
+        let problems = problems(&format!("{REQUIRED}state: a\nstate_dir: b\n"));
+        assert_eq!(
+            problems[0].message,
+            "set either `state` or `state_dir`, not both"
         );
     }
 

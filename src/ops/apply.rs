@@ -51,7 +51,7 @@ pub async fn apply(
 ) -> Result<ApplyOutcome> {
     let config = ctx.load_config()?;
     let settings = &config.settings;
-    let store = open_for_writing(&config, "apply", OnOtherTarget::Refuse).await?;
+    let store = open_for_writing(&config, "apply", OnOtherTarget::Refuse, ctx.lock_timeout).await?;
     let snapshot = store.load().await?;
     let guards = Guards {
         max_deletes: settings.max_deletes,

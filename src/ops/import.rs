@@ -21,7 +21,7 @@ pub async fn import(ctx: &Globals, users: &[String]) -> Result<String> {
             .map(|u| UserId::new(u).map_err(|e| anyhow::anyhow!("invalid user id {u:?}: {e}")))
             .collect::<Result<_>>()?
     };
-    let store = open_for_writing(&config, "import", OnOtherTarget::Adopt).await?;
+    let store = open_for_writing(&config, "import", OnOtherTarget::Adopt, ctx.lock_timeout).await?;
     let (live, calls) = super::read_live(settings, &users).await?;
     let now = crate::clock::unix_seconds();
     let with_attrs = live.attrs.iter().filter(|(_, a)| !a.is_empty()).count();

@@ -21,7 +21,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::config::{self, Config, Diagnostics, ParseCache, Settings};
 use crate::model::Snapshot;
 use crate::plan::TextStyle;
-use crate::state::{Binding, Holder, OnOtherTarget, SnapshotStore};
+use crate::state::{Access, Binding, Holder, OnOtherTarget, SnapshotStore};
 
 pub use apply::{apply, render_report, ApplyOutcome, ApplyRequest, StalePlan};
 pub use attributes::attributes_push;
@@ -35,8 +35,12 @@ pub use validate::{validate, ValidateFormat, Validation};
 pub struct Globals {
     /// The config repository (`--dir`).
     pub dir: PathBuf,
-    /// Overrides `state_dir` (`--state`).
-    pub state: Option<PathBuf>,
+    /// Overrides the `state` setting (`--state`, or `ATTRSYNC_STATE`): a directory or a
+    /// PostgreSQL URL.
+    pub state: Option<String>,
+    /// How long a writer waits for another one's lock on a shared snapshot
+    /// (`--lock-timeout`; zero fails at once).
+    pub lock_timeout: std::time::Duration,
     /// Whether human output may use colour.
     pub color: bool,
 }
@@ -64,40 +68,47 @@ pub fn binding(settings: &Settings) -> Binding<'_> {
     }
 }
 
-/// Opens the snapshot for `config` if one exists, without creating one.
+/// Opens the snapshot for `config` if one exists, without creating one: for reading (no
+/// lock), or for writing (a shared snapshot's lock, as `access` says).
 pub async fn open_existing(
     config: &Config,
     command: &str,
+    access: Access,
 ) -> Result<Option<Arc<dyn SnapshotStore>>> {
     Ok(crate::state::open_existing(
-        &config.settings.state_dir,
+        &config.settings.state,
         binding(&config.settings),
         &Holder::this_process(command),
+        access,
     )
     .await?)
 }
 
-/// Opens the snapshot for `config` to write to it, creating it if needed.
+/// Opens the snapshot for `config` to write to it, creating it if needed; on a shared
+/// snapshot this takes the app's lock, waiting up to `lock_timeout`.
 pub async fn open_for_writing(
     config: &Config,
     command: &str,
     on_other_target: OnOtherTarget,
+    lock_timeout: std::time::Duration,
 ) -> Result<Arc<dyn SnapshotStore>> {
-    let dir = &config.settings.state_dir;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    if let Some(dir) = config.settings.state.dir() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    }
     Ok(crate::state::open(
-        dir,
+        &config.settings.state,
         binding(&config.settings),
         &Holder::this_process(command),
         on_other_target,
+        Access::Write { lock_timeout },
     )
     .await?)
 }
 
 /// Reads the snapshot for `config` without creating one when none exists yet.
 pub async fn read_snapshot(config: &Config, command: &str) -> Result<Snapshot> {
-    match open_existing(config, command).await? {
+    match open_existing(config, command, Access::Read).await? {
         Some(store) => Ok(store.load().await?),
         None => Ok(Snapshot::default()),
     }

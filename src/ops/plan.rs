@@ -9,7 +9,7 @@ use crate::apply::FailedUser;
 use crate::config::Config;
 use crate::model::{Attrs, Drift, Plan, Snapshot, UserId, UserMap};
 use crate::plan::{self, Guards, PlanOptions};
-use crate::state::Commit;
+use crate::state::{Access, Commit};
 
 /// Output formats of `plan`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +56,15 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
     let started = std::time::Instant::now();
     let config = ctx.load_config()?;
     tracing::debug!(users = config.desired.len(), files = config.files, elapsed = ?started.elapsed(), "loaded the config");
-    let store = open_existing(&config, "plan").await?;
+    // `--refresh` records what it reads of users in doubt: a writer's lock on a shared
+    // snapshot. A plain plan reads one consistent view without a lock.
+    let access = match request.refresh {
+        true => Access::Write {
+            lock_timeout: ctx.lock_timeout,
+        },
+        false => Access::Read,
+    };
+    let store = open_existing(&config, "plan", access).await?;
     let mut snapshot = match &store {
         Some(store) => store.load().await?,
         None => Snapshot::default(),

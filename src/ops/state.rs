@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 use super::{open_existing, open_for_writing, read_snapshot, write_atomically, Globals};
-use crate::state::{self, OnOtherTarget};
+use crate::state::{self, Access, OnOtherTarget};
 
 /// `attrsync state list`: the users in the snapshot (recorded or in doubt), one per line.
 pub async fn state_list(ctx: &Globals) -> Result<String> {
@@ -33,7 +33,7 @@ pub async fn state_list(ctx: &Globals) -> Result<String> {
 /// whether it is in doubt.
 pub async fn state_show(ctx: &Globals, user: &str) -> Result<String> {
     let config = ctx.load_config()?;
-    let store = open_existing(&config, "state show").await?;
+    let store = open_existing(&config, "state show", Access::Read).await?;
     let (entry, doubt) = match &store {
         Some(store) => (store.get(user).await?, store.doubt(user).await?),
         None => (None, None),
@@ -113,7 +113,13 @@ pub async fn state_import(ctx: &Globals, file: &Path) -> Result<String> {
         }
     })?;
     // The file replaces everything, so the snapshot is bound to the server configured now.
-    let store = open_for_writing(&config, "state import", OnOtherTarget::Adopt).await?;
+    let store = open_for_writing(
+        &config,
+        "state import",
+        OnOtherTarget::Adopt,
+        ctx.lock_timeout,
+    )
+    .await?;
     let (users, in_doubt) = (imported.users.len(), imported.in_doubt.len());
     let serial = store
         .replace_all(

@@ -29,43 +29,56 @@
 
 mod codec;
 pub mod jsonl;
+pub mod pg;
 mod sled_store;
 mod snapshot_store;
 pub mod store;
 
 pub use jsonl::{export, parse_import, ImportProblem, Imported};
+pub use pg::{Access, PgStore};
 pub use sled_store::SledStore;
 pub use snapshot_store::{PagedUser, SnapshotStore};
 pub use store::{
     Binding, Commit, Holder, OnOtherTarget, SledDb, StateError, CHUNK_USERS, FORMAT_VERSION,
 };
 
-use std::path::Path;
 use std::sync::Arc;
 
-/// Opens (creating if needed) the snapshot at `location` for `binding`; what to do when it
-/// records another server is `on_other_target`.
+use crate::model::StateLocation;
+
+/// Opens (creating if needed) the snapshot at `location` for `binding`: a sled directory, or
+/// an app in a PostgreSQL database. `access` says whether it is written (a PostgreSQL writer
+/// takes the app's lock; sled lets one process at a time open a directory anyway); what to
+/// do when a sled snapshot records another server is `on_other_target`.
 pub async fn open(
-    location: &Path,
+    location: &StateLocation,
     binding: Binding<'_>,
     holder: &Holder,
     on_other_target: OnOtherTarget,
+    access: Access,
 ) -> Result<Arc<dyn SnapshotStore>, StateError> {
-    let store = SledStore::open(location, binding, holder, on_other_target).await?;
-    Ok(Arc::new(store))
+    Ok(match location {
+        StateLocation::Dir(dir) => {
+            Arc::new(SledStore::open(dir, binding, holder, on_other_target).await?)
+        }
+        StateLocation::Postgres(url) => {
+            Arc::new(PgStore::open(url, binding, holder, access).await?)
+        }
+    })
 }
 
-/// Opens the snapshot at `location` if one exists; `None` (and nothing created) otherwise.
+/// Opens the snapshot at `location` if one exists; `None` (and nothing created) when a sled
+/// directory holds none. A PostgreSQL app without a snapshot reads as empty.
 pub async fn open_existing(
-    location: &Path,
+    location: &StateLocation,
     binding: Binding<'_>,
     holder: &Holder,
+    access: Access,
 ) -> Result<Option<Arc<dyn SnapshotStore>>, StateError> {
-    if SledDb::exists(location) {
-        open(location, binding, holder, OnOtherTarget::Refuse)
+    match location {
+        StateLocation::Dir(dir) if !SledDb::exists(dir) => Ok(None),
+        _ => open(location, binding, holder, OnOtherTarget::Refuse, access)
             .await
-            .map(Some)
-    } else {
-        Ok(None)
+            .map(Some),
     }
 }

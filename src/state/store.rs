@@ -106,6 +106,81 @@ pub enum StateError {
         /// The state directory.
         dir: PathBuf,
     },
+    /// The PostgreSQL URL cannot be used.
+    #[error(transparent)]
+    BadUrl(#[from] super::pg::BadUrl),
+    /// PostgreSQL failed or could not be reached.
+    #[error("cannot {doing} the snapshot at {location}: {source}; check that the database is reachable and that the URL, user and password are right")]
+    Postgres {
+        /// What was being done ("connect to", "commit to", …).
+        doing: &'static str,
+        /// The URL without its password.
+        location: String,
+        /// The database's error.
+        source: tokio_postgres::Error,
+    },
+    /// The schema was migrated by a newer attrsync.
+    #[error("the snapshot at {location} has schema version {found}, this attrsync knows 1 to {known}; use a matching attrsync version")]
+    SchemaTooNew {
+        /// The URL without its password.
+        location: String,
+        /// The version found.
+        found: i32,
+        /// The newest version this build knows.
+        known: i32,
+    },
+    /// Another writer holds the app's lock.
+    #[error("the snapshot of {app} at {location} is locked by another attrsync{holder}, lock ID {lock_id}; wait for it to finish, \
+             or pass --lock-timeout DURATION to wait for it, or, if that process is gone, run `attrsync state unlock {lock_id}`")]
+    LockHeld {
+        /// The URL without its password.
+        location: String,
+        /// `app 1400000000 (region singapore …)`.
+        app: String,
+        /// ` (pid …, host …, command, since, version)`.
+        holder: String,
+        /// The holder's lock ID, for `state unlock`.
+        lock_id: String,
+    },
+    /// This process no longer holds its lock: its session died, or `state unlock` ended it.
+    #[error("the lock on the snapshot at {location} was lost ({reason}); nothing more is recorded and no more calls are sent. \
+             Run again: users whose writes were in flight are in doubt, and the next run re-sends them")]
+    LockLost {
+        /// The URL without its password.
+        location: String,
+        /// What happened.
+        reason: String,
+    },
+    /// No lock has this ID.
+    #[error("no lock with ID {lock_id} is held on the snapshot at {location}; `attrsync state lock` shows the current one")]
+    NoSuchLock {
+        /// The URL without its password.
+        location: String,
+        /// The ID given.
+        lock_id: String,
+    },
+    /// The snapshot was moved elsewhere with `state migrate`.
+    #[error("the snapshot at {location} was migrated to {to} and is kept only as a record; point --state (or `state`) at {to}")]
+    Migrated {
+        /// Where it is.
+        location: String,
+        /// Where it went (without a password).
+        to: String,
+    },
+    /// A record in the database cannot be read.
+    #[error("the snapshot at {location} holds a record attrsync cannot read ({what}); rebuild the snapshot with `attrsync import`")]
+    Unreadable {
+        /// The URL without its password.
+        location: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// A write was attempted through a store opened for reading.
+    #[error("the snapshot at {location} was opened for reading only; this is a bug in attrsync, please report it")]
+    ReadOnly {
+        /// Where it is.
+        location: String,
+    },
     /// sled or the file system failed.
     #[error("cannot {doing} the snapshot at {dir}: {source}; check the disk and the directory's permissions")]
     Sled {
@@ -118,7 +193,8 @@ pub enum StateError {
     },
 }
 
-/// Who holds the database, written to `holder.json` so that others can say so.
+/// Who holds the snapshot: written to `holder.json` beside a sled database, and to the lock
+/// record of a PostgreSQL one, so that others can say who is in their way.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Holder {
     /// Process id.
@@ -128,20 +204,59 @@ pub struct Holder {
     /// The daemon's `--listen` address, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// The machine it runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Who runs it (the login name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The attrsync version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// When it started holding, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
 }
 
 impl Holder {
     /// This process, running `command`.
     pub fn this_process(command: &str) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|h| !h.is_empty());
         Self {
             pid: std::process::id(),
             command: command.to_owned(),
             listen: None,
+            host,
+            user: std::env::var("USER").ok().filter(|u| !u.is_empty()),
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            since: Some(crate::clock::unix_seconds()),
         }
     }
 
-    fn describe(&self) -> String {
-        let mut text = format!(" (pid {}, `attrsync {}`", self.pid, self.command);
+    /// ` (pid 1234 on host h as alice, `attrsync apply`, since …, attrsync 0.1.0)`.
+    pub(super) fn describe(&self) -> String {
+        let mut text = format!(" (pid {}", self.pid);
+        if let Some(host) = &self.host {
+            text.push_str(&format!(" on host {host}"));
+        }
+        if let Some(user) = &self.user {
+            text.push_str(&format!(" as {user}"));
+        }
+        text.push_str(&format!(", `attrsync {}`", self.command));
+        if let Some(since) = self.since {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(since);
+            text.push_str(&format!(
+                ", since {}",
+                humantime::format_rfc3339_seconds(at)
+            ));
+        }
+        if let Some(version) = &self.version {
+            text.push_str(&format!(", attrsync {version}"));
+        }
         if let Some(listen) = &self.listen {
             text.push_str(&format!(
                 ", listening on {listen}: GET http://{listen}/plan shows its current plan"

@@ -13,13 +13,13 @@ use super::{drift, error_policy, ReconcileError, Shared, WatchOptions, ROOT_POLL
 use crate::apply::{Report, StopSignal};
 use crate::config::{Diagnostics, ParseCache, Settings, Target};
 use crate::link::Connection;
-use crate::model::{AttrName, Summary};
+use crate::model::{AttrName, StateLocation, Summary};
 use crate::plan;
 use crate::state::{Holder, SnapshotStore};
 
 /// The open snapshot and what it was opened for.
 pub(super) struct OpenStore {
-    pub(super) dir: PathBuf,
+    pub(super) location: StateLocation,
     pub(super) sdkappid: u64,
     pub(super) target: Target,
     pub(super) store: Arc<dyn SnapshotStore>,
@@ -41,7 +41,8 @@ pub(super) struct LinkKey {
     pub(super) identifier: String,
     pub(super) secret_key_env: String,
     pub(super) rate_limit: u32,
-    pub(super) state_dir: PathBuf,
+    /// Where the embedded emulator keeps its data.
+    pub(super) local_dir: PathBuf,
 }
 
 impl LinkKey {
@@ -52,7 +53,7 @@ impl LinkKey {
             identifier: settings.identifier.clone(),
             secret_key_env: settings.secret_key_env.clone(),
             rate_limit: settings.rate_limit,
-            state_dir: settings.state_dir.clone(),
+            local_dir: settings.local_dir(),
         }
     }
 }
@@ -69,7 +70,7 @@ pub(super) struct Pass {
 
 pub(super) struct Daemon {
     pub(super) root: PathBuf,
-    pub(super) state_override: Option<PathBuf>,
+    pub(super) state_override: Option<String>,
     pub(super) holder: Holder,
     pub(super) options: WatchOptions,
     pub(super) cache: ParseCache,

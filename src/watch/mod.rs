@@ -25,6 +25,8 @@ pub mod trigger;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+
+use crate::model::PostgresUrl;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -246,7 +248,7 @@ impl Shared {
 /// failed reconcile: logged, shown on `/readyz`, retried with backoff, never fatal.
 pub async fn run(
     dir: &Path,
-    state: Option<&Path>,
+    state: Option<&str>,
     options: WatchOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WatchError> {
@@ -259,7 +261,12 @@ pub async fn run(
             })
     };
     let root = absolute(dir)?;
-    let state_override = state.map(absolute).transpose()?;
+    // A directory is made absolute now, so a later change of working directory is harmless.
+    let state_override = match state {
+        Some(url) if PostgresUrl::is_url(url) => Some(url.to_owned()),
+        Some(dir) => Some(absolute(Path::new(dir))?.to_string_lossy().into_owned()),
+        None => None,
+    };
     let hangup = signal(SignalKind::hangup()).map_err(WatchError::Signals)?;
 
     let stop = StopSignal::new();
@@ -297,11 +304,11 @@ pub async fn run(
     }
 
     let default_state = root.join(config::DEFAULT_STATE_DIR);
-    let scope = Scope::new(
-        &root,
-        &root.join(config::DEFAULT_USERS_DIR),
-        state_override.as_deref().unwrap_or(&default_state),
-    );
+    let state_dir = match &state_override {
+        Some(dir) if !PostgresUrl::is_url(dir) => PathBuf::from(dir),
+        _ => default_state,
+    };
+    let scope = Scope::new(&root, &root.join(config::DEFAULT_USERS_DIR), &state_dir);
     let (watcher, events) = ConfigWatcher::start(scope);
     shared.metrics.polling(watcher.mode() == Mode::Poll);
     tracing::info!(
@@ -315,9 +322,8 @@ pub async fn run(
         root,
         state_override,
         holder: Holder {
-            pid: std::process::id(),
-            command: "watch".to_owned(),
             listen,
+            ..Holder::this_process("watch")
         },
         options,
         cache: ParseCache::retaining(),

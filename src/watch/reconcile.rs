@@ -1,6 +1,7 @@
 //! One reconcile: reload the config, open the snapshot, plan, connect, apply.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -14,7 +15,7 @@ use crate::link;
 use crate::model::Plan;
 use crate::model::Snapshot;
 use crate::plan::{self, Guards, PlanOptions, TextStyle};
-use crate::state::{OnOtherTarget, SnapshotStore};
+use crate::state::{Access, OnOtherTarget, SnapshotStore};
 
 impl Daemon {
     /// One pass: reload, plan, apply (or log the plan with `--plan-only`).
@@ -26,7 +27,7 @@ impl Daemon {
         self.watcher.set_scope(Scope::new(
             &self.root,
             &settings.users_dir,
-            &settings.state_dir,
+            &settings.local_dir(),
         ));
         self.watcher.arm();
 
@@ -99,33 +100,45 @@ impl Daemon {
         settings: &Settings,
     ) -> Result<Arc<dyn SnapshotStore>, ReconcileError> {
         if let Some(open) = &self.store {
-            if open.dir == settings.state_dir
+            if open.location == settings.state
                 && open.sdkappid == settings.sdkappid
                 && open.target == settings.target
             {
                 return Ok(Arc::clone(&open.store));
             }
-            tracing::info!(dir = %settings.state_dir.display(), "the state directory, the app or the server changed: reopening the snapshot");
+            tracing::info!(state = %settings.state, "the snapshot's location, the app or the server changed: reopening the snapshot");
         }
         // sled lets one handle at a time open a directory: close the old one first.
         self.store = None;
         self.drift = None;
         self.shared.status().current = None;
-        let dir = settings.state_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| ReconcileError::StateDir {
-            dir: dir.clone(),
-            source,
-        })?;
+        if let Some(dir) = settings.state.dir() {
+            std::fs::create_dir_all(dir).map_err(|source| ReconcileError::StateDir {
+                dir: dir.to_owned(),
+                source,
+            })?;
+        }
         let binding = crate::state::Binding {
             sdkappid: settings.sdkappid,
             target: &settings.target,
         };
-        let store = crate::state::open(&dir, binding, &self.holder, OnOtherTarget::Refuse).await?;
-        let sdkappid = settings.sdkappid;
-        tracing::info!(dir = %dir.display(), "opened the snapshot; other attrsync commands are told this daemon holds it");
+        // The daemon is a writer: on a shared snapshot it holds the app's lock while it runs,
+        // so a CLI apply and another daemon wait for it.
+        let access = Access::Write {
+            lock_timeout: Duration::ZERO,
+        };
+        let store = crate::state::open(
+            &settings.state,
+            binding,
+            &self.holder,
+            OnOtherTarget::Refuse,
+            access,
+        )
+        .await?;
+        tracing::info!(state = %settings.state, "opened the snapshot; other attrsync commands are told this daemon holds it");
         self.store = Some(OpenStore {
-            dir,
-            sdkappid,
+            location: settings.state.clone(),
+            sdkappid: settings.sdkappid,
             target: settings.target.clone(),
             store: Arc::clone(&store),
         });

@@ -647,6 +647,7 @@ mod snapshot_access {
             pid: 4242,
             command: "watch".into(),
             listen: Some("127.0.0.1:9464".into()),
+            ..Holder::default()
         };
         let store = common::open_store(&repo.path("state"), &holder);
         let out = repo.run(&["plan"]);

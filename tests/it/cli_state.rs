@@ -260,6 +260,7 @@ fn import_into_a_snapshot_in_use_is_refused_and_changes_nothing() {
             pid: 4242,
             command: "watch".into(),
             listen: None,
+            ..Holder::default()
         },
     );
     let out = repo.run(&["state", "import", "next.jsonl"]);
