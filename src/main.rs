@@ -360,6 +360,22 @@ enum StateCommand {
         /// The file written by `state export`.
         file: PathBuf,
     },
+    /// Release a shared (PostgreSQL) snapshot's lock held by a writer that is gone or stuck:
+    /// ends its database session, so its next write is refused. Asks first.
+    Unlock {
+        /// The lock ID, as the refused writer's error names it.
+        lock_id: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Copy the snapshot to another directory or postgres:// URL in one transaction, verify
+    /// the copy, and mark the source as migrated so that it is no longer used.
+    Migrate {
+        /// Where to: a directory, or a postgres:// URL.
+        #[arg(long, value_name = "DIR|URL")]
+        to: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -466,6 +482,12 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
         }
         Command::State(StateCommand::Import { file }) => {
             print_ok(runtime()?.block_on(ops::state_import(ctx, &file))?)
+        }
+        Command::State(StateCommand::Unlock { lock_id, force }) => {
+            print_ok(runtime()?.block_on(ops::state_unlock(ctx, &lock_id, force))?)
+        }
+        Command::State(StateCommand::Migrate { to }) => {
+            print_ok(runtime()?.block_on(ops::state_migrate(ctx, &to))?)
         }
         Command::Watch {
             interval,

@@ -365,6 +365,33 @@ pub struct Snapshot {
     pub serial: u64,
 }
 
+impl Snapshot {
+    /// A snapshot recording `users` as applied at `applied_at` (users without attributes are
+    /// not recorded) and `in_doubt`, at serial 0: the content `import` and `state import`
+    /// write.
+    pub fn recorded(users: &UserMap<Attrs>, in_doubt: UserMap<InDoubt>, applied_at: u64) -> Self {
+        let entries = users
+            .iter()
+            .filter(|(_, attrs)| !attrs.is_empty())
+            .map(|(user, attrs)| {
+                (
+                    user.clone(),
+                    SnapshotEntry {
+                        attrs: attrs.clone(),
+                        applied_at,
+                    },
+                )
+            })
+            .collect();
+        Snapshot {
+            users: UserMap::from_sorted(entries)
+                .unwrap_or_else(|| unreachable!("taken in order from a UserMap")),
+            in_doubt,
+            serial: 0,
+        }
+    }
+}
+
 /// The region an app lives in, which decides the API's host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Region {

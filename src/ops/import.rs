@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use super::{describe_failed, open_for_writing, Globals};
-use crate::model::{Attrs, UserId, UserMap};
+use crate::model::{Attrs, Snapshot, UserId, UserMap};
 use crate::plan;
 use crate::state::{Commit, OnOtherTarget};
 
@@ -30,7 +30,7 @@ pub async fn import(ctx: &Globals, users: &[String]) -> Result<String> {
     if let Some(previous) = store.other_target() {
         // Nothing recorded for the previous server says anything about this one.
         store
-            .replace_all(live.attrs, UserMap::default(), now)
+            .replace_all(Snapshot::recorded(&live.attrs, UserMap::default(), now))
             .await?;
         out.push_str(&format!(
             "The snapshot recorded {previous}; it now records {} and holds only the users read from it.\n",

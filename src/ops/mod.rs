@@ -27,7 +27,9 @@ pub use apply::{apply, render_report, ApplyOutcome, ApplyRequest, StalePlan};
 pub use attributes::attributes_push;
 pub use import::import;
 pub use plan::{plan, refresh, PlanFormat, PlanOutcome, PlanRequest, Refreshed};
-pub use state::{state_export, state_import, state_list, state_show, ImportError};
+pub use state::{
+    state_export, state_import, state_list, state_migrate, state_show, state_unlock, ImportError,
+};
 pub use validate::{validate, ValidateFormat, Validation};
 
 /// What every command gets from the global flags.
@@ -173,7 +175,12 @@ fn confirm() -> Result<bool> {
              or save a plan with `attrsync plan --out FILE` and apply it with `attrsync apply FILE`"
         );
     }
-    print!("\nDo you want to apply these changes? Only 'yes' will be accepted: ");
+    ask("\nDo you want to apply these changes? Only 'yes' will be accepted: ")
+}
+
+/// Asks `question` on the terminal; true only for `yes`.
+fn ask(question: &str) -> Result<bool> {
+    print!("{question}");
     std::io::stdout().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;

@@ -1,12 +1,13 @@
 //! `attrsync state list | show | export | import`: the snapshot, read and replaced.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
 use super::{open_existing, open_for_writing, read_snapshot, write_atomically, Globals};
-use crate::state::{self, Access, OnOtherTarget};
+use crate::model::{Snapshot, StateLocation};
+use crate::state::{self, Access, OnOtherTarget, PgStore};
 
 /// `attrsync state list`: the users in the snapshot (recorded or in doubt), one per line.
 pub async fn state_list(ctx: &Globals) -> Result<String> {
@@ -122,11 +123,11 @@ pub async fn state_import(ctx: &Globals, file: &Path) -> Result<String> {
     .await?;
     let (users, in_doubt) = (imported.users.len(), imported.in_doubt.len());
     let serial = store
-        .replace_all(
-            imported.users,
+        .replace_all(Snapshot::recorded(
+            &imported.users,
             imported.in_doubt,
             crate::clock::unix_seconds(),
-        )
+        ))
         .await?;
     let doubt = if in_doubt == 0 {
         String::new()
@@ -135,5 +136,119 @@ pub async fn state_import(ctx: &Globals, file: &Path) -> Result<String> {
     };
     Ok(format!(
         "Imported {users} users into the snapshot{doubt} (serial {serial}).\n"
+    ))
+}
+
+/// `attrsync state unlock LOCK_ID`: ends the session of the writer holding the lock `lock_id` on
+/// the shared snapshot and fences it out, so its next write is refused. Asks first, unless
+/// `force`.
+pub async fn state_unlock(ctx: &Globals, lock_id: &str, force: bool) -> Result<String> {
+    let config = ctx.load_config()?;
+    let StateLocation::Postgres(url) = &config.settings.state else {
+        anyhow::bail!(
+            "the snapshot at {} is a directory: it is locked by the process that has it open, and \
+             freed when that process ends; stop it (`state unlock` is for PostgreSQL snapshots)",
+            config.settings.state
+        );
+    };
+    if !force {
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!(
+                "refusing to unlock without confirmation: stdin is not a terminal; re-run with --force"
+            );
+        }
+        let question = format!(
+            "Force-unlocking ends the holder's database session; if it is still running, its next \
+             write is refused and its users in flight stay in doubt.\nDo you really want to \
+             force-unlock lock {lock_id}? Only 'yes' will be accepted: "
+        );
+        if !super::ask(&question)? {
+            return Ok("Unlock cancelled.\n".to_owned());
+        }
+    }
+    let holder = PgStore::force_unlock(url, lock_id).await?;
+    Ok(format!(
+        "Lock {lock_id} on {holder} released: that writer can no longer write to the snapshot.\n"
+    ))
+}
+
+/// `attrsync state migrate --to DIR|URL`: copies the snapshot to another location in one
+/// transaction, verifies the copy (user count and digest on both sides), and marks the source
+/// as migrated so nobody applies from it by mistake.
+pub async fn state_migrate(ctx: &Globals, to: &str) -> Result<String> {
+    let config = ctx.load_config()?;
+    let source_location = &config.settings.state;
+    let target_location = StateLocation::parse(to, Path::new(""));
+    if &target_location == source_location {
+        anyhow::bail!(
+            "the snapshot is already at {target_location}; name another location with --to"
+        );
+    }
+    if let StateLocation::Dir(dir) = source_location {
+        if !state::SledDb::exists(dir) {
+            anyhow::bail!("there is no snapshot at {} to migrate", dir.display());
+        }
+    }
+    let source = open_for_writing(
+        &config,
+        "state migrate",
+        OnOtherTarget::Refuse,
+        ctx.lock_timeout,
+    )
+    .await?;
+    if let Some(dir) = target_location.dir() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    }
+    let target = state::open(
+        &target_location,
+        super::binding(&config.settings),
+        &state::Holder::this_process("state migrate"),
+        OnOtherTarget::Refuse,
+        Access::Write {
+            lock_timeout: ctx.lock_timeout,
+        },
+    )
+    .await?;
+    let existing = target.load().await?;
+    if existing.serial != 0 || !existing.users.is_empty() || !existing.in_doubt.is_empty() {
+        anyhow::bail!(
+            "{target_location} already holds a snapshot of this app (serial {}, {} users); \
+             migrate only into an empty location",
+            existing.serial,
+            existing.users.len()
+        );
+    }
+    let snapshot = source.load().await?;
+    let source_digest = digest(&snapshot)?;
+    let (users, in_doubt) = (snapshot.users.len(), snapshot.in_doubt.len());
+    let serial = target.replace_all(snapshot).await?;
+    let copy = target.load().await?;
+    let copied = digest(&copy)?;
+    if copy.users.len() != users || copy.in_doubt.len() != in_doubt || copied != source_digest {
+        anyhow::bail!(
+            "the copy at {target_location} does not match the source ({} users and {} in doubt, digest {copied}, \
+             instead of {users}, {in_doubt} and {source_digest}); the source is left in use",
+            copy.users.len(),
+            copy.in_doubt.len()
+        );
+    }
+    source.mark_migrated(&target_location.to_string()).await?;
+    Ok(format!(
+        "Migrated {users} users ({in_doubt} in doubt) from {source_location} to {target_location}, serial {serial}, \
+         digest {source_digest} on both sides.\n{source_location} is marked as migrated and refuses to be used from now on: \
+         set `state: {target_location}` in attrsync.yaml (or ATTRSYNC_STATE).\n"
+    ))
+}
+
+/// A digest of a snapshot's content (users, when applied, doubt): SHA-256 of its export.
+fn digest(snapshot: &crate::model::Snapshot) -> Result<String> {
+    use sha2::Digest as _;
+    let mut text = Vec::new();
+    state::export(snapshot, &mut text)?;
+    let hash = sha2::Sha256::digest(&text);
+    Ok(format!(
+        "sha256:{}",
+        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
     ))
 }

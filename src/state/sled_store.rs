@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 
 use super::snapshot_store::{PagedUser, SnapshotStore};
 use super::store::{Binding, Commit, Holder, OnOtherTarget, SledDb, StateError};
-use crate::model::{Attrs, InDoubt, Snapshot, SnapshotEntry, UserMap};
+use crate::model::{InDoubt, Snapshot, SnapshotEntry};
 
 /// A sled snapshot, shared: clones use one open database.
 #[derive(Clone, Debug)]
@@ -129,13 +129,13 @@ impl SnapshotStore for SledStore {
         self.with(move |db| db.commit(&commit))
     }
 
-    fn replace_all(
-        &self,
-        users: UserMap<Attrs>,
-        in_doubt: UserMap<InDoubt>,
-        applied_at: u64,
-    ) -> BoxFuture<'_, Result<u64, StateError>> {
-        self.with(move |db| db.replace_all(&users, &in_doubt, applied_at))
+    fn replace_all(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<u64, StateError>> {
+        self.with(move |db| db.replace_all(&snapshot))
+    }
+
+    fn mark_migrated<'a>(&'a self, to: &'a str) -> BoxFuture<'a, Result<(), StateError>> {
+        let to = to.to_owned();
+        self.with(move |db| db.mark_migrated(&to))
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), StateError>> {

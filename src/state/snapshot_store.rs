@@ -5,7 +5,7 @@
 use futures_util::future::BoxFuture;
 
 use super::store::{Commit, StateError};
-use crate::model::{Attrs, InDoubt, Snapshot, SnapshotEntry, UserId, UserMap};
+use crate::model::{InDoubt, Snapshot, SnapshotEntry, UserId};
 
 /// One user of a page read by [`SnapshotStore::users_after`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,14 +60,15 @@ pub trait SnapshotStore: Send + Sync + std::fmt::Debug {
     /// Writes `commit` atomically and durably; returns the new serial.
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<u64, StateError>>;
 
-    /// Replaces every user and every doubt at once (import), binding the snapshot to the
-    /// configured server; returns the new serial.
-    fn replace_all(
-        &self,
-        users: UserMap<Attrs>,
-        in_doubt: UserMap<InDoubt>,
-        applied_at: u64,
-    ) -> BoxFuture<'_, Result<u64, StateError>>;
+    /// Replaces every user and every doubt at once with `snapshot`'s (import, migrate),
+    /// binding the snapshot to the configured server; returns the new serial, which is past
+    /// both the current one and `snapshot.serial` (so a copy keeps its saved plans' serials
+    /// meaningful).
+    fn replace_all(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<u64, StateError>>;
+
+    /// Marks the snapshot as moved to `to` (shown without a password): from now on it refuses
+    /// to be opened, so nobody applies from a stale copy.
+    fn mark_migrated<'a>(&'a self, to: &'a str) -> BoxFuture<'a, Result<(), StateError>>;
 
     /// Checks that the snapshot is still usable (a long-running holder calls it before each
     /// pass, since a pass with nothing to commit would not notice otherwise).

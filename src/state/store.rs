@@ -24,6 +24,8 @@ const KEY_TARGET: &[u8] = b"target";
 const KEY_USER_COUNT: &[u8] = b"user_count";
 const KEY_USERS_TREE: &[u8] = b"users_tree";
 const KEY_DRIFT_CURSOR: &[u8] = b"drift_cursor";
+/// Where the snapshot went with `state migrate`; a snapshot with it is never opened again.
+const KEY_MIGRATED_TO: &[u8] = b"migrated_to";
 const META_TREE: &[u8] = b"meta";
 const DOUBT_TREE: &[u8] = b"in_doubt";
 const HOLDER_FILE: &str = "holder.json";
@@ -152,7 +154,7 @@ pub enum StateError {
         reason: String,
     },
     /// No lock has this ID.
-    #[error("no lock with ID {lock_id} is held on the snapshot at {location}; `attrsync state lock` shows the current one")]
+    #[error("no lock with ID {lock_id} is held on the snapshot at {location}; a writer refused by the lock is told the current lock's ID")]
     NoSuchLock {
         /// The URL without its password.
         location: String,
@@ -448,6 +450,15 @@ impl SledDb {
             // A snapshot written before targets were recorded: adopted at its first write.
             None => (Some(target), None),
         };
+        if let Some(to) = meta
+            .get(KEY_MIGRATED_TO)
+            .map_err(|e| store_err("read", e))?
+        {
+            return Err(StateError::Migrated {
+                location: dir.display().to_string(),
+                to: String::from_utf8_lossy(&to).into_owned(),
+            });
+        }
         let db_serial = read(KEY_SERIAL)?.unwrap_or(0);
         if let Some(expected) = file_serial.filter(|s| *s > db_serial) {
             return Err(StateError::RolledBack {
@@ -905,12 +916,8 @@ impl SledDb {
     ///
     /// The new content goes to a fresh tree first; one small transaction then switches the
     /// snapshot over, so a crash leaves either the old or the new snapshot, never a mix.
-    pub fn replace_all(
-        &self,
-        users: &UserMap<Attrs>,
-        in_doubt: &UserMap<InDoubt>,
-        applied_at: u64,
-    ) -> Result<u64, StateError> {
+    pub fn replace_all(&self, snapshot: &Snapshot) -> Result<u64, StateError> {
+        let (users, in_doubt) = (&snapshot.users, &snapshot.in_doubt);
         let _guard = crate::sync::lock(&self.commit_lock);
         self.check_dir()?;
         let current = self
@@ -928,11 +935,11 @@ impl SledDb {
         next.clear().map_err(self.err("write"))?;
         let records: Vec<(Vec<u8>, Vec<u8>)> = users
             .iter()
-            .filter(|(_, a)| !a.is_empty())
-            .map(|(user, attrs)| {
+            .filter(|(_, e)| !e.attrs.is_empty())
+            .map(|(user, entry)| {
                 (
                     user.as_str().as_bytes().to_vec(),
-                    encode_entry(attrs, applied_at),
+                    encode_entry(&entry.attrs, entry.applied_at),
                 )
             })
             .collect();
@@ -942,7 +949,7 @@ impl SledDb {
         }
         next.apply_batch(batch).map_err(self.err("write"))?;
         self.db.flush().map_err(self.err("flush"))?;
-        let serial = self.serial()? + 1;
+        let serial = (self.serial()? + 1).max(snapshot.serial);
         let target = crate::sync::lock(&self.targets)
             .bind
             .clone()
@@ -986,6 +993,16 @@ impl SledDb {
         self.db.drop_tree(&current).map_err(self.err("clean up"))?;
         self.db.flush().map_err(self.err("flush"))?;
         Ok(serial)
+    }
+
+    /// Marks the snapshot as moved to `to`: it is never opened again (`state migrate`).
+    pub fn mark_migrated(&self, to: &str) -> Result<(), StateError> {
+        let _guard = crate::sync::lock(&self.commit_lock);
+        self.meta
+            .insert(KEY_MIGRATED_TO, to.as_bytes())
+            .map_err(self.err("write"))?;
+        self.db.flush().map_err(self.err("flush"))?;
+        Ok(())
     }
 
     /// Records `serial` outside the database, after the database holds it durably.
@@ -1277,9 +1294,7 @@ mod tests {
         // Import adopts the new server by replacing the whole content.
         let store =
             SledDb::open_with(dir.path(), other, &Holder::default(), OnOtherTarget::Adopt).unwrap();
-        store
-            .replace_all(&UserMap::default(), &UserMap::default(), 1)
-            .unwrap();
+        store.replace_all(&Snapshot::default()).unwrap();
         drop(store);
         assert!(SledDb::open(dir.path(), other, &Holder::default()).is_ok());
         assert!(SledDb::open(dir.path(), app(7), &Holder::default()).is_err());
@@ -1402,7 +1417,8 @@ mod tests {
         ])
         .unwrap();
         let doubts = UserMap::from_unsorted(vec![(id("n3"), doubt(&[("x", "4")]))]).unwrap();
-        assert_eq!(store.replace_all(&new, &doubts, 5).unwrap(), 2);
+        let replacement = Snapshot::recorded(&new, doubts.clone(), 5);
+        assert_eq!(store.replace_all(&replacement).unwrap(), 2);
         let snapshot = store.load().unwrap();
         assert_eq!(
             snapshot

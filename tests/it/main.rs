@@ -1,8 +1,9 @@
 //! The integration tests, in one binary: each module is one area, run against the real parts
 //! (the `attrsync` binary, the emulator over HTTP on loopback, sled in temporary directories,
-//! real signals). One binary links the crate once instead of once per file.
+//! a throwaway PostgreSQL cluster, real signals). One binary links the crate once instead of once per file.
 
 mod common;
+mod pg_support;
 mod watch_support;
 
 mod api_client;
@@ -13,8 +14,10 @@ mod api_usersig;
 mod apply_executor;
 mod cli_apply;
 mod cli_plan;
+mod cli_postgres;
 mod cli_state;
 mod cli_validate;
 mod emulator_http;
+mod state_conformance;
 mod watch_daemon;
 mod watch_endpoints;

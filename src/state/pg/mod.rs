@@ -135,12 +135,8 @@ impl Lease {
 /// What the lock session's task is asked to do.
 enum Request {
     Commit(Commit, oneshot::Sender<Result<u64, StateError>>),
-    Replace {
-        users: UserMap<Attrs>,
-        in_doubt: UserMap<InDoubt>,
-        applied_at: u64,
-        reply: oneshot::Sender<Result<u64, StateError>>,
-    },
+    Replace(Snapshot, oneshot::Sender<Result<u64, StateError>>),
+    Migrated(String, oneshot::Sender<Result<(), StateError>>),
     Cursor(Option<String>, oneshot::Sender<Result<(), StateError>>),
 }
 
@@ -191,6 +187,12 @@ impl PgStore {
                     )
                     .await
                     .map_err(db("read"))?;
+                if let Some(to) = row.as_ref().and_then(|r| r.get::<_, Option<String>>(1)) {
+                    return Err(StateError::Migrated {
+                        location: shown,
+                        to,
+                    });
+                }
                 (row.map(|r| r.get::<_, i64>(0)), None)
             }
             Access::Write { lock_timeout } => {
@@ -293,7 +295,7 @@ impl PgStore {
         .map_err(db("unlock"))?;
         tx.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_locks
-              WHERE locktype = 'advisory' AND classid = $1::oid AND objid = $2::oid
+              WHERE locktype = 'advisory' AND classid = ($1::bigint)::oid AND objid = ($2::bigint)::oid
                 AND objsubid = 2 AND granted AND pid = $3",
             &[&i64::from(schema::NAMESPACE), &app_id, &backend_pid],
         )
@@ -510,7 +512,7 @@ async fn lock(
     loop {
         let locked: bool = session
             .query_one(
-                "SELECT pg_try_advisory_lock($1, $2::int)",
+                "SELECT pg_try_advisory_lock($1, ($2::bigint)::int)",
                 &[&schema::NAMESPACE, &app_id],
             )
             .await
@@ -671,7 +673,7 @@ async fn run_writer(mut task: WriterTask, mut inbox: mpsc::Receiver<Request>) {
     let _ = task
         .session
         .execute(
-            "SELECT pg_advisory_unlock($1, $2::int)",
+            "SELECT pg_advisory_unlock($1, ($2::bigint)::int)",
             &[&schema::NAMESPACE, &task.app_id],
         )
         .await;
@@ -734,15 +736,12 @@ impl WriterTask {
                     Box::pin(self.serve(request, inbox)).await;
                 }
             }
-            Request::Replace {
-                users,
-                in_doubt,
-                applied_at,
-                reply,
-            } => {
-                let result = self
-                    .guarded(|task| Box::pin(task.replace(&users, &in_doubt, applied_at)))
-                    .await;
+            Request::Replace(snapshot, reply) => {
+                let result = self.guarded(|task| Box::pin(task.replace(&snapshot))).await;
+                let _ = reply.send(result);
+            }
+            Request::Migrated(to, reply) => {
+                let result = self.guarded(|task| Box::pin(task.mark_migrated(&to))).await;
                 let _ = reply.send(result);
             }
             Request::Cursor(cursor, reply) => {
@@ -869,18 +868,13 @@ impl WriterTask {
         Ok(serial)
     }
 
-    async fn replace(
-        &mut self,
-        users: &UserMap<Attrs>,
-        in_doubt: &UserMap<InDoubt>,
-        applied_at: u64,
-    ) -> Result<u64, WriteError> {
+    async fn replace(&mut self, snapshot: &Snapshot) -> Result<u64, WriteError> {
         let tx = self.session.transaction().await?;
         let rows = tx
             .query(
-                "UPDATE attrsync.apps SET serial = serial + 1, drift_cursor = NULL
+                "UPDATE attrsync.apps SET serial = greatest(serial + 1, $3), drift_cursor = NULL
                   WHERE id = $1 AND fence = $2 RETURNING serial",
-                &[&self.app_id, &self.epoch],
+                &[&self.app_id, &self.epoch, &(snapshot.serial as i64)],
             )
             .await?;
         let Some(row) = rows.first() else {
@@ -897,19 +891,26 @@ impl WriterTask {
             &[&self.app_id],
         )
         .await?;
-        let kept: Vec<(&UserId, &Attrs)> = users.iter().filter(|(_, a)| !a.is_empty()).collect();
-        let at = applied_at as i64;
+        let kept: Vec<(&UserId, &SnapshotEntry)> = snapshot
+            .users
+            .iter()
+            .filter(|(_, e)| !e.attrs.is_empty())
+            .collect();
         for piece in kept.chunks(ROWS_PER_STATEMENT) {
             let ids: Vec<&str> = piece.iter().map(|(u, _)| u.as_str()).collect();
-            let values: Vec<Json<BTreeMap<&str, &str>>> =
-                piece.iter().map(|(_, a)| Json(json_map(a))).collect();
+            let values: Vec<Json<BTreeMap<&str, &str>>> = piece
+                .iter()
+                .map(|(_, e)| Json(json_map(&e.attrs)))
+                .collect();
+            let at: Vec<i64> = piece.iter().map(|(_, e)| e.applied_at as i64).collect();
             tx.execute(
-                &self.statements.upsert_users,
+                "INSERT INTO attrsync.users (app_id, user_id, attrs, applied_at)
+                 SELECT $1, u, a, t FROM unnest($2::text[], $3::jsonb[], $4::int8[]) AS x (u, a, t)",
                 &[&self.app_id, &ids, &values, &at],
             )
             .await?;
         }
-        let doubts: Vec<(&UserId, &InDoubt)> = in_doubt.iter().collect();
+        let doubts: Vec<(&UserId, &InDoubt)> = snapshot.in_doubt.iter().collect();
         for piece in doubts.chunks(ROWS_PER_STATEMENT) {
             let ids: Vec<&str> = piece.iter().map(|(u, _)| u.as_str()).collect();
             let maybe: Vec<Json<BTreeMap<&str, &str>>> = piece
@@ -926,6 +927,20 @@ impl WriterTask {
         }
         tx.commit().await?;
         Ok(serial)
+    }
+
+    async fn mark_migrated(&mut self, to: &str) -> Result<(), WriteError> {
+        let updated = self
+            .session
+            .execute(
+                "UPDATE attrsync.apps SET migrated_to = $3 WHERE id = $1 AND fence = $2",
+                &[&self.app_id, &self.epoch, &to],
+            )
+            .await?;
+        if updated == 0 {
+            return Err(WriteError::Fenced);
+        }
+        Ok(())
     }
 
     async fn save_cursor(&mut self, cursor: Option<&str>) -> Result<(), WriteError> {
@@ -1092,18 +1107,13 @@ impl SnapshotStore for PgStore {
         Box::pin(self.ask(move |reply| Request::Commit(commit, reply)))
     }
 
-    fn replace_all(
-        &self,
-        users: UserMap<Attrs>,
-        in_doubt: UserMap<InDoubt>,
-        applied_at: u64,
-    ) -> BoxFuture<'_, Result<u64, StateError>> {
-        Box::pin(self.ask(move |reply| Request::Replace {
-            users,
-            in_doubt,
-            applied_at,
-            reply,
-        }))
+    fn replace_all(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<u64, StateError>> {
+        Box::pin(self.ask(move |reply| Request::Replace(snapshot, reply)))
+    }
+
+    fn mark_migrated<'a>(&'a self, to: &'a str) -> BoxFuture<'a, Result<(), StateError>> {
+        let to = to.to_owned();
+        Box::pin(self.ask(move |reply| Request::Migrated(to, reply)))
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), StateError>> {

@@ -5,11 +5,17 @@
 // Each test crate compiles its own copy of this module and uses only some of the helpers.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use attrsync::api::Endpoint;
+use attrsync::emulator::{
+    Emulator, EmulatorConfig, FailMode, Faults, RunningEmulator, SetAttrMode, StateReport,
+};
 
 /// The `attrsync.yaml` most tests use: one app, three attributes, everything else default.
 pub const SETTINGS: &str = "\
@@ -367,5 +373,100 @@ impl Drop for Canned {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         // Wake the accept loop so the thread sees the flag and ends.
         let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+thread_local! {
+    /// What `set_attr` does on the servers this test thread starts: every scenario runs once
+    /// with the emulator merging (the default) and once replacing (module `replace_mode`),
+    /// since the documentation does not say which the real server does.
+    pub static SET_ATTR: std::cell::Cell<SetAttrMode> = const { std::cell::Cell::new(SetAttrMode::Merge) };
+}
+
+/// An emulator running in this test process, on its own runtime.
+pub struct Server {
+    pub runtime: tokio::runtime::Runtime,
+    emulator: Option<RunningEmulator>,
+}
+
+impl Server {
+    pub fn start(mut config: EmulatorConfig) -> Server {
+        config.set_attr = SET_ATTR.with(std::cell::Cell::get);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let emulator = runtime
+            .block_on(Emulator::start(config, "127.0.0.1:0"))
+            .expect("start the emulator");
+        Server {
+            runtime,
+            emulator: Some(emulator),
+        }
+    }
+
+    pub fn default() -> Server {
+        Server::start(EmulatorConfig {
+            attributes: vec!["sex".into(), "city".into(), "tier".into()],
+            ..EmulatorConfig::default()
+        })
+    }
+
+    pub fn url(&self) -> String {
+        self.emulator.as_ref().unwrap().base_url()
+    }
+
+    pub fn state(&self) -> StateReport {
+        self.emulator.as_ref().unwrap().state()
+    }
+
+    pub fn users(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.state().users
+    }
+
+    /// Calls of `endpoint` so far.
+    pub fn calls(&self, endpoint: &str) -> u64 {
+        self.state().calls.get(endpoint).map_or(0, |c| c.total)
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.emulator.as_ref().unwrap().set_faults(faults);
+    }
+
+    /// Every `endpoint` call is answered with `mode`, from now on.
+    pub fn fail_every(&self, endpoint: Endpoint, mode: FailMode) {
+        self.set_faults(Faults {
+            rate: 1.0,
+            mode,
+            endpoints: vec![endpoint],
+        });
+    }
+
+    /// Waits (polling, with a deadline) until the server holds `value` for `user`.`name`.
+    #[track_caller]
+    pub fn wait_for(&self, user: &str, name: &str, value: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self
+            .users()
+            .get(user)
+            .and_then(|a| a.get(name))
+            .map(String::as_str)
+            != Some(value)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the server never held {user}.{name} = {value}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(emulator) = self.emulator.take() {
+            self.runtime.block_on(emulator.shutdown());
+        }
     }
 }
