@@ -9,13 +9,16 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use super::trigger::{ConfigWatcher, Debounce, FsSignal, Trigger};
-use super::{drift, error_policy, ReconcileError, Shared, WatchOptions, ROOT_POLL, SHUTDOWN_GRACE};
+use super::{
+    drift, error_policy, ReconcileError, Shared, WatchOptions, ROOT_POLL, SHUTDOWN_GRACE,
+    STANDBY_RETRY,
+};
 use crate::apply::{Report, StopSignal};
 use crate::config::{Diagnostics, ParseCache, Settings, Target};
 use crate::link::Connection;
 use crate::model::{AttrName, StateLocation, Summary};
 use crate::plan;
-use crate::state::{Holder, SnapshotStore};
+use crate::state::{Holder, SnapshotStore, StateError};
 
 /// The open snapshot and what it was opened for.
 pub(super) struct OpenStore {
@@ -81,6 +84,8 @@ pub(super) struct Daemon {
     pub(super) link: Option<Link>,
     /// The drift scan, once a reconcile has connected (none with `--plan-only` or budget 0).
     pub(super) drift: Option<drift::DriftScan>,
+    /// While standing by: a reading handle on the shared snapshot, for `/plan`.
+    pub(super) standby_reader: Option<(StateLocation, Arc<dyn SnapshotStore>)>,
     /// Consecutive failed reconciles.
     pub(super) failures: u32,
     /// The problems last logged, so that an unchanged invalid config is not logged again at
@@ -300,11 +305,37 @@ impl Daemon {
                 );
                 None
             }
+            Err(ReconcileError::Standby(holder)) => {
+                // Not a failure: another writer is active. Try for the lock again soon, so a
+                // dead leader is replaced within seconds.
+                self.failures = 0;
+                self.shared.metrics.reconciled(true, elapsed.as_secs_f64());
+                log_pass!(
+                    debug,
+                    "standby",
+                    None::<&str>,
+                    Some(STANDBY_RETRY.as_millis() as u64),
+                    "standing by ({trigger}): another attrsync{holder} holds the snapshot's write lock"
+                );
+                Some(STANDBY_RETRY)
+            }
             Err(ReconcileError::Interrupted) => {
                 log_pass!(info, "interrupted", None::<&str>, None::<u64>, "reconcile interrupted by shutdown ({trigger}): the batches in flight were recorded; the rest is applied at the next start");
                 None
             }
             Err(error) => {
+                if matches!(
+                    &error,
+                    ReconcileError::State(
+                        StateError::LockLost { .. } | StateError::Postgres { .. }
+                    )
+                ) {
+                    // The shared snapshot's lock may be gone: open it afresh next time, and
+                    // stand by if another daemon took over meanwhile.
+                    self.store = None;
+                    self.drift = None;
+                    self.shared.metrics.leader(false);
+                }
                 self.failures += 1;
                 let retry = error_policy(self.failures);
                 if let ReconcileError::Invalid(diagnostics) = &error {

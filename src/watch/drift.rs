@@ -110,6 +110,8 @@ impl DriftScan {
         metrics: &Metrics,
     ) -> Result<StepOutcome, StateError> {
         let started = Instant::now();
+        // A daemon that may have lost the shared snapshot's lock calls nothing more.
+        store.check().await?;
         let cursor = match &self.cursor {
             Some(cursor) => cursor.clone(),
             None => store.drift_cursor().await?,

@@ -45,6 +45,7 @@ pub struct Metrics {
     pending_changes: Gauge,
     desired_users: Gauge,
     watch_polling: Gauge,
+    leader: Gauge,
     drift_users: Counter,
     drift_scan_progress: Gauge,
     drift_last_pass: Gauge<f64, AtomicU64>,
@@ -132,6 +133,12 @@ impl Metrics {
             "1 when file events are unavailable (inotify limit) and the config directory is polled instead",
             watch_polling.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "attrsync_leader",
+            "1 while this daemon is the active one (it holds the snapshot's write lock), 0 on a standby",
+            leader.clone(),
+        );
         let drift_users = Counter::default();
         registry.register(
             "attrsync_drift_users",
@@ -164,6 +171,7 @@ impl Metrics {
             pending_changes,
             desired_users,
             watch_polling,
+            leader,
             drift_users,
             drift_scan_progress,
             drift_last_pass,
@@ -243,6 +251,11 @@ impl Metrics {
     /// Records whether the config directory is polled instead of watched.
     pub(crate) fn polling(&self, polling: bool) {
         self.watch_polling.set(i64::from(polling));
+    }
+
+    /// Whether this daemon is the active one.
+    pub fn leader(&self, active: bool) {
+        self.leader.set(i64::from(active));
     }
 }
 

@@ -58,6 +58,9 @@ pub const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// While the config directory is gone, how often to look for it coming back.
 const ROOT_POLL: Duration = Duration::from_secs(1);
+/// A standby tries for the shared snapshot's lock this often: a leader killed outright is
+/// replaced within about this long.
+pub const STANDBY_RETRY: Duration = Duration::from_millis(500);
 /// How often a long apply logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Plans with more changes than this are logged as a summary only in `--plan-only` mode.
@@ -174,6 +177,9 @@ pub enum ReconcileError {
     /// The daemon is shutting down; the apply stopped between batches.
     #[error("interrupted by shutdown")]
     Interrupted,
+    /// Another daemon (or a CLI writer) holds the shared snapshot's lock: this one stands by.
+    #[error("standing by: another attrsync{0} holds the snapshot's write lock")]
+    Standby(String),
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once.
@@ -202,7 +208,20 @@ pub(crate) struct Shared {
 struct Status {
     /// `Err(reason)` until a reconcile succeeds, and after one fails.
     ready: Result<(), String>,
+    /// `Some(holder)` while another writer holds the shared snapshot and this daemon waits.
+    standby: Option<String>,
     current: Option<Current>,
+}
+
+/// What `/readyz` says.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    /// The active daemon, reconciled.
+    Ready,
+    /// A standby: healthy, serving `/plan` and `/metrics`, making no API calls.
+    Standby(String),
+    /// Not ready, and why.
+    NotReady(String),
 }
 
 /// The last valid config and the open snapshot, for `GET /plan`.
@@ -219,6 +238,7 @@ impl Shared {
             reconcile_now: Notify::new(),
             status: Mutex::new(Status {
                 ready: Err("no reconcile has finished yet".to_owned()),
+                standby: None,
                 current: None,
             }),
         }
@@ -228,12 +248,15 @@ impl Shared {
         crate::sync::lock(&self.status)
     }
 
-    pub(crate) fn readiness(&self) -> Result<(), String> {
+    pub(crate) fn readiness(&self) -> Readiness {
         let status = self.status();
+        if let Some(holder) = &status.standby {
+            return Readiness::Standby(holder.clone());
+        }
         match (&status.ready, &status.current) {
-            (Ok(()), Some(_)) => Ok(()),
-            (Ok(()), None) => Err("the snapshot is not open".to_owned()),
-            (Err(reason), _) => Err(reason.clone()),
+            (Ok(()), Some(_)) => Readiness::Ready,
+            (Ok(()), None) => Readiness::NotReady("the snapshot is not open".to_owned()),
+            (Err(reason), _) => Readiness::NotReady(reason.clone()),
         }
     }
 
@@ -333,6 +356,7 @@ pub async fn run(
         store: None,
         link: None,
         drift: None,
+        standby_reader: None,
         failures: 0,
         last_diagnostics: None,
         last_logged_plan: None,

@@ -15,7 +15,7 @@ use crate::link;
 use crate::model::Plan;
 use crate::model::Snapshot;
 use crate::plan::{self, Guards, PlanOptions, TextStyle};
-use crate::state::{Access, OnOtherTarget, SnapshotStore};
+use crate::state::{Access, OnOtherTarget, SnapshotStore, StateError};
 
 impl Daemon {
     /// One pass: reload, plan, apply (or log the plan with `--plan-only`).
@@ -31,8 +31,20 @@ impl Daemon {
         ));
         self.watcher.arm();
 
-        let store = self.store_for(settings).await?;
-        // A state directory removed under the daemon is a failure now, not at the next write.
+        let store = match self.store_for(settings).await {
+            Ok(store) => store,
+            Err(ReconcileError::State(StateError::LockHeld { holder, .. })) => {
+                return Err(self.stand_by(&config, holder).await);
+            }
+            Err(error) => return Err(error),
+        };
+        self.standby_reader = None;
+        if self.shared.status().standby.take().is_some() {
+            tracing::info!("took the snapshot's write lock: this daemon is now the active one");
+        }
+        self.shared.metrics.leader(true);
+        // A state directory removed under the daemon (or a lost lock) is a failure now, not
+        // at the next write.
         store.check().await?;
         self.shared.status().current = Some(Current {
             config: Arc::clone(&config),
@@ -91,6 +103,51 @@ impl Daemon {
         let config = loaded.map_err(ReconcileError::Invalid)?;
         pass.files = Some(config.files);
         Ok(Arc::new(config))
+    }
+
+    /// Another writer holds the shared snapshot: serve `/plan` from a reading handle, make no
+    /// API call, and say so on `/readyz` and in `attrsync_leader`.
+    async fn stand_by(&mut self, config: &Arc<Config>, holder: String) -> ReconcileError {
+        let settings = &config.settings;
+        self.shared.metrics.leader(false);
+        self.link = None;
+        let reader = match &self.standby_reader {
+            Some((location, reader)) if *location == settings.state => Some(Arc::clone(reader)),
+            _ => {
+                let binding = crate::state::Binding {
+                    sdkappid: settings.sdkappid,
+                    target: &settings.target,
+                };
+                match crate::state::open(
+                    &settings.state,
+                    binding,
+                    &self.holder,
+                    OnOtherTarget::Refuse,
+                    Access::Read,
+                )
+                .await
+                {
+                    Ok(reader) => {
+                        self.standby_reader = Some((settings.state.clone(), Arc::clone(&reader)));
+                        Some(reader)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "standing by, but the snapshot cannot be read for /plan");
+                        None
+                    }
+                }
+            }
+        };
+        let mut status = self.shared.status();
+        if status.standby.is_none() {
+            tracing::info!("standing by: another attrsync{holder} holds the snapshot's write lock; this daemon takes over if it goes away");
+        }
+        status.standby = Some(holder.clone());
+        status.current = reader.map(|store| Current {
+            config: Arc::clone(config),
+            store,
+        });
+        ReconcileError::Standby(holder)
     }
 
     /// The snapshot for `settings`, opened once and kept; reopened if the state directory or

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::plan::{self, PlanOptions};
 
-use super::{metrics, Shared};
+use super::{metrics, Readiness, Shared};
 
 /// The routes, over the state the daemon shares.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -50,8 +50,13 @@ async fn healthz() -> &'static str {
 /// 200 when the last reconcile succeeded and the snapshot is open; 503 with the reason.
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     match shared.readiness() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(reason) => (
+        Readiness::Ready => (StatusCode::OK, "ready\n".to_owned()),
+        // Like a controller-runtime replica without the lease: healthy and serving reads.
+        Readiness::Standby(holder) => (
+            StatusCode::OK,
+            format!("standby: another attrsync{holder} is the active one\n"),
+        ),
+        Readiness::NotReady(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),
         ),

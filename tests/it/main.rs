@@ -21,3 +21,4 @@ mod emulator_http;
 mod state_conformance;
 mod watch_daemon;
 mod watch_endpoints;
+mod watch_failover;

@@ -30,6 +30,18 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Like [`wait_until`], with a deadline of its own for conditions that take longer.
+pub fn wait_until_within(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting until {what}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
 /// One HTTP/1.1 request (the tests need no client beyond this): returns status and body.
 pub fn http(method: &str, addr: &str, path: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
