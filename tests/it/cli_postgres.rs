@@ -396,3 +396,17 @@ fn a_database_crash_mid_apply_stops_it_without_a_lie_and_the_next_run_converges(
     assert!(doubt.is_empty());
     assert_eq!(server.users(), recorded);
 }
+
+#[test]
+fn a_plan_saved_on_one_machine_is_stale_once_another_has_applied() {
+    let cluster = crate::require_postgres!();
+    let server = Server::default();
+    let url = cluster.database();
+    let reviewer = Checkout::new(&server, &url, "", &users(20));
+    let merger = Checkout::new(&server, &url, "", &users(20));
+    reviewer.run(&["plan", "--out", "plan.json"]).success();
+    merger.run(&["apply", "--auto-approve"]).success();
+    let stale = reviewer.run(&["apply", "plan.json", "--auto-approve"]);
+    stale.expect_code(1);
+    assert!(stale.stderr.contains("serial"), "{}", stale.stderr);
+}
