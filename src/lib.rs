@@ -15,7 +15,8 @@
 //! - [`config`]: reads `attrsync.yaml` and the user files into a validated [`model::Desired`],
 //!   with every problem reported as `file:line:column`.
 //! - [`state`]: the snapshot of what the server holds and who is in doubt, behind the
-//!   [`state::SnapshotStore`] trait (sled today).
+//!   [`state::SnapshotStore`] trait: sled in a directory, or PostgreSQL shared by many
+//!   machines (locked writers, lock-free readers).
 //! - [`api`]: the Tencent Cloud IM REST client (UserSig, rate limiter, error classes), and the
 //!   [`api::AttrApi`] trait it implements; the facts it relies on are in `docs/api.md`.
 //! - [`apply`]: the executor — batches marked in doubt, sent, settled; the retry policy. It

@@ -102,8 +102,11 @@ impl Target {
         };
         let mut config: tokio_postgres::Config =
             plain.parse().map_err(|e: tokio_postgres::Error| {
+                // The parser may quote what it could not read: never the password.
+                let reason =
+                    crate::api::secret::scrub(&e.to_string(), &url_passwords(url.expose()));
                 bad(format!(
-                    "{e}; write it as postgres://USER@HOST:PORT/DATABASE"
+                    "{reason}; write it as postgres://USER@HOST:PORT/DATABASE"
                 ))
             })?;
         config.ssl_mode(match tls {
@@ -192,6 +195,29 @@ impl Target {
         };
         tokio_postgres_rustls::MakeRustlsConnect::new(config)
     }
+}
+
+/// The password of a URL as written and percent-decoded, for scrubbing messages.
+fn url_passwords(url: &str) -> Vec<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let mut secrets = Vec::new();
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        if let Some((_, password)) = userinfo.split_once(':') {
+            secrets.push(password);
+        }
+    }
+    for pair in rest
+        .split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or("")
+        .split('&')
+    {
+        if let Some(("password", value)) = pair.split_once('=') {
+            secrets.push(value);
+        }
+    }
+    secrets
 }
 
 /// Runs a connection until it closes; its errors reach the client's next call.
@@ -360,5 +386,12 @@ mod tests {
         let error = Target::parse(&url("postgres://u:pw@db/x?sslmode=sometimes")).unwrap_err();
         assert!(error.to_string().contains("sslmode=sometimes"));
         assert!(!error.to_string().contains("pw"));
+        for bad in [
+            "postgres://u:hunter2@db:notaport/x",
+            "postgres://u:hunter2@db/x?password=hunter2&connect_timeout=soon",
+        ] {
+            let error = Target::parse(&url(bad)).unwrap_err().to_string();
+            assert!(!error.contains("hunter2"), "{error}");
+        }
     }
 }
