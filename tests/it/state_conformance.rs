@@ -440,3 +440,56 @@ async fn postgres_a_force_unlocked_writer_can_no_longer_commit() {
         "{unknown}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_is_used_as_sslmode_says() {
+    let Some(cluster) = pg_support::private_cluster_with_tls() else {
+        return;
+    };
+    let plain = cluster.database();
+    let binding = Binding {
+        sdkappid: 1_400_000_000,
+        target: &Target::Embedded,
+    };
+    let required = PostgresUrl::new(&plain.replace("sslmode=disable", "sslmode=require")).unwrap();
+    let store = PgStore::open(
+        &required,
+        binding,
+        &Holder::this_process("apply"),
+        write(Duration::ZERO),
+    )
+    .await
+    .unwrap();
+    store
+        .commit(record(&[("Mary", Some("Rome"))], 1))
+        .await
+        .unwrap();
+    let encrypted: i64 = cluster
+        .execute(
+            &plain,
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+              WHERE s.ssl AND a.datname = current_database()",
+        )
+        .await[0]
+        .get(0);
+    assert!(
+        encrypted >= 2,
+        "the reading and the lock sessions use TLS: {encrypted}"
+    );
+    // verify-full checks the certificate: a self-signed one is refused.
+    let verified =
+        PostgresUrl::new(&plain.replace("sslmode=disable", "sslmode=verify-full")).unwrap();
+    let error = PgStore::open(
+        &verified,
+        binding,
+        &Holder::this_process("plan"),
+        Access::Read,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("TLS") || error.contains("certificate"),
+        "{error}"
+    );
+}

@@ -77,11 +77,17 @@ fn start_shared() -> Option<Cluster> {
         );
         eprintln!("PostgreSQL is not installed: skipping the tests that need it");
     }
-    Some(start(bin?, "shared"))
+    Some(start(bin?, "shared", ""))
 }
 
-/// Starts a cluster from `bin` in a new temporary directory named after `name`.
-fn start(bin: PathBuf, name: &str) -> Cluster {
+/// Starts a cluster from `bin` in a new temporary directory named after `name`, with `extra`
+/// server options (`-c name=value …`); files the options name go in the cluster's directory,
+/// written by `prepare` before the server starts.
+fn start(bin: PathBuf, name: &str, extra: &str) -> Cluster {
+    start_prepared(bin, name, extra, |_| {})
+}
+
+fn start_prepared(bin: PathBuf, name: &str, extra: &str, prepare: impl FnOnce(&Path)) -> Cluster {
     let dir = std::env::temp_dir().join(format!("attrsync-pg-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -114,12 +120,13 @@ fn start(bin: PathBuf, name: &str) -> Cluster {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    prepare(&dir);
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
     let options = format!(
-        "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+        "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 {extra}",
         dir.display()
     );
     let log = dir.join("server.log");
@@ -181,7 +188,46 @@ pub fn cluster() -> Option<&'static Cluster> {
 pub fn private_cluster() -> Option<Cluster> {
     let shared = cluster()?;
     let name = format!("private{}", DATABASES.fetch_add(1, Ordering::SeqCst));
-    Some(start(shared.bin.clone(), &name))
+    Some(start(shared.bin.clone(), &name, ""))
+}
+
+/// A cluster of the caller's own that also accepts TLS, with a self-signed certificate for
+/// `localhost` (made with `openssl`); `None` as for [`cluster`].
+pub fn private_cluster_with_tls() -> Option<Cluster> {
+    let shared = cluster()?;
+    let name = format!("tls{}", DATABASES.fetch_add(1, Ordering::SeqCst));
+    let options = "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key";
+    Some(start_prepared(shared.bin.clone(), &name, options, |dir| {
+        let data = dir.join("data");
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(data.join("server.key"))
+            .arg("-out")
+            .arg(data.join("server.crt"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for file in ["server.key", "server.crt"] {
+            let path = data.join(file);
+            if is_root() {
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&path)
+                    .status()
+                    .unwrap();
+            }
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }))
 }
 
 impl Cluster {
@@ -219,6 +265,18 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         self.url(&name)
+    }
+
+    /// Runs `sql` on database `url` (without TLS) and returns its rows.
+    pub async fn execute(&self, url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connects to the test cluster");
+        let task = tokio::spawn(connection);
+        let rows = client.query(sql, &[]).await.expect(sql);
+        drop(client);
+        let _ = task.await;
+        rows
     }
 
     /// Restarts the server at once, as a crash would (`pg_ctl restart -m immediate`): every
