@@ -95,6 +95,24 @@ impl Checkout {
     }
 }
 
+/// A checkout whose apply of 300 users takes about 6 s (5 calls a second, 10 users a call).
+fn slow(server: &Server, state: &str) -> Checkout {
+    Checkout::new(
+        server,
+        state,
+        "rate_limit: 5\nbatch_size: 10\n",
+        &users(300),
+    )
+}
+
+/// The server holds exactly what the snapshot records, and nobody is in doubt.
+#[track_caller]
+fn assert_converged(checkout: &Checkout, server: &Server) {
+    let (recorded, doubt) = checkout.snapshot();
+    assert!(doubt.is_empty(), "{doubt:?}");
+    assert_eq!(server.users(), recorded);
+}
+
 fn users(count: usize) -> String {
     let mut text = String::from("users:\n");
     for i in 0..count {
@@ -201,12 +219,7 @@ fn a_second_apply_fails_at_once_naming_the_holder_or_waits_with_a_lock_timeout()
     let server = Server::default();
     let url = with_password(&cluster.database());
     // 5 calls a second, 10 users a call: 300 users take about 6 s.
-    let slow = Checkout::new(
-        &server,
-        &url,
-        "rate_limit: 5\nbatch_size: 10\n",
-        &users(300),
-    );
+    let slow = slow(&server, &url);
     let other = Checkout::new(&server, &url, "", &users(300));
     let running = slow.spawn(&["apply", "--auto-approve"]);
     wait_for_calls(&server, 2);
@@ -255,10 +268,8 @@ fn a_killed_apply_leaves_no_lie_and_the_next_run_converges() {
     checkout
         .run(&["apply", "--auto-approve", "--lock-timeout", "10s"])
         .success();
-    let (recorded, doubt) = checkout.snapshot();
-    assert!(doubt.is_empty(), "{doubt:?}");
-    assert_eq!(recorded.len(), 300);
-    assert_eq!(server.users(), recorded);
+    assert_converged(&checkout, &server);
+    assert_eq!(server.users().len(), 300);
 }
 
 #[test]
@@ -266,12 +277,7 @@ fn a_force_unlocked_apply_stops_and_its_next_write_is_refused() {
     let cluster = crate::require_postgres!();
     let server = Server::default();
     let url = cluster.database();
-    let slow = Checkout::new(
-        &server,
-        &url,
-        "rate_limit: 5\nbatch_size: 10\n",
-        &users(300),
-    );
+    let slow = slow(&server, &url);
     let running = slow.spawn(&["apply", "--auto-approve"]);
     wait_for_calls(&server, 2);
     let refused = slow.run(&["apply", "--auto-approve"]);
@@ -370,12 +376,7 @@ fn a_database_crash_mid_apply_stops_it_without_a_lie_and_the_next_run_converges(
     };
     let server = Server::default();
     let url = cluster.database();
-    let slow = Checkout::new(
-        &server,
-        &url,
-        "rate_limit: 5\nbatch_size: 10\n",
-        &users(300),
-    );
+    let slow = slow(&server, &url);
     let running = slow.spawn(&["apply", "--auto-approve"]);
     wait_for_calls(&server, 3);
     let crashed_at = Instant::now();
@@ -392,9 +393,7 @@ fn a_database_crash_mid_apply_stops_it_without_a_lie_and_the_next_run_converges(
     );
     assert_no_lie(&slow, &server);
     slow.run(&["apply", "--auto-approve"]).success();
-    let (recorded, doubt) = slow.snapshot();
-    assert!(doubt.is_empty());
-    assert_eq!(server.users(), recorded);
+    assert_converged(&slow, &server);
 }
 
 #[test]

@@ -154,28 +154,9 @@ impl PgStore {
         holder: &Holder,
         access: Access,
     ) -> Result<Self, StateError> {
-        let session = Session::parse(url)?;
+        let (session, reader) = connect_reader(url).await?;
         let shown = session.shown().to_owned();
-        let db = |doing| {
-            let location = shown.clone();
-            move |source| StateError::Postgres {
-                doing,
-                location,
-                source,
-            }
-        };
-        let mut reader = session
-            .connect(Role::Reader)
-            .await
-            .map_err(db("connect to"))?;
-        schema::migrate(&mut reader).await.map_err(|e| match e {
-            schema::SchemaError::TooNew(found) => StateError::SchemaTooNew {
-                location: shown.clone(),
-                found,
-                known: schema::VERSION,
-            },
-            schema::SchemaError::Db(source) => db("create the schema of")(source),
-        })?;
+        let db = |doing| db_error(doing, &shown);
         let target = binding.target.key();
         let sdkappid = binding.sdkappid as i64;
         let (app_id, writer) = match access {
@@ -245,28 +226,9 @@ impl PgStore {
     /// Ends the session holding the lock `lock_id` on any app of the database at `url`, and
     /// fences its writer out; returns the app and the holder it had.
     pub async fn force_unlock(url: &PostgresUrl, lock_id: &str) -> Result<String, StateError> {
-        let session = Session::parse(url)?;
+        let (session, mut client) = connect_reader(url).await?;
         let shown = session.shown().to_owned();
-        let db = |doing| {
-            let location = shown.clone();
-            move |source| StateError::Postgres {
-                doing,
-                location,
-                source,
-            }
-        };
-        let mut client = session
-            .connect(Role::Reader)
-            .await
-            .map_err(db("connect to"))?;
-        schema::migrate(&mut client).await.map_err(|e| match e {
-            schema::SchemaError::TooNew(found) => StateError::SchemaTooNew {
-                location: shown.clone(),
-                found,
-                known: schema::VERSION,
-            },
-            schema::SchemaError::Db(source) => db("read")(source),
-        })?;
+        let db = |doing| db_error(doing, &shown);
         let tx = client.transaction().await.map_err(db("unlock"))?;
         let row = tx
             .query_opt(
@@ -308,12 +270,8 @@ impl PgStore {
         Ok(format!("{app}{}", holder.describe()))
     }
 
-    fn db(&self, doing: &'static str) -> impl Fn(tokio_postgres::Error) -> StateError + '_ {
-        move |source| StateError::Postgres {
-            doing,
-            location: self.shown.clone(),
-            source,
-        }
+    fn db(&self, doing: &'static str) -> impl Fn(tokio_postgres::Error) -> StateError {
+        db_error(doing, &self.shown)
     }
 
     fn unreadable(&self, what: String) -> StateError {
@@ -393,10 +351,8 @@ impl PgStore {
         let mut users = Vec::new();
         while let Some(row) = rows.try_next().await.map_err(self.db("read"))? {
             let user = self.user_id(row.get(0))?;
-            let Json(attrs): Json<BTreeMap<&str, &str>> = row.get(1);
-            let attrs = self.attrs(&user, attrs, &mut names)?;
-            let applied_at = row.get::<_, i64>(2) as u64;
-            users.push((user, SnapshotEntry { attrs, applied_at }));
+            let entry = self.entry(&user, &row, 1, &mut names)?;
+            users.push((user, entry));
         }
         let rows = tx
             .query_raw(
@@ -443,6 +399,41 @@ impl PgStore {
         Ok(Attrs::from_pairs(pairs))
     }
 
+    /// The row `sql` (parameters: app id, user id) finds for `user`, if any.
+    async fn user_row(
+        &self,
+        sql: &str,
+        user: &str,
+    ) -> Result<Option<(UserId, tokio_postgres::Row)>, StateError> {
+        let Some(app_id) = self.app_id else {
+            return Ok(None);
+        };
+        let reader = self.reader.lock().await;
+        let row = reader
+            .query_opt(sql, &[&app_id, &user])
+            .await
+            .map_err(self.db("read"))?;
+        match row {
+            Some(row) => Ok(Some((self.user_id(user)?, row))),
+            None => Ok(None),
+        }
+    }
+
+    /// A user's entry from `row`'s columns `first` (attrs) and `first + 1` (applied_at).
+    fn entry(
+        &self,
+        user: &UserId,
+        row: &tokio_postgres::Row,
+        first: usize,
+        names: &mut Names,
+    ) -> Result<SnapshotEntry, StateError> {
+        let Json(attrs): Json<BTreeMap<&str, &str>> = row.get(first);
+        Ok(SnapshotEntry {
+            attrs: self.attrs(user, attrs, names)?,
+            applied_at: row.get::<_, i64>(first + 1) as u64,
+        })
+    }
+
     fn in_doubt(
         &self,
         user: &UserId,
@@ -459,6 +450,35 @@ impl PgStore {
             },
         })
     }
+}
+
+/// A failure of the database at `location` while doing `doing` ("read", "lock", …).
+fn db_error(doing: &'static str, location: &str) -> impl Fn(tokio_postgres::Error) -> StateError {
+    let location = location.to_owned();
+    move |source| StateError::Postgres {
+        doing,
+        location: location.clone(),
+        source,
+    }
+}
+
+/// Connects a reading session to `url`, with the schema brought up to date.
+async fn connect_reader(url: &PostgresUrl) -> Result<(Session, Client), StateError> {
+    let session = Session::parse(url)?;
+    let shown = session.shown().to_owned();
+    let mut reader = session
+        .connect(Role::Reader)
+        .await
+        .map_err(db_error("connect to", &shown))?;
+    schema::migrate(&mut reader).await.map_err(|e| match e {
+        schema::SchemaError::TooNew(found) => StateError::SchemaTooNew {
+            location: shown.clone(),
+            found,
+            known: schema::VERSION,
+        },
+        schema::SchemaError::Db(source) => db_error("create the schema of", &shown)(source),
+    })?;
+    Ok((session, reader))
 }
 
 /// Attribute names read so far: a snapshot repeats the same few names a million times.
@@ -487,13 +507,7 @@ async fn lock(
     shown: &str,
     app: &str,
 ) -> Result<Writer, StateError> {
-    let db = |doing| {
-        move |source| StateError::Postgres {
-            doing,
-            location: shown.to_owned(),
-            source,
-        }
-    };
+    let db = |doing| db_error(doing, shown);
     // A hung or cut-off writer's session is ended by the server, which frees its lock. Each
     // setting on its own: an older server may not know one of them.
     for setting in [
@@ -998,43 +1012,22 @@ impl SnapshotStore for PgStore {
         user: &'a str,
     ) -> BoxFuture<'a, Result<Option<SnapshotEntry>, StateError>> {
         Box::pin(async move {
-            let Some(app_id) = self.app_id else {
-                return Ok(None);
-            };
-            let reader = self.reader.lock().await;
-            let row = reader
-                .query_opt(
-                    "SELECT attrs, applied_at FROM attrsync.users WHERE app_id = $1 AND user_id = $2",
-                    &[&app_id, &user],
-                )
-                .await
-                .map_err(self.db("read"))?;
-            let Some(row) = row else { return Ok(None) };
-            let id = self.user_id(user)?;
-            let Json(attrs): Json<BTreeMap<&str, &str>> = row.get(0);
-            Ok(Some(SnapshotEntry {
-                attrs: self.attrs(&id, attrs, &mut Names::default())?,
-                applied_at: row.get::<_, i64>(1) as u64,
-            }))
+            let sql =
+                "SELECT attrs, applied_at FROM attrsync.users WHERE app_id = $1 AND user_id = $2";
+            match self.user_row(sql, user).await? {
+                Some((id, row)) => Ok(Some(self.entry(&id, &row, 0, &mut Names::default())?)),
+                None => Ok(None),
+            }
         })
     }
 
     fn doubt<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<InDoubt>, StateError>> {
         Box::pin(async move {
-            let Some(app_id) = self.app_id else {
-                return Ok(None);
-            };
-            let reader = self.reader.lock().await;
-            let row = reader
-                .query_opt(
-                    "SELECT maybe, since, reason FROM attrsync.in_doubt WHERE app_id = $1 AND user_id = $2",
-                    &[&app_id, &user],
-                )
-                .await
-                .map_err(self.db("read"))?;
-            let Some(row) = row else { return Ok(None) };
-            let id = self.user_id(user)?;
-            Ok(Some(self.in_doubt(&id, &row, 0, &mut Names::default())?))
+            let sql = "SELECT maybe, since, reason FROM attrsync.in_doubt WHERE app_id = $1 AND user_id = $2";
+            match self.user_row(sql, user).await? {
+                Some((id, row)) => Ok(Some(self.in_doubt(&id, &row, 0, &mut Names::default())?)),
+                None => Ok(None),
+            }
         })
     }
 
@@ -1063,14 +1056,10 @@ impl SnapshotStore for PgStore {
             rows.iter()
                 .map(|row| {
                     let user = self.user_id(row.get(0))?;
-                    let Json(attrs): Json<BTreeMap<&str, &str>> = row.get(1);
-                    let attrs = self.attrs(&user, attrs, &mut names)?;
+                    let entry = self.entry(&user, row, 1, &mut names)?;
                     Ok(PagedUser {
                         user,
-                        entry: SnapshotEntry {
-                            attrs,
-                            applied_at: row.get::<_, i64>(2) as u64,
-                        },
+                        entry,
                         in_doubt: row.get(3),
                     })
                 })
