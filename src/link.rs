@@ -96,7 +96,12 @@ pub async fn connect(settings: &Settings) -> Result<Connection, LinkError> {
     };
     let (base_url, embedded) = match &settings.target {
         Target::Region(region) => (region.base_url(), None),
-        Target::Endpoint(url) => (url.clone(), None),
+        Target::Endpoint(url) => {
+            // A reviewer of the config, and whoever reads this log, should see where the
+            // admin credential goes when it is not one of Tencent Cloud's own hosts.
+            tracing::warn!(endpoint = %url, "the admin UserSig is sent to a custom endpoint, not a Tencent Cloud region: {url}");
+            (url.clone(), None)
+        }
         Target::Embedded => {
             let data_dir = embedded_data_dir(&settings.local_dir());
             std::fs::create_dir_all(&data_dir).map_err(|source| LinkError::EmbeddedDataDir {

@@ -486,6 +486,30 @@ impl fmt::Display for Target {
     }
 }
 
+/// Whether the API may be called at `url`: `https://` anywhere, plain `http://` only on this
+/// machine (a loopback address or `localhost`), since every call carries the app's admin
+/// UserSig in its query string.
+pub fn endpoint_is_safe(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(ip, _)| ip),
+        None => host.split_once(':').map_or(host, |(name, _)| name),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Where a snapshot lives: a directory (sled, the default) or a PostgreSQL database.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StateLocation {
@@ -755,6 +779,32 @@ pub struct Plan {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_http_is_safe_only_on_this_machine() {
+        use super::endpoint_is_safe;
+        for safe in [
+            "https://adminapisgp.im.qcloud.com",
+            "https://10.0.0.8:8443/api",
+            "http://127.0.0.1:8080",
+            "http://127.8.9.10",
+            "http://localhost:9000/",
+            "http://[::1]:8080",
+        ] {
+            assert!(endpoint_is_safe(safe), "{safe}");
+        }
+        for unsafe_ in [
+            "http://api.example.com",
+            "http://10.0.0.8:8080",
+            "http://127.0.0.1.evil.example",
+            "http://localhost.evil.example:80",
+            "http://127.0.0.1@evil.example",
+            "http://[::2]:8080",
+            "ftp://127.0.0.1",
+        ] {
+            assert!(!endpoint_is_safe(unsafe_), "{unsafe_}");
+        }
+    }
+
     #[test]
     fn a_postgres_url_never_prints_its_password() {
         use super::{PostgresUrl, StateLocation};

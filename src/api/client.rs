@@ -625,6 +625,12 @@ fn parse_base_url(base_url: &str) -> Result<Url, ClientBuildError> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("it must not have a query or fragment"));
     }
+    // Every call carries the admin UserSig in its query string.
+    if !crate::model::endpoint_is_safe(url.as_str()) {
+        return Err(invalid(
+            "plain http:// would send the admin UserSig in clear to another machine; use https:// (http:// is only for loopback)",
+        ));
+    }
     // `join` replaces the last path segment unless the path ends in a slash.
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());

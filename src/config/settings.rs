@@ -296,7 +296,16 @@ impl Kind {
                 let Some((url, pos)) = text(r, key)? else {
                     return Ok(None);
                 };
-                if url == "embedded" || url.starts_with("http://") || url.starts_with("https://") {
+                if url.starts_with("http://") && !crate::model::endpoint_is_safe(&url) {
+                    r.problems.push(
+                        Problem::new(pos, format!("endpoint `{url}` would send the app's admin UserSig over plain HTTP to another machine"))
+                            .hint("use https://; plain http:// is only for this machine (127.0.0.1, ::1, localhost), such as `attrsync emulator`"),
+                    );
+                    None
+                } else if url == "embedded"
+                    || url.starts_with("http://")
+                    || url.starts_with("https://")
+                {
                     Some(Value::Endpoint(url, pos))
                 } else {
                     r.problems.push(Problem::new(pos, format!("endpoint `{url}` is not a URL")).hint("write a base URL like http://127.0.0.1:8080, or `embedded` for the built-in emulator"));

@@ -777,6 +777,20 @@ batch_size: 1
     }
 
     #[test]
+    fn plain_http_to_another_machine_is_refused() {
+        let text = REQUIRED.replace("region: singapore", "endpoint: http://api.example.com");
+        let problems = problems(&text);
+        assert_eq!(
+            located(&problems),
+            ["3:11 endpoint `http://api.example.com` would send the app's admin UserSig over plain HTTP to another machine"]
+        );
+        let text = REQUIRED.replace("region: singapore", "endpoint: http://127.0.0.1:8080");
+        assert!(read(&text).is_ok());
+        let text = REQUIRED.replace("region: singapore", "endpoint: https://proxy.example.com");
+        assert!(read(&text).is_ok());
+    }
+
+    #[test]
     fn an_endpoint_must_be_a_url() {
         let text = REQUIRED.replace("region: singapore", "endpoint: localhost:8080");
         assert_eq!(

@@ -759,3 +759,23 @@ mod formats {
         );
     }
 }
+
+#[test]
+fn an_endpoint_over_plain_http_to_another_machine_is_refused() {
+    let settings = SETTINGS.replace("region: singapore", "endpoint: http://203.0.113.7:8080");
+    assert_ne!(
+        settings, SETTINGS,
+        "the settings name an endpoint to replace"
+    );
+    let repo = Repo::new(&[("attrsync.yaml", &settings)]);
+    repo.mkdir("users");
+    let found = problems(&repo);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0]
+            .message
+            .contains("over plain HTTP to another machine"),
+        "{found:?}"
+    );
+    assert!(found[0].hint.contains("https://"), "{found:?}");
+}
