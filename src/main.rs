@@ -172,6 +172,11 @@ enum Command {
         /// (e.g. 127.0.0.1:9464; port 0 picks a free port). Off by default.
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// The environment variable holding a bearer token that /plan, /metrics and POST
+        /// /reconcile then require (Authorization: Bearer TOKEN); needed to listen on an
+        /// address other machines can reach.
+        #[arg(long, value_name = "VAR", requires = "listen")]
+        listen_token_env: Option<String>,
         /// Plan and log the plan on every reconcile; never apply.
         #[arg(long)]
         plan_only: bool,
@@ -493,15 +498,30 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
             interval,
             debounce,
             listen,
+            listen_token_env,
             plan_only,
             drift_budget,
             no_self_heal,
             drift_pass_every,
         } => {
+            let listen_token = match &listen_token_env {
+                None => None,
+                Some(var) => Some(
+                    std::env::var(var)
+                        .ok()
+                        .and_then(|token| attrsync::watch::ListenToken::new(&token))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--listen-token-env names {var}, but {var} is not set or empty; put the bearer token in it"
+                            )
+                        })?,
+                ),
+            };
             let options = attrsync::watch::WatchOptions {
                 interval,
                 debounce,
                 listen,
+                listen_token,
                 plan_only,
                 drift_budget,
                 self_heal: !no_self_heal,

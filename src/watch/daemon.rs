@@ -116,6 +116,8 @@ impl Daemon {
                 let Some(retry) = self.reconcile_once(trigger, &mut down).await else {
                     return;
                 };
+                self.shared.snapshot_moved();
+                self.shared.set_backoff(retry);
                 if *down.borrow() {
                     return;
                 }
@@ -154,6 +156,7 @@ impl Daemon {
                 () = sleep_until(retry_at.unwrap_or(never)), if retry_at.is_some() => next = Some(Trigger::Retry),
                 () = sleep_until(drift_at.unwrap_or(never)), if drift_at.is_some() => {
                     if self.drift_step().await {
+                        self.shared.snapshot_moved();
                         next = Some(Trigger::Drift);
                     }
                 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 use crate::apply::StopSignal;
 use crate::config::{self, Config, Diagnostics, ParseCache};
@@ -75,6 +75,9 @@ pub struct WatchOptions {
     pub debounce: Duration,
     /// Where to serve the HTTP endpoints; `None` serves nothing.
     pub listen: Option<String>,
+    /// The bearer token `/plan`, `/metrics` and `POST /reconcile` require; required to listen
+    /// on an address other than loopback.
+    pub listen_token: Option<ListenToken>,
     /// Plan and log the plan, never apply.
     pub plan_only: bool,
     /// The share of `rate_limit` the drift scan may use, in percent; 0 turns it off.
@@ -91,6 +94,7 @@ impl Default for WatchOptions {
             interval: DEFAULT_INTERVAL,
             debounce: DEFAULT_DEBOUNCE,
             listen: None,
+            listen_token: None,
             plan_only: false,
             drift_budget: drift::DEFAULT_DRIFT_BUDGET,
             self_heal: true,
@@ -128,6 +132,13 @@ pub enum WatchError {
         addr: String,
         /// Why.
         source: std::io::Error,
+    },
+    /// `--listen` is reachable from other machines and no token protects it.
+    #[error("refusing to listen on {addr} without a token: it is reachable from other machines, and /plan shows users' attributes \
+             while POST /reconcile makes the daemon write; set --listen-token-env VAR (a bearer token in VAR) or listen on 127.0.0.1")]
+    Unprotected {
+        /// The address bound.
+        addr: String,
     },
     /// A signal handler could not be installed.
     #[error("cannot listen for signals: {0}")]
@@ -202,7 +213,47 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Wakes the daemon for `POST /reconcile`; a stored permit coalesces repeated requests.
     pub(crate) reconcile_now: Notify,
+    /// The token `/plan`, `/metrics` and `POST /reconcile` require, if any.
+    pub(crate) listen_token: Option<ListenToken>,
+    /// `GET /plan`'s JSON and the reconcile generation it was computed after.
+    pub(crate) plan_cache: tokio::sync::Mutex<Option<(u64, Arc<String>)>>,
+    /// Grows after every reconcile (and drift mark): the cached plan is then out of date.
+    generation: std::sync::atomic::AtomicU64,
+    /// Until when the daemon backs off after a failure.
+    backoff_until: Mutex<Option<Instant>>,
     status: Mutex<Status>,
+}
+
+/// The bearer token named by `--listen-token-env`. It prints as `***`, and is compared in
+/// time that does not depend on where a guess differs.
+#[derive(Clone)]
+pub struct ListenToken(String);
+
+impl ListenToken {
+    /// A token, unless `token` is empty (or only spaces).
+    pub fn new(token: &str) -> Option<Self> {
+        let token = token.trim();
+        (!token.is_empty()).then(|| Self(token.to_owned()))
+    }
+
+    /// Whether `given` is the token. Both are hashed first, so neither their lengths nor the
+    /// position of a difference shows in the time taken.
+    pub(crate) fn matches(&self, given: &str) -> bool {
+        use sha2::Digest as _;
+        let expected = sha2::Sha256::digest(self.0.as_bytes());
+        let given = sha2::Sha256::digest(given.as_bytes());
+        expected
+            .iter()
+            .zip(given.iter())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for ListenToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ListenToken(***)")
+    }
 }
 
 struct Status {
@@ -232,10 +283,14 @@ pub(crate) struct Current {
 }
 
 impl Shared {
-    fn new() -> Self {
+    fn new(listen_token: Option<ListenToken>) -> Self {
         Self {
             metrics: Metrics::new(),
             reconcile_now: Notify::new(),
+            listen_token,
+            plan_cache: tokio::sync::Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            backoff_until: Mutex::new(None),
             status: Mutex::new(Status {
                 ready: Err("no reconcile has finished yet".to_owned()),
                 standby: None,
@@ -262,6 +317,29 @@ impl Shared {
 
     pub(crate) fn current(&self) -> Option<Current> {
         self.status().current.clone()
+    }
+
+    /// The reconcile generation (see [`Shared::plan_cache`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Marks everything computed from the snapshot so far as out of date.
+    pub(crate) fn snapshot_moved(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Records the daemon's backoff: `Some(wait)` after a failure, `None` after a success.
+    pub(crate) fn set_backoff(&self, wait: Option<Duration>) {
+        *crate::sync::lock(&self.backoff_until) = wait.map(|wait| Instant::now() + wait);
+    }
+
+    /// How long the daemon still backs off, if it does.
+    pub(crate) fn backing_off(&self) -> Option<Duration> {
+        let until = (*crate::sync::lock(&self.backoff_until))?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 }
 /// Runs the daemon for the config repository in `ctx` until `shutdown` resolves.
@@ -303,7 +381,7 @@ pub async fn run(
         }
     });
 
-    let shared = Arc::new(Shared::new());
+    let shared = Arc::new(Shared::new(options.listen_token.clone()));
     let mut server = None;
     let mut listen = None;
     if let Some(addr) = &options.listen {
@@ -317,6 +395,11 @@ pub async fn run(
             addr: addr.clone(),
             source,
         })?;
+        if !bound.ip().is_loopback() && options.listen_token.is_none() {
+            return Err(WatchError::Unprotected {
+                addr: bound.to_string(),
+            });
+        }
         tracing::info!(address = %bound, "listening on http://{bound} (/healthz, /readyz, /metrics, GET /plan, POST /reconcile)");
         server = Some(tokio::spawn(server::serve(
             listener,

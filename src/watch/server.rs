@@ -3,16 +3,32 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::plan::{self, PlanOptions};
 
 use super::{metrics, Readiness, Shared};
+
+/// At most this many connections at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this long.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection (keep-alive included) lives at most this long.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// The routes, over the state the daemon shares.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -22,24 +38,81 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/plan", get(plan))
         .route("/reconcile", post(reconcile))
+        // Nothing here reads a body: refuse any that is not tiny.
+        .layer(axum::extract::DefaultBodyLimit::max(1024))
         .with_state(shared)
 }
 
-/// Serves until `down` turns true, then finishes the requests in progress.
+/// Serves until `down` turns true, then finishes the requests in progress. Each connection
+/// must send its headers within [`HEADER_READ_TIMEOUT`] and lives at most
+/// [`CONNECTION_LIFETIME`]; beyond [`MAX_CONNECTIONS`] new ones are closed at once.
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut down: tokio::sync::watch::Receiver<bool>,
 ) {
+    let app = router(shared);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
     let shutdown = async move {
         let _ = down.wait_for(|down| *down).await;
     };
-    if let Err(error) = axum::serve(listener, router(shared))
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(%error, "the HTTP server stopped");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "the daemon could not accept a connection");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::debug!("too many connections to the daemon's endpoints: closing one");
+                    continue;
+                };
+                let service = TowerToHyperService::new(app.clone());
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Ok(Err(error)) = tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                        tracing::debug!(%error, "a connection to the daemon closed with an error");
+                    }
+                    drop(slot);
+                });
+            }
+            () = &mut shutdown => break,
+        }
     }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
+}
+
+/// The 401 answer, unless `headers` carry the daemon's bearer token (or it has none). The
+/// comparison takes the same time whatever the token: both sides are hashed, then compared.
+fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let token = shared.listen_token.as_ref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if token.matches(given) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required: Authorization: Bearer <the token in --listen-token-env>\n",
+        )
+            .into_response(),
+    )
 }
 
 /// The process is up and its loop is running.
@@ -63,7 +136,10 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&shared, &headers) {
+        return refused;
+    }
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         shared.metrics.encode(),
@@ -71,9 +147,14 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-/// The plan as of now: the last valid config's desired state against the snapshot as it is
-/// at this moment, so that it shows what is still pending rather than what was just applied.
-async fn plan(State(shared): State<Arc<Shared>>) -> Response {
+/// The plan as of now: the last valid config's desired state against the snapshot as it was
+/// after the last reconcile, so that it shows what is still pending rather than what was just
+/// applied. It is computed once per reconcile, by the first request after it; concurrent
+/// requests wait for that one and share its result, so they cost no more memory than one.
+async fn plan(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&shared, &headers) {
+        return refused;
+    }
     let Some(current) = shared.current() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -81,6 +162,13 @@ async fn plan(State(shared): State<Arc<Shared>>) -> Response {
         )
             .into_response();
     };
+    let generation = shared.generation();
+    let mut cache = shared.plan_cache.lock().await;
+    if let Some((cached, json)) = cache.as_ref() {
+        if *cached == generation {
+            return json_response(Arc::clone(json));
+        }
+    }
     let snapshot = match current.store.load().await {
         Ok(snapshot) => snapshot,
         Err(error) => {
@@ -97,7 +185,11 @@ async fn plan(State(shared): State<Arc<Shared>>) -> Response {
     })
     .await;
     match computed {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Ok(json) => {
+            let json = Arc::new(json);
+            *cache = Some((generation, Arc::clone(&json)));
+            json_response(json)
+        }
         Err(join) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("planning failed: {join}\n"),
@@ -106,8 +198,30 @@ async fn plan(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Queues a reconcile (several requests while one runs coalesce into one more).
-async fn reconcile(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+fn json_response(json: Arc<String>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        String::clone(&json),
+    )
+        .into_response()
+}
+
+/// Queues a reconcile (several requests while one runs coalesce into one more). While the
+/// daemon backs off after a failure it answers 429 with `Retry-After`: a request never makes
+/// the daemon call the API sooner than its backoff allows.
+async fn reconcile(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&shared, &headers) {
+        return refused;
+    }
+    if let Some(wait) = shared.backing_off() {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds.to_string())],
+            format!("the daemon is backing off after a failed reconcile; it retries by itself in {seconds}s\n"),
+        )
+            .into_response();
+    }
     shared.reconcile_now.notify_one();
-    (StatusCode::ACCEPTED, "reconcile queued\n")
+    (StatusCode::ACCEPTED, "reconcile queued\n").into_response()
 }

@@ -359,3 +359,107 @@ fn a_state_directory_removed_under_the_daemon_makes_it_not_ready() {
         "{body}"
     );
 }
+
+#[test]
+fn a_listen_address_other_machines_reach_needs_a_token() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    let out = repo.cli(&["watch", "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0") && stderr.contains("--listen-token-env"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn with_a_token_plan_metrics_and_reconcile_need_it_and_health_does_not() {
+    const TOKEN: &str = "t0ken-that-must-not-leak";
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    repo.write("a.yaml", "users:\n  Mary: {sex: female}\n");
+    let daemon = Daemon::start_with(
+        &repo,
+        &["--listen", "0.0.0.0:0", "--listen-token-env", "WATCH_TOKEN"],
+        &[("WATCH_TOKEN", TOKEN)],
+    );
+    daemon.wait_reconciles(1);
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    for path in ["/plan", "/metrics"] {
+        let (status, head, _) = watch_support::request("GET", &daemon.addr, path, &[]);
+        assert_eq!(status, 401, "{path}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{head}"
+        );
+        let wrong =
+            watch_support::request("GET", &daemon.addr, path, &["Authorization: Bearer nope"]);
+        assert_eq!(wrong.0, 401, "{path}");
+        let right = watch_support::request("GET", &daemon.addr, path, &[bearer.as_str()]);
+        assert_eq!(right.0, 200, "{path}");
+        assert!(!right.2.contains(TOKEN));
+    }
+    assert_eq!(
+        watch_support::request("POST", &daemon.addr, "/reconcile", &[]).0,
+        401
+    );
+    assert_eq!(daemon.http("GET", "/healthz").0, 200);
+    assert_eq!(daemon.http("GET", "/readyz").0, 200);
+    assert!(!daemon.log().contains(TOKEN), "the token is never logged");
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use std::io::{Read as _, Write as _};
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    let daemon = Daemon::start(&repo, &[]);
+    let mut stream = std::net::TcpStream::connect(&daemon.addr).unwrap();
+    stream
+        .set_read_timeout(Some(watch_support::DEADLINE))
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    // The server closes the connection (after an optional 408) instead of waiting forever.
+    let closed = stream.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok(),
+        "the connection was closed by the server: {closed:?}"
+    );
+}
+
+#[test]
+fn reconcile_requests_during_a_backoff_make_no_api_call() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    repo.write("a.yaml", "users:\n  Mary: {sex: female}\n");
+    // A wrong key: every reconcile fails at the server (70009), and the daemon backs off.
+    let daemon = Daemon::start_with(&repo, &[], &[("TIM_SECRET_KEY", "not-the-key")]);
+    let first = daemon.wait_reconciles(1);
+    assert_eq!(first["result"], "failure", "{first}");
+    let calls = |emulator: &Emulator| {
+        emulator.state()["calls"]["get_attr_name"]["total"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = calls(&emulator);
+    let mut refused = 0;
+    for _ in 0..20 {
+        let (status, head, _) = watch_support::request("POST", &daemon.addr, "/reconcile", &[]);
+        if status == 429 {
+            refused += 1;
+            assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+        }
+    }
+    assert!(refused > 0, "a backing-off daemon answers 429");
+    // At most the one retry its own backoff allows, not one call per request.
+    assert!(
+        calls(&emulator) <= before + 2,
+        "{} calls after {before}",
+        calls(&emulator)
+    );
+}

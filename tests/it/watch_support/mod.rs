@@ -44,9 +44,25 @@ pub fn wait_until_within(what: &str, deadline: Duration, mut condition: impl FnM
 
 /// One HTTP/1.1 request (the tests need no client beyond this): returns status and body.
 pub fn http(method: &str, addr: &str, path: &str) -> (u16, String, String) {
+    let (status, head, body) = request(method, addr, path, &[]);
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body)
+}
+
+/// One HTTP/1.1 request with extra header lines (`Name: value`): returns the status, the
+/// header block and the body.
+pub fn request(method: &str, addr: &str, path: &str, headers: &[&str]) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n").unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8(raw).expect("a UTF-8 answer");
@@ -56,14 +72,6 @@ pub fn http(method: &str, addr: &str, path: &str) -> (u16, String, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("a status code");
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_default();
     let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
@@ -72,7 +80,7 @@ pub fn http(method: &str, addr: &str, path: &str) -> (u16, String, String) {
     } else {
         body.to_owned()
     };
-    (status, content_type, body)
+    (status, head.to_owned(), body)
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -222,16 +230,22 @@ impl Daemon {
     /// Starts `attrsync --dir REPO --log-format json watch --listen 127.0.0.1:0 --interval 1h`
     /// with `--debounce 100ms` unless `extra` sets it, and waits for the listen address.
     pub fn start(repo: &Repo, extra: &[&str]) -> Self {
+        Self::start_with(repo, extra, &[])
+    }
+
+    /// [`Daemon::start`] with `env` set, and `--listen` from `extra` when it has one.
+    pub fn start_with(repo: &Repo, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BIN);
         command.arg("--dir").arg(repo.path()).args([
             "--log-format",
             "json",
             "watch",
-            "--listen",
-            "127.0.0.1:0",
             "--interval",
             "1h",
         ]);
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         if !extra.contains(&"--debounce") {
             command.args(["--debounce", "100ms"]);
         }
@@ -239,6 +253,7 @@ impl Daemon {
             .args(extra)
             .env("TIM_SECRET_KEY", attrsync::emulator::DEMO_SECRET_KEY)
             .env("RUST_LOG", "attrsync=info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
