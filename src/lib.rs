@@ -29,8 +29,8 @@
 //! - [`ops`]: one function per command, wiring the shells to the core; `main.rs` only
 //!   parses arguments and maps results to exit codes.
 //! - [`shutdown`]: SIGINT/SIGTERM the same way for every long-running command.
-//! - [`clock`], [`text`] and [`sync`]: the wall clock, plurals and the one mutex policy,
-//!   leaves that import nothing.
+//! - [`clock`], [`text`], [`sync`] and [`files`]: the wall clock, plurals, the one lock policy
+//!   and safe file reads and writes, leaves that import nothing.
 //!
 //! Imports point inward: `model` imports nothing from the crate; `plan` and `config` only
 //! `model` (and the `text` leaf); `state` and `api` the core; `apply` uses `api` and `state`;
@@ -43,6 +43,7 @@ pub mod apply;
 pub mod clock;
 pub mod config;
 pub mod emulator;
+pub mod files;
 pub mod link;
 pub mod model;
 pub mod ops;

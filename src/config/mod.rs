@@ -277,9 +277,15 @@ pub fn load(
     })
 }
 
+/// The most attrsync reads of one config file: far above any real one (a million users in
+/// 100 files is 54 MB), and a bound on what a hostile one can cost.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
 enum ReadError {
     Missing,
     Io(std::io::Error),
+    NotRegular(&'static str),
+    TooLarge(u64),
     NotUtf8 { line: u32, column: u32 },
 }
 
@@ -296,6 +302,19 @@ impl ReadError {
                 format!("cannot read the file: {err}"),
                 Some("check its permissions".to_owned()),
             ),
+            ReadError::NotRegular(kind) => Diagnostic::whole(
+                shown,
+                format!("the path is {kind}, not a regular file"),
+                Some(
+                    "config files must be regular files (symlinks to regular files are fine)"
+                        .to_owned(),
+                ),
+            ),
+            ReadError::TooLarge(limit) => Diagnostic::whole(
+                shown,
+                format!("the file is larger than {} MiB", limit / (1024 * 1024)),
+                Some("split it into several files".to_owned()),
+            ),
             ReadError::NotUtf8 { line, column } => Diagnostic::at(
                 shown,
                 Problem::new(Pos { line, column }, "the file is not valid UTF-8")
@@ -306,9 +325,12 @@ impl ReadError {
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>, ReadError> {
-    std::fs::read(path).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => ReadError::Missing,
-        _ => ReadError::Io(err),
+    use crate::files::{read_regular, ReadFileError};
+    read_regular(path, MAX_FILE_BYTES).map_err(|err| match err {
+        ReadFileError::NotFound => ReadError::Missing,
+        ReadFileError::NotRegular(kind) => ReadError::NotRegular(kind),
+        ReadFileError::TooLarge { limit } => ReadError::TooLarge(limit),
+        ReadFileError::Io(err) => ReadError::Io(err),
     })
 }
 
@@ -369,15 +391,18 @@ fn collect_files(
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
+        let yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
         if meta.is_dir() {
             collect_files(&path, out, visited, diagnostics, root);
-        } else if meta.is_file()
-            && matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            )
-        {
+        } else if yaml && meta.is_file() {
             out.push(path);
+        } else if yaml {
+            // A FIFO would block the reader, a device never end: say so instead of skipping.
+            let error = ReadError::NotRegular(crate::files::kind(&meta));
+            diagnostics.push(error.into_diagnostic(&display_path(root, &path)));
         }
     }
 }

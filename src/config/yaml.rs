@@ -326,7 +326,9 @@ impl<'a> Reader<'a> {
             self.skip_rest(&event)?;
             return Ok(false);
         }
-        let mut seen: Vec<(Cow<'a, str>, Pos)> = Vec::new();
+        // A hash map, not a list: a hostile file with 100,000 keys costs linear time.
+        let mut seen: std::collections::HashMap<Cow<'a, str>, Pos> =
+            std::collections::HashMap::new();
         loop {
             let (event, span) = self.next()?;
             match event {
@@ -338,7 +340,7 @@ impl<'a> Reader<'a> {
                         plain: style == ScalarStyle::Plain && tag.is_none(),
                     };
                     if track_duplicates {
-                        if let Some((_, first)) = seen.iter().find(|(k, _)| *k == *key.text) {
+                        if let Some(first) = seen.get(&*key.text) {
                             let first = *first;
                             self.problems.push(
                                 Problem::new(
@@ -354,7 +356,7 @@ impl<'a> Reader<'a> {
                             self.skip_rest(&value)?;
                             continue;
                         }
-                        seen.push((key.text.clone(), key.pos));
+                        seen.insert(key.text.clone(), key.pos);
                     }
                     on_entry(self, key)?;
                 }

@@ -60,8 +60,7 @@ pub async fn apply(
     };
     let plan = match &request.plan_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the plan file {}", path.display()))?;
+            let text = super::read_named_file(path).context("cannot read the plan file")?;
             let saved = plan::from_json(&text)?;
             // Verified, not trusted: the plan applied is the one computed now, and only when
             // it equals the saved one in every change.

@@ -95,7 +95,7 @@ pub async fn open_for_writing(
     lock_timeout: std::time::Duration,
 ) -> Result<Arc<dyn SnapshotStore>> {
     if let Some(dir) = config.settings.state.dir() {
-        std::fs::create_dir_all(dir)
+        crate::files::create_private_dir(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
     }
     Ok(crate::state::open(
@@ -150,21 +150,18 @@ pub fn describe_failed(failed: &crate::apply::FailedUser) -> String {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half.
+/// Writes `bytes` to `path`, 0600, through an exclusively created temp file and a rename:
+/// readers never see half, and a symlink planted at `path` is not followed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::files::write_private(path, bytes)
+}
+
+/// Reads a file the user named (`state import FILE`, `apply PLANFILE`): a regular file of at
+/// most [`crate::config::MAX_FILE_BYTES`], as text.
+pub fn read_named_file(path: &Path) -> Result<String> {
+    let bytes = crate::files::read_regular(path, crate::config::MAX_FILE_BYTES)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }
 
 /// Asks on the terminal; refuses without one.

@@ -102,8 +102,7 @@ pub struct ImportError {
 /// `attrsync state import FILE`: replaces the snapshot with the file's content, atomically.
 pub async fn state_import(ctx: &Globals, file: &Path) -> Result<String> {
     let config = ctx.load_config()?;
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = super::read_named_file(file)?;
     let imported = state::parse_import(&text, &config.settings.attributes).map_err(|problems| {
         ImportError {
             file: file.to_owned(),
@@ -197,7 +196,7 @@ pub async fn state_migrate(ctx: &Globals, to: &str) -> Result<String> {
     )
     .await?;
     if let Some(dir) = target_location.dir() {
-        std::fs::create_dir_all(dir)
+        crate::files::create_private_dir(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
     }
     let target = state::open(

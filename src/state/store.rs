@@ -503,8 +503,13 @@ impl SledDb {
             // database flush and the file write: the database is the later of the two.
             store.write_serial_file(db_serial)?;
         }
-        // Best effort: the file only improves the message another process shows.
-        let _ = std::fs::write(dir.join(HOLDER_FILE), holder_json(holder));
+        // Best effort: the file only improves the message another process shows. Written
+        // through a temp file, so a symlink planted as holder.json is never followed.
+        let _ = crate::files::write_private(&dir.join(HOLDER_FILE), &holder_json(holder));
+        // sled creates its files with the process's umask: they hold every user's data.
+        if let Err(error) = crate::files::make_private(dir) {
+            tracing::warn!(%error, dir = %dir.display(), "could not make the snapshot's files private (0600)");
+        }
         Ok(store)
     }
 
@@ -564,7 +569,7 @@ impl SledDb {
 
     /// Updates the holder record (e.g. once the daemon knows its listen address).
     pub fn set_holder(&self, holder: &Holder) {
-        let _ = std::fs::write(self.dir.join(HOLDER_FILE), holder_json(holder));
+        let _ = crate::files::write_private(&self.dir.join(HOLDER_FILE), &holder_json(holder));
     }
 
     fn err(&self, doing: &'static str) -> impl Fn(sled::Error) -> StateError + '_ {

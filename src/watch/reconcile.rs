@@ -170,7 +170,7 @@ impl Daemon {
         self.drift = None;
         self.shared.status().current = None;
         if let Some(dir) = settings.state.dir() {
-            std::fs::create_dir_all(dir).map_err(|source| ReconcileError::StateDir {
+            crate::files::create_private_dir(dir).map_err(|source| ReconcileError::StateDir {
                 dir: dir.to_owned(),
                 source,
             })?;

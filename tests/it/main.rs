@@ -18,6 +18,7 @@ mod cli_postgres;
 mod cli_state;
 mod cli_validate;
 mod emulator_http;
+mod files_safety;
 mod state_conformance;
 mod watch_daemon;
 mod watch_endpoints;
