@@ -122,3 +122,32 @@ fn a_file_with_100000_keys_and_a_duplicate_is_read_and_reported() {
     let all = format!("{}{}", out.stdout, out.stderr);
     assert!(all.contains("user `u5` is declared twice"), "{all}");
 }
+
+/// Every input in `tests/fuzz-corpus/` (the seeds, and anything `examples/fuzz_config.rs`
+/// ever found) loads as `attrsync.yaml` and as a user file without a panic.
+#[test]
+fn the_fuzz_corpus_loads_without_a_panic() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-corpus");
+    let settings = std::fs::read(corpus.join("settings-full.yaml")).unwrap();
+    let mut inputs = 0;
+    for entry in std::fs::read_dir(&corpus).unwrap() {
+        let path = entry.unwrap().path();
+        let input = std::fs::read(&path).unwrap();
+        for as_settings in [true, false] {
+            let repo = Repo::new(&[]);
+            repo.mkdir("users");
+            if as_settings {
+                repo.write("attrsync.yaml", &input);
+            } else {
+                repo.write("attrsync.yaml", &settings);
+                repo.write("users/a.yaml", &input);
+            }
+            let loaded = std::panic::catch_unwind(|| {
+                let _ = attrsync::config::load(repo.dir(), None, &mut Default::default());
+            });
+            assert!(loaded.is_ok(), "{} panicked the loader", path.display());
+        }
+        inputs += 1;
+    }
+    assert!(inputs >= 3, "the seeds are there");
+}
