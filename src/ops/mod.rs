@@ -150,12 +150,6 @@ pub fn describe_failed(failed: &crate::apply::FailedUser) -> String {
     }
 }
 
-/// Writes `bytes` to `path`, 0600, through an exclusively created temp file and a rename:
-/// readers never see half, and a symlink planted at `path` is not followed.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::files::write_private(path, bytes)
-}
-
 /// Reads a file the user named (`state import FILE`, `apply PLANFILE`): a regular file of at
 /// most [`crate::config::MAX_FILE_BYTES`], as text.
 pub fn read_named_file(path: &Path) -> Result<String> {

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 
-use super::{describe_failed, open_existing, write_atomically, Globals};
+use super::{describe_failed, open_existing, Globals};
 use crate::apply::FailedUser;
 use crate::config::Config;
+use crate::files::write_private;
 use crate::model::{Attrs, Drift, Plan, Snapshot, UserId, UserMap};
 use crate::plan::{self, Guards, PlanOptions};
 use crate::state::{Access, Commit};
@@ -125,7 +126,7 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
         warnings.push(format!("apply will refuse this plan: {guard}"));
     }
     if let Some(path) = &request.out {
-        write_atomically(path, plan::to_json(&plan).as_bytes())
+        write_private(path, plan::to_json(&plan).as_bytes())
             .with_context(|| format!("cannot write the plan to {}", path.display()))?;
     }
     let drift = refreshed.as_ref().map(|r| r.drift.as_slice());

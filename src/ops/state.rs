@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use super::{open_existing, open_for_writing, read_snapshot, write_atomically, Globals};
+use super::{open_existing, open_for_writing, read_snapshot, Globals};
+use crate::files::write_private;
 use crate::model::{Snapshot, StateLocation};
 use crate::state::{self, Access, OnOtherTarget, PgStore};
 
@@ -78,7 +79,7 @@ pub async fn state_export(ctx: &Globals, out: Option<&Path>) -> Result<()> {
         Some(path) => {
             let mut buffer = Vec::new();
             state::export(&snapshot, &mut buffer)?;
-            write_atomically(path, &buffer)
+            write_private(path, &buffer)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
         None => {
