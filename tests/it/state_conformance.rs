@@ -349,16 +349,18 @@ async fn a_second_writer_is_refused_at_once_or_waits_for_the_first(backend: Back
         text.contains(&format!("pid {}", std::process::id())) && text.contains("attrsync apply"),
         "the holder is named: {text}"
     );
-    // With a timeout, the second writer gets the snapshot once the first lets go.
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        drop(first);
-    });
-    let second = backend
-        .open_as(&Target::Embedded, "import", write(Duration::from_secs(20)))
-        .await
-        .unwrap();
-    release.await.unwrap();
+    // With a timeout, the second writer waits while the first holds the snapshot, and gets
+    // it once the first lets go.
+    let waiting = backend.open_as(&Target::Embedded, "import", write(Duration::from_secs(20)));
+    tokio::pin!(waiting);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "the second writer does not get the snapshot while the first holds it"
+    );
+    drop(first);
+    let second = waiting.await.unwrap();
     assert_eq!(second.load().await.unwrap().users.len(), 1);
     second
         .commit(record(&[("Bob", Some("Oslo"))], 2))
