@@ -409,3 +409,30 @@ fn a_plan_saved_on_one_machine_is_stale_once_another_has_applied() {
     stale.expect_code(1);
     assert!(stale.stderr.contains("serial"), "{}", stale.stderr);
 }
+
+#[test]
+fn the_database_password_stays_out_of_verbose_logs_and_errors() {
+    let cluster = crate::require_postgres!();
+    let server = Server::default();
+    let url = with_password(&cluster.database());
+    let checkout = Checkout::new(&server, &url, "", &users(5));
+    // Checkout::run fails the test if the password appears anywhere in the output.
+    checkout
+        .run(&["-vv", "--log-format", "json", "apply", "--auto-approve"])
+        .success();
+    checkout.run(&["-vv", "plan"]).success();
+    // A database that does not answer, and a URL that does not parse.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    for state in [
+        format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/x?sslmode=disable"),
+        format!("postgres://postgres:{PASSWORD}@127.0.0.1:notaport/x"),
+        format!("postgres://127.0.0.1:{port}/x?password={PASSWORD}&sslmode=disable"),
+    ] {
+        let broken = Checkout::new(&server, &state, "", &users(1));
+        let out = broken.run(&["-vv", "plan"]);
+        out.expect_code(1);
+        assert!(out.stderr.contains("postgres://"), "{}", out.stderr);
+    }
+}

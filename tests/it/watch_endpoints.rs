@@ -382,7 +382,8 @@ fn with_a_token_plan_metrics_and_reconcile_need_it_and_health_does_not() {
     let daemon = Daemon::start_with(
         &repo,
         &["--listen", "0.0.0.0:0", "--listen-token-env", "WATCH_TOKEN"],
-        &[("WATCH_TOKEN", TOKEN)],
+        // Everything logged, hyper's internals included: the token must not appear anywhere.
+        &[("WATCH_TOKEN", TOKEN), ("RUST_LOG", "trace")],
     );
     daemon.wait_reconciles(1);
     let bearer = format!("Authorization: Bearer {TOKEN}");
