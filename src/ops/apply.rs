@@ -98,9 +98,14 @@ pub async fn apply(
     };
     plan::check_mass_delete(&plan, guards)?;
     let mut stdout = std::io::stdout().lock();
+    let header = super::endpoint_header(settings, false);
     if !plan.summary.has_writes() {
         if !request.json {
-            write!(stdout, "{}", plan::render_text(&plan, ctx.text_style()))?;
+            write!(
+                stdout,
+                "{header}{}",
+                plan::render_text(&plan, ctx.text_style())
+            )?;
         }
         return Ok(ApplyOutcome {
             report: Some(Report::default()),
@@ -108,7 +113,11 @@ pub async fn apply(
     }
     if request.plan_file.is_none() {
         if !request.json {
-            write!(stdout, "{}", plan::render_text(&plan, ctx.text_style()))?;
+            write!(
+                stdout,
+                "{header}{}",
+                plan::render_text(&plan, ctx.text_style())
+            )?;
             stdout.flush()?;
         }
         if !request.auto_approve && !confirm()? {

@@ -150,6 +150,27 @@ pub fn describe_failed(failed: &crate::apply::FailedUser) -> String {
     }
 }
 
+/// A line naming where the admin credential goes, when that is a custom endpoint on another
+/// machine (not a Tencent Cloud region, the embedded emulator or loopback): a reviewer of the
+/// plan should see it. Markdown gets it as a quote.
+pub fn endpoint_header(settings: &Settings, markdown: bool) -> String {
+    let crate::model::Target::Endpoint(url) = &settings.target else {
+        return String::new();
+    };
+    if url.starts_with("http://") {
+        // Only loopback is allowed over plain HTTP: this machine, not somewhere else.
+        return String::new();
+    }
+    let text = format!(
+        "Endpoint: {url} is a custom endpoint, not a Tencent Cloud region: the app's admin UserSig is sent there."
+    );
+    if markdown {
+        format!("> **{text}**\n\n")
+    } else {
+        format!("{text}\n\n")
+    }
+}
+
 /// Reads a file the user named (`state import FILE`, `apply PLANFILE`): a regular file of at
 /// most [`crate::config::MAX_FILE_BYTES`], as text.
 pub fn read_named_file(path: &Path) -> Result<String> {
@@ -176,4 +197,42 @@ fn ask(question: &str) -> Result<bool> {
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(answer.trim() == "yes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings of a repository whose server is `target`.
+    fn settings(target: &str) -> Settings {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("attrsync.yaml"),
+            format!("sdkappid: 1400000000\nidentifier: admin\n{target}\nattributes: [sex]\n"),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("users")).unwrap();
+        config::load(dir.path(), None, &mut ParseCache::default())
+            .unwrap()
+            .settings
+    }
+
+    #[test]
+    fn a_custom_endpoint_on_another_machine_heads_the_plan() {
+        assert_eq!(
+            endpoint_header(&settings("endpoint: https://proxy.example.com"), false),
+            "Endpoint: https://proxy.example.com is a custom endpoint, not a Tencent Cloud region: the app's admin UserSig is sent there.\n\n"
+        );
+        assert!(
+            endpoint_header(&settings("endpoint: https://proxy.example.com"), true)
+                .starts_with("> **Endpoint: https://proxy.example.com")
+        );
+        for quiet in [
+            "region: singapore",
+            "endpoint: embedded",
+            "endpoint: http://127.0.0.1:8080",
+        ] {
+            assert_eq!(endpoint_header(&settings(quiet), false), "", "{quiet}");
+        }
+    }
 }

@@ -143,6 +143,11 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
             plan::render_markdown(&plan) + &plan::render_drift_markdown(drift)
         }
     };
+    let output = match request.format {
+        PlanFormat::Json => output,
+        PlanFormat::Text => super::endpoint_header(settings, false) + &output,
+        PlanFormat::Markdown => super::endpoint_header(settings, true) + &output,
+    };
     Ok(PlanOutcome {
         plan,
         output,
