@@ -105,9 +105,18 @@ fn sign(shared: &Shared, identifier: &str) -> UserSig {
     ))
 }
 
-fn batch_outcome(response: Response) -> BatchOutcome {
-    BatchOutcome {
-        errors: response.error_list.unwrap_or_default(),
+impl InProcess {
+    /// One `set_attr` or `remove_attr` call: users listed in the answer's `ErrorList` were
+    /// refused, the others accepted.
+    async fn batch(
+        &self,
+        endpoint: Endpoint,
+        request: &impl Serialize,
+    ) -> Result<BatchOutcome, ApiError> {
+        let response = self.call(endpoint, request).await?;
+        Ok(BatchOutcome {
+            errors: response.error_list.unwrap_or_default(),
+        })
     }
 }
 
@@ -116,28 +125,20 @@ impl AttrApi for InProcess {
         &'a self,
         users: &'a [UserAttrs],
     ) -> BoxFuture<'a, Result<BatchOutcome, ApiError>> {
-        Box::pin(async move {
-            let request = SetAttrRequest {
-                users: users.to_vec(),
-            };
-            self.call(Endpoint::SetAttr, &request)
-                .await
-                .map(batch_outcome)
-        })
+        let request = SetAttrRequest {
+            users: users.to_vec(),
+        };
+        Box::pin(async move { self.batch(Endpoint::SetAttr, &request).await })
     }
 
     fn remove_attr<'a>(
         &'a self,
         users: &'a [UserAttrNames],
     ) -> BoxFuture<'a, Result<BatchOutcome, ApiError>> {
-        Box::pin(async move {
-            let request = RemoveAttrRequest {
-                users: users.to_vec(),
-            };
-            self.call(Endpoint::RemoveAttr, &request)
-                .await
-                .map(batch_outcome)
-        })
+        let request = RemoveAttrRequest {
+            users: users.to_vec(),
+        };
+        Box::pin(async move { self.batch(Endpoint::RemoveAttr, &request).await })
     }
 
     fn get_attr<'a>(
