@@ -771,6 +771,12 @@ pub struct Plan {
     pub desired_digest: String,
     /// Whether users removed from the config are deleted (prune) or only reported.
     pub prune: bool,
+    /// Where the plan's writes go, with the admin UserSig: the server's base URL, or
+    /// `embedded` ([`Target::key`]). Empty in a saved plan written before it was recorded.
+    pub endpoint: String,
+    /// Where the app's last write went, when that is not [`Plan::endpoint`]: the config's
+    /// server changed, which a reviewer must see.
+    pub previous_endpoint: Option<String>,
     /// Counts per action.
     pub summary: Summary,
     /// The changes: deletes (and orphans) first, then by user id.

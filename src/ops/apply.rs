@@ -70,6 +70,8 @@ pub async fn apply(
                 PlanOptions {
                     sdkappid: settings.sdkappid,
                     prune: saved.prune,
+                    endpoint: settings.target.key(),
+                    previous_endpoint: store.previous_target(),
                 },
             );
             let differences = plan::differences(&saved, &now);
@@ -92,13 +94,15 @@ pub async fn apply(
                 PlanOptions {
                     sdkappid: settings.sdkappid,
                     prune: settings.prune || request.prune,
+                    endpoint: settings.target.key(),
+                    previous_endpoint: store.previous_target(),
                 },
             )
         }
     };
     plan::check_mass_delete(&plan, guards)?;
     let mut stdout = std::io::stdout().lock();
-    let header = super::endpoint_header(settings, false);
+    let header = super::endpoint_header(settings, &plan, false);
     if !plan.summary.has_writes() {
         if !request.json {
             write!(

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 
 use crate::config::{self, Config, Diagnostics, ParseCache, Settings};
-use crate::model::Snapshot;
+use crate::model::{Plan, Snapshot};
 use crate::plan::TextStyle;
 use crate::state::{Access, Binding, Holder, OnOtherTarget, SnapshotStore};
 
@@ -150,25 +150,32 @@ pub fn describe_failed(failed: &crate::apply::FailedUser) -> String {
     }
 }
 
-/// A line naming where the admin credential goes, when that is a custom endpoint on another
-/// machine (not a Tencent Cloud region, the embedded emulator or loopback): a reviewer of the
-/// plan should see it. Markdown gets it as a quote.
-pub fn endpoint_header(settings: &Settings, markdown: bool) -> String {
-    let crate::model::Target::Endpoint(url) = &settings.target else {
-        return String::new();
-    };
-    if url.starts_with("http://") {
-        // Only loopback is allowed over plain HTTP: this machine, not somewhere else.
-        return String::new();
+/// The lines heading a plan that say where the admin credential goes, for a reviewer: a
+/// custom endpoint on another machine (not a Tencent Cloud region, the embedded emulator or
+/// loopback), and a change of server since the app's last write. Markdown gets them as quotes.
+pub fn endpoint_header(settings: &Settings, plan: &Plan, markdown: bool) -> String {
+    let mut lines = Vec::new();
+    if let Some(previous) = &plan.previous_endpoint {
+        lines.push(format!(
+            "Endpoint change: this app's last write went to {previous}; this plan sends the admin UserSig to {}.",
+            plan.endpoint
+        ));
     }
-    let text = format!(
-        "Endpoint: {url} is a custom endpoint, not a Tencent Cloud region: the app's admin UserSig is sent there."
-    );
-    if markdown {
-        format!("> **{text}**\n\n")
-    } else {
-        format!("{text}\n\n")
+    // Plain HTTP is only allowed to loopback: this machine, not somewhere else.
+    if let crate::model::Target::Endpoint(url) = &settings.target {
+        if !url.starts_with("http://") {
+            lines.push(format!(
+                "Endpoint: {url} is a custom endpoint, not a Tencent Cloud region: the app's admin UserSig is sent there."
+            ));
+        }
     }
+    lines
+        .iter()
+        .map(|line| match markdown {
+            true => format!("> **{line}**\n\n"),
+            false => format!("{line}\n\n"),
+        })
+        .collect()
 }
 
 /// Reads a file the user named (`state import FILE`, `apply PLANFILE`): a regular file of at
@@ -217,14 +224,52 @@ mod tests {
             .settings
     }
 
+    /// A plan with no changes, sent where `settings` say, after a last write to `previous`.
+    fn plan_for(settings: &Settings, previous: Option<&str>) -> Plan {
+        crate::plan::plan(
+            &crate::model::Desired::default(),
+            &crate::model::Snapshot::default(),
+            crate::plan::PlanOptions {
+                sdkappid: settings.sdkappid,
+                prune: false,
+                endpoint: settings.target.key(),
+                previous_endpoint: previous.map(str::to_owned),
+            },
+        )
+    }
+
+    /// The header of a plan for `settings`, in text or Markdown.
+    fn header(settings: &Settings, markdown: bool) -> String {
+        endpoint_header(settings, &plan_for(settings, None), markdown)
+    }
+
+    #[test]
+    fn a_change_of_server_heads_the_plan() {
+        let settings = settings("endpoint: https://proxy.example.com");
+        let plan = plan_for(&settings, Some("https://adminapisgp.im.qcloud.com"));
+        assert_eq!(
+            endpoint_header(&settings, &plan, false),
+            "Endpoint change: this app's last write went to https://adminapisgp.im.qcloud.com; \
+             this plan sends the admin UserSig to https://proxy.example.com.\n\n\
+             Endpoint: https://proxy.example.com is a custom endpoint, not a Tencent Cloud region: \
+             the app's admin UserSig is sent there.\n\n"
+        );
+        let local = self::settings("endpoint: http://127.0.0.1:8080");
+        let plan = plan_for(&local, Some("embedded"));
+        assert_eq!(
+            endpoint_header(&local, &plan, true),
+            "> **Endpoint change: this app's last write went to embedded; this plan sends the admin UserSig to http://127.0.0.1:8080.**\n\n"
+        );
+    }
+
     #[test]
     fn a_custom_endpoint_on_another_machine_heads_the_plan() {
         assert_eq!(
-            endpoint_header(&settings("endpoint: https://proxy.example.com"), false),
+            header(&settings("endpoint: https://proxy.example.com"), false),
             "Endpoint: https://proxy.example.com is a custom endpoint, not a Tencent Cloud region: the app's admin UserSig is sent there.\n\n"
         );
         assert!(
-            endpoint_header(&settings("endpoint: https://proxy.example.com"), true)
+            header(&settings("endpoint: https://proxy.example.com"), true)
                 .starts_with("> **Endpoint: https://proxy.example.com")
         );
         for quiet in [
@@ -232,7 +277,7 @@ mod tests {
             "endpoint: embedded",
             "endpoint: http://127.0.0.1:8080",
         ] {
-            assert_eq!(endpoint_header(&settings(quiet), false), "", "{quiet}");
+            assert_eq!(header(&settings(quiet), false), "", "{quiet}");
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::files::write_private;
 use crate::model::{Attrs, Drift, Plan, Snapshot, UserId, UserMap};
 use crate::plan::{self, Guards, PlanOptions};
-use crate::state::{Access, Commit};
+use crate::state::{Access, Commit, StateError};
 
 /// Output formats of `plan`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +65,28 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
         },
         false => Access::Read,
     };
-    let store = open_existing(&config, "plan", access).await?;
+    let mut warnings = Vec::new();
+    let (store, previous_endpoint) = match open_existing(&config, "plan", access).await {
+        Ok(store) => {
+            let previous = store.as_ref().and_then(|store| store.previous_target());
+            (store, previous)
+        }
+        // A sled snapshot records one server: when the config now points at another, its
+        // values say nothing about the new one. A plain plan still shows the reviewer what
+        // the change means (everything is sent anew); apply refuses until `import`.
+        Err(error) => match error.downcast_ref::<StateError>() {
+            Some(StateError::OtherTarget {
+                found, expected, ..
+            }) if !request.refresh => {
+                warnings.push(format!(
+                    "the snapshot records {found}, not {expected}: this plan is against an empty snapshot, \
+                     and `attrsync apply` refuses until `attrsync import` reads {expected}'s current values"
+                ));
+                (None, Some(found.clone()))
+            }
+            _ => return Err(error),
+        },
+    };
     let mut snapshot = match &store {
         Some(store) => store.load().await?,
         None => Snapshot::default(),
@@ -78,7 +99,6 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
         allow_empty: request.allow_empty,
     };
     plan::check_empty_desired(&config.desired, &snapshot, guards)?;
-    let mut warnings = Vec::new();
     let refreshed = match request.refresh {
         true => {
             let refreshed = refresh(&config, &snapshot).await?;
@@ -119,6 +139,8 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
         PlanOptions {
             sdkappid: settings.sdkappid,
             prune: settings.prune || request.prune,
+            endpoint: settings.target.key(),
+            previous_endpoint,
         },
     );
     tracing::debug!(changes = plan.changes.len(), elapsed = ?started.elapsed(), "planned");
@@ -145,8 +167,8 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
     };
     let output = match request.format {
         PlanFormat::Json => output,
-        PlanFormat::Text => super::endpoint_header(settings, false) + &output,
-        PlanFormat::Markdown => super::endpoint_header(settings, true) + &output,
+        PlanFormat::Text => super::endpoint_header(settings, &plan, false) + &output,
+        PlanFormat::Markdown => super::endpoint_header(settings, &plan, true) + &output,
     };
     Ok(PlanOutcome {
         plan,

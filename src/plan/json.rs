@@ -18,8 +18,20 @@ struct PlanDoc {
     desired_digest: String,
     #[serde(default)]
     prune: bool,
+    #[serde(default)]
+    endpoint: String,
+    #[serde(default)]
+    endpoint_change: Option<EndpointChangeDoc>,
     summary: SummaryDoc,
     changes: Vec<ChangeDoc>,
+}
+
+/// `"endpoint_change": {"from": …, "to": …}`: where the app's last write went, and where this
+/// plan's writes go.
+#[derive(Serialize, Deserialize)]
+struct EndpointChangeDoc {
+    from: String,
+    to: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,6 +89,14 @@ pub fn to_json(plan: &Plan) -> String {
         snapshot_serial: plan.snapshot_serial,
         desired_digest: &plan.desired_digest,
         prune: plan.prune,
+        endpoint: &plan.endpoint,
+        endpoint_change: plan
+            .previous_endpoint
+            .as_ref()
+            .map(|from| EndpointChangeDoc {
+                from: from.clone(),
+                to: plan.endpoint.clone(),
+            }),
         summary: SummaryDoc {
             create: plan.summary.create,
             update: plan.summary.update,
@@ -108,6 +128,9 @@ struct PlanOut<'a> {
     snapshot_serial: u64,
     desired_digest: &'a str,
     prune: bool,
+    endpoint: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint_change: Option<EndpointChangeDoc>,
     summary: SummaryDoc,
     changes: ChangesOut<'a>,
 }
@@ -280,6 +303,8 @@ pub fn from_json(text: &str) -> Result<Plan, PlanFileError> {
         snapshot_serial: doc.snapshot_serial,
         desired_digest: doc.desired_digest,
         prune: doc.prune,
+        endpoint: doc.endpoint,
+        previous_endpoint: doc.endpoint_change.map(|change| change.from),
         summary: Summary {
             create: s.create,
             update: s.update,
@@ -315,6 +340,7 @@ mod tests {
             PlanOptions {
                 sdkappid: 1_400_000_000,
                 prune: true,
+                ..PlanOptions::default()
             },
         )
     }

@@ -210,6 +210,7 @@ mod tests {
             PlanOptions {
                 sdkappid: 1_400_000_000,
                 prune: true,
+                ..PlanOptions::default()
             },
         );
         insta::assert_snapshot!(render_markdown(&p), @r#"

@@ -21,12 +21,16 @@ use crate::model::{
 };
 
 /// Choices that shape a plan beyond desired state and snapshot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlanOptions {
     /// The app the plan is for (recorded in the plan).
     pub sdkappid: u64,
     /// Delete users that left the config instead of reporting them as orphaned.
     pub prune: bool,
+    /// Where the writes go ([`crate::model::Target::key`]), recorded in the plan.
+    pub endpoint: String,
+    /// Where the app's last write went, when the config's server changed since.
+    pub previous_endpoint: Option<String>,
 }
 
 /// Computes the changes that take the snapshot to the desired state.
@@ -109,6 +113,8 @@ pub fn plan(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Pla
         snapshot_serial: snapshot.serial,
         desired_digest: desired_digest(desired),
         prune: options.prune,
+        endpoint: options.endpoint,
+        previous_endpoint: options.previous_endpoint,
         summary,
         changes: removals,
     }
@@ -330,6 +336,13 @@ pub fn differences(saved: &Plan, now: &Plan) -> Vec<String> {
     }
     if saved.desired_digest != now.desired_digest {
         found.push("the config's desired state changed since the plan was made".to_owned());
+    }
+    // A saved plan from before endpoints were recorded has none to compare.
+    if !saved.endpoint.is_empty() && saved.endpoint != now.endpoint {
+        found.push(format!(
+            "it sends to {}, attrsync.yaml now points at {}",
+            saved.endpoint, now.endpoint
+        ));
     }
     if saved.prune != now.prune {
         found.push(format!(
@@ -597,6 +610,7 @@ mod tests {
         PlanOptions {
             sdkappid: 1_400_000_000,
             prune,
+            ..PlanOptions::default()
         }
     }
 
@@ -849,6 +863,24 @@ mod tests {
             opts(false),
         );
         assert!(differences(&fresh, &moved)[0].contains("serial 3 to 4"));
+    }
+
+    #[test]
+    fn a_saved_plan_is_for_one_server() {
+        let want = desired(&[("Mary", &[("city", "Boston")])]);
+        let to = |endpoint: &str| PlanOptions {
+            endpoint: endpoint.to_owned(),
+            ..opts(false)
+        };
+        let saved = plan(&want, &Snapshot::default(), to("https://adminapisgp.im.qcloud.com"));
+        let now = plan(&want, &Snapshot::default(), to("https://proxy.example.com"));
+        assert_eq!(
+            differences(&saved, &now),
+            ["it sends to https://adminapisgp.im.qcloud.com, attrsync.yaml now points at https://proxy.example.com"]
+        );
+        // A plan saved before endpoints were recorded names none: nothing to compare.
+        let unrecorded = plan(&want, &Snapshot::default(), to(""));
+        assert!(differences(&unrecorded, &now).is_empty());
     }
 
     #[test]

@@ -243,6 +243,7 @@ mod tests {
             PlanOptions {
                 sdkappid: 1_400_000_000,
                 prune,
+                ..PlanOptions::default()
             },
         )
     }

@@ -143,6 +143,11 @@ impl SnapshotStore for SledStore {
         Box::pin(std::future::ready(self.db.check_dir()))
     }
 
+    fn previous_target(&self) -> Option<String> {
+        // Opened for another server only to adopt it (`import`), which replaces everything.
+        None
+    }
+
     fn other_target(&self) -> Option<String> {
         self.db.other_target()
     }

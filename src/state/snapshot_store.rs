@@ -77,4 +77,10 @@ pub trait SnapshotStore: Send + Sync + std::fmt::Debug {
     /// The server the snapshot records, when it was opened to adopt another one: its content
     /// must be replaced with [`SnapshotStore::replace_all`], not added to.
     fn other_target(&self) -> Option<String>;
+
+    /// The server the app's last write went to, when that is not the server this store was
+    /// opened for: the config's endpoint changed since, which a plan calls out. A sled
+    /// snapshot records one server and refuses to open for another, so it has none; a
+    /// PostgreSQL database keeps one snapshot per server and knows which was written last.
+    fn previous_target(&self) -> Option<String>;
 }

@@ -283,6 +283,7 @@ pub(crate) async fn plan_pass(
     store: &dyn SnapshotStore,
 ) -> Result<Planned, ReconcileError> {
     let snapshot = store.load().await?;
+    let previous_endpoint = store.previous_target();
     let config = Arc::clone(config);
     // Planning a large config takes a while: keep it off the async workers.
     tokio::task::spawn_blocking(move || {
@@ -291,8 +292,18 @@ pub(crate) async fn plan_pass(
         let options = PlanOptions {
             sdkappid: config.settings.sdkappid,
             prune: config.settings.prune,
+            endpoint: config.settings.target.key(),
+            previous_endpoint,
         };
         let plan = plan::plan(&config.desired, &snapshot, options);
+        if let (Some(previous), true) = (&plan.previous_endpoint, plan.summary.has_writes()) {
+            tracing::warn!(
+                from = %previous,
+                to = %plan.endpoint,
+                "the config's server changed: this app's last write went to {previous}, the admin UserSig is now sent to {}",
+                plan.endpoint
+            );
+        }
         Ok(Planned { snapshot, plan })
     })
     .await

@@ -169,6 +169,7 @@ async fn plan(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
             return json_response(Arc::clone(json));
         }
     }
+    let previous_endpoint = current.store.previous_target();
     let snapshot = match current.store.load().await {
         Ok(snapshot) => snapshot,
         Err(error) => {
@@ -180,6 +181,8 @@ async fn plan(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
         let options = PlanOptions {
             sdkappid: settings.sdkappid,
             prune: settings.prune,
+            endpoint: settings.target.key(),
+            previous_endpoint,
         };
         plan::to_json(&plan::plan(&current.config.desired, &snapshot, options))
     })

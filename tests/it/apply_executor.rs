@@ -76,6 +76,7 @@ async fn invalid_attribute_batches_are_split_to_isolate_the_offending_users() {
         PlanOptions {
             sdkappid: 1_400_000_000,
             prune: false,
+            ..PlanOptions::default()
         },
     );
 
@@ -221,6 +222,7 @@ async fn apply_to(
         PlanOptions {
             sdkappid: 1_400_000_000,
             prune: false,
+            ..PlanOptions::default()
         },
     );
     apply::execute(

@@ -791,7 +791,14 @@ fn a_snapshot_of_another_server_is_refused_until_imported() {
         repo.read("attrsync.yaml")
             .replace(&first.url(), &second.url()),
     );
-    let out = run(&repo, &["plan"]);
+    // The plan a reviewer sees calls the change out; apply refuses it.
+    let plan = run(&repo, &["plan"]);
+    plan.success();
+    for needle in [first.url(), second.url()] {
+        assert!(plan.stdout.contains(&needle), "{needle}: {}", plan.stdout);
+    }
+    assert!(plan.stderr.contains("attrsync import"), "{}", plan.stderr);
+    let out = apply(&repo, &[]);
     out.expect_code(1);
     for needle in [first.url(), second.url(), "attrsync import".to_owned()] {
         assert!(out.stderr.contains(&needle), "{needle}: {}", out.stderr);

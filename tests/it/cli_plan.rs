@@ -225,6 +225,7 @@ mod json_format {
                 "snapshot_serial": 2,
                 "desired_digest": digest,
                 "prune": false,
+                "endpoint": "https://adminapisgp.im.qcloud.com",
                 "summary": {"create": 1, "update": 1, "delete": 0, "orphaned": 1, "unchanged": 1,
                             "resend": 0, "in_doubt": 0},
                 "changes": [
@@ -705,5 +706,78 @@ mod snapshot_access {
                 "tier": {"before": null, "after": "free"}
             }})
         );
+    }
+}
+
+mod endpoint_change {
+    use super::*;
+
+    /// DESIGN.md's users, recorded for Singapore, with the config now pointing at a proxy.
+    fn moved() -> Repo {
+        let repo = drifted();
+        repo.write(
+            "attrsync.yaml",
+            SETTINGS.replace("region: singapore", "endpoint: https://proxy.example.com"),
+        );
+        repo
+    }
+
+    const CHANGE: &str = "Endpoint change: this app's last write went to https://adminapisgp.im.qcloud.com; \
+                          this plan sends the admin UserSig to https://proxy.example.com.";
+
+    #[test]
+    fn a_plan_calls_out_where_the_key_now_goes_in_text_json_and_markdown() {
+        let repo = moved();
+        let text = repo.run(&["plan"]);
+        text.success();
+        assert!(text.stdout.starts_with(CHANGE), "{}", text.stdout);
+        assert!(
+            text.stdout.contains("Endpoint: https://proxy.example.com is a custom endpoint"),
+            "{}",
+            text.stdout
+        );
+        // The snapshot says nothing about the new server: everyone is sent anew, and apply
+        // will want an import first.
+        assert!(
+            text.stderr.contains("the snapshot records https://adminapisgp.im.qcloud.com, not https://proxy.example.com")
+                && text.stderr.contains("`attrsync import`"),
+            "{}",
+            text.stderr
+        );
+        assert!(text.stdout.contains("Plan: 2 to create, 0 to update, 0 to delete."));
+        let json = repo.run(&["plan", "--format", "json"]).success().json();
+        assert_eq!(json["endpoint"], "https://proxy.example.com");
+        assert_eq!(
+            json["endpoint_change"],
+            json!({"from": "https://adminapisgp.im.qcloud.com", "to": "https://proxy.example.com"})
+        );
+        let markdown = repo.run(&["plan", "--format", "markdown"]);
+        assert!(
+            markdown.stdout.starts_with(&format!("> **{CHANGE}**")),
+            "{}",
+            markdown.stdout
+        );
+    }
+
+    #[test]
+    fn apply_refuses_a_snapshot_of_another_server_naming_both() {
+        let out = moved().run(&["apply", "--auto-approve"]);
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains("records what https://adminapisgp.im.qcloud.com holds")
+                && out.stderr.contains("attrsync import"),
+            "{}",
+            out.stderr
+        );
+    }
+
+    #[test]
+    fn an_unchanged_server_has_no_call_out_and_json_names_the_endpoint() {
+        let repo = drifted();
+        let text = repo.run(&["plan"]);
+        assert!(!text.stdout.contains("Endpoint"), "{}", text.stdout);
+        let json = repo.run(&["plan", "--format", "json"]).success().json();
+        assert_eq!(json["endpoint"], "https://adminapisgp.im.qcloud.com");
+        assert!(json.get("endpoint_change").is_none());
     }
 }

@@ -436,3 +436,56 @@ fn the_database_password_stays_out_of_verbose_logs_and_errors() {
         assert!(out.stderr.contains("postgres://"), "{}", out.stderr);
     }
 }
+
+#[test]
+fn a_change_of_server_is_called_out_in_every_plan_and_a_plan_saved_for_the_old_one_is_stale() {
+    let cluster = crate::require_postgres!();
+    let (old, new) = (Server::default(), Server::default());
+    let url = cluster.database();
+    let before = Checkout::new(&old, &url, "", &users(3));
+    before.run(&["plan", "--out", "plan.json"]).success();
+    before.run(&["apply", "--auto-approve"]).success();
+    // The pull request points the config at another server.
+    let after = Checkout::new(&new, &url, "", &users(3));
+    let change = format!(
+        "Endpoint change: this app's last write went to {}; this plan sends the admin UserSig to {}.",
+        old.url(),
+        new.url()
+    );
+    let text = after.run(&["plan"]);
+    text.success();
+    assert!(text.stdout.starts_with(&change), "{}", text.stdout);
+    let markdown = after.run(&["plan", "--format", "markdown"]);
+    assert!(
+        markdown.stdout.starts_with(&format!("> **{change}**")),
+        "{}",
+        markdown.stdout
+    );
+    let json = after.plan();
+    assert_eq!(json["endpoint"], new.url());
+    assert_eq!(
+        json["endpoint_change"],
+        serde_json::json!({"from": old.url(), "to": new.url()})
+    );
+    // Each server has its own snapshot: everyone is new to the new one.
+    assert_eq!(json["summary"]["create"], 3);
+    // A plan reviewed for the old server is not applied to the new one.
+    std::fs::copy(before.repo.path("plan.json"), after.repo.path("plan.json")).unwrap();
+    let stale = after.run(&["apply", "plan.json", "--auto-approve"]);
+    stale.expect_code(1);
+    assert!(
+        stale.stderr.contains(&format!(
+            "it sends to {}, attrsync.yaml now points at {}",
+            old.url(),
+            new.url()
+        )),
+        "{}",
+        stale.stderr
+    );
+    assert_eq!(new.calls("set_attr"), 0);
+    // Once the new server is written, it is where the last write went: no more call-out.
+    after.run(&["apply", "--auto-approve"]).success();
+    let settled = after.plan();
+    assert!(settled.get("endpoint_change").is_none(), "{settled}");
+    assert!(!after.run(&["plan"]).stdout.contains("Endpoint change"));
+}

@@ -75,6 +75,8 @@ pub struct PgStore {
     app_id: Option<i64>,
     reader: tokio::sync::Mutex<Client>,
     writer: Option<Writer>,
+    /// See [`SnapshotStore::previous_target`], read when the store was opened.
+    previous_target: Option<String>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -215,11 +217,23 @@ impl PgStore {
                 (Some(app_id), Some(writer))
             }
         };
+        // The app's snapshot that recorded something under the newest lock: its server is
+        // where the last write went (epochs only grow, across every app of the database).
+        let last_written: Option<String> = reader
+            .query_opt(
+                "SELECT target FROM attrsync.apps WHERE sdkappid = $1 AND serial > 0 \
+                 AND migrated_to IS NULL ORDER BY fence DESC, id DESC LIMIT 1",
+                &[&sdkappid],
+            )
+            .await
+            .map_err(db("read"))?
+            .map(|row| row.get(0));
         Ok(Self {
             shown,
             app_id,
             reader: tokio::sync::Mutex::new(reader),
             writer,
+            previous_target: last_written.filter(|last| *last != target),
         })
     }
 
@@ -1116,5 +1130,9 @@ impl SnapshotStore for PgStore {
     fn other_target(&self) -> Option<String> {
         // Each server has its own app row: a snapshot never records another server.
         None
+    }
+
+    fn previous_target(&self) -> Option<String> {
+        self.previous_target.clone()
     }
 }
