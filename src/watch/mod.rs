@@ -216,7 +216,7 @@ pub(crate) struct Shared {
     /// The token `/plan`, `/metrics` and `POST /reconcile` require, if any.
     pub(crate) listen_token: Option<ListenToken>,
     /// `GET /plan`'s JSON and the reconcile generation it was computed after.
-    pub(crate) plan_cache: tokio::sync::Mutex<Option<(u64, Arc<String>)>>,
+    pub(crate) plan_cache: tokio::sync::Mutex<Option<(u64, axum::body::Bytes)>>,
     /// Grows after every reconcile (and drift mark): the cached plan is then out of date.
     generation: std::sync::atomic::AtomicU64,
     /// Until when the daemon backs off after a failure.

@@ -166,7 +166,7 @@ async fn plan(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
     let mut cache = shared.plan_cache.lock().await;
     if let Some((cached, json)) = cache.as_ref() {
         if *cached == generation {
-            return json_response(Arc::clone(json));
+            return json_response(json.clone());
         }
     }
     let previous_endpoint = current.store.previous_target();
@@ -189,8 +189,8 @@ async fn plan(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
     .await;
     match computed {
         Ok(json) => {
-            let json = Arc::new(json);
-            *cache = Some((generation, Arc::clone(&json)));
+            let json = axum::body::Bytes::from(json);
+            *cache = Some((generation, json.clone()));
             json_response(json)
         }
         Err(join) => (
@@ -201,12 +201,10 @@ async fn plan(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
     }
 }
 
-fn json_response(json: Arc<String>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        String::clone(&json),
-    )
-        .into_response()
+/// The cached plan as a response: the body shares the cache's buffer, so N concurrent
+/// requests hold one copy of the plan, not N.
+fn json_response(json: axum::body::Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], json).into_response()
 }
 
 /// Queues a reconcile (several requests while one runs coalesce into one more). While the

@@ -464,3 +464,57 @@ fn reconcile_requests_during_a_backoff_make_no_api_call() {
         calls(&emulator)
     );
 }
+
+/// The process's peak resident set (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmHWM line");
+    kib * 1024
+}
+
+#[test]
+fn many_concurrent_plan_requests_cost_no_more_memory_than_one() {
+    const USERS: usize = 30_000;
+    const CLIENTS: usize = 16;
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    let users: String = (0..USERS)
+        .map(|i| format!("  user{i:06}: {{sex: female, city: NewYork, tier: gold}}\n"))
+        .collect();
+    repo.write("many.yaml", &format!("users:\n{users}"));
+    // Nothing is applied, so /plan holds every user: a plan of several megabytes.
+    let daemon = Daemon::start(&repo, &["--plan-only"]);
+    daemon.wait_reconciles(1);
+    let before = peak_rss(daemon.pid());
+    let start = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+    let answers: Vec<(u16, usize)> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let start = std::sync::Arc::clone(&start);
+                let addr = daemon.addr.clone();
+                scope.spawn(move || {
+                    start.wait();
+                    let (status, _, body) = watch_support::http("GET", &addr, "/plan");
+                    (status, body.len())
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let plan_bytes = answers[0].1 as u64;
+    assert!(plan_bytes > 5_000_000, "a plan of {plan_bytes} bytes");
+    for answer in &answers {
+        assert_eq!(*answer, (200, plan_bytes as usize));
+    }
+    // One plan computed, one copy served to all: the peak grows by a small multiple of one
+    // plan, not by one per client (each client costs at least the plan's size otherwise).
+    let growth = peak_rss(daemon.pid()).saturating_sub(before);
+    assert!(
+        growth < 3 * plan_bytes,
+        "{CLIENTS} concurrent /plan requests grew the peak by {growth} bytes, for a plan of {plan_bytes}"
+    );
+}
