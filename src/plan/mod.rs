@@ -872,7 +872,11 @@ mod tests {
             endpoint: endpoint.to_owned(),
             ..opts(false)
         };
-        let saved = plan(&want, &Snapshot::default(), to("https://adminapisgp.im.qcloud.com"));
+        let saved = plan(
+            &want,
+            &Snapshot::default(),
+            to("https://adminapisgp.im.qcloud.com"),
+        );
         let now = plan(&want, &Snapshot::default(), to("https://proxy.example.com"));
         assert_eq!(
             differences(&saved, &now),

@@ -1,4 +1,5 @@
-//! Nothing secret leaks: the logs and errors of failing calls never contain the key or a UserSig.
+//! Nothing secret leaks: the logs and errors of failing calls never contain the key or a UserSig,
+//! and the daemon's token and database passwords stay out of logs, errors and `Debug` output.
 
 use attrsync::api::usersig;
 use attrsync::api::{ApiError, Client, ClientConfig, SecretKey, UserAttrs};
@@ -163,5 +164,78 @@ async fn failing_calls_never_log_or_report_the_key_or_a_usersig() {
                 "part of a UserSig leaked into the {name}:\n{text}"
             );
         }
+    }
+}
+
+/// The daemon's bearer token, and a database password, that must never be printed.
+const TOKEN: &str = "tok-9f8e7d6c5b4a39281706f5e4d3c2b1a0";
+const DB_PASSWORD: &str = "Db-Pa55w0rd-that-must-not-print";
+
+#[tokio::test]
+async fn the_daemon_token_and_database_passwords_never_reach_logs_or_errors() {
+    use attrsync::model::{PostgresUrl, StateLocation, Target};
+    use attrsync::state::{Access, Binding, Holder, OnOtherTarget};
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut output = Vec::new();
+    let token = attrsync::watch::ListenToken::new(TOKEN).unwrap();
+    output.push(format!("{token:?}"));
+    // Nothing listens on this port: every connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    for text in [
+        format!("postgres://attrsync:{DB_PASSWORD}@127.0.0.1:{port}/state?sslmode=disable"),
+        format!("postgres://127.0.0.1:{port}/state?password={DB_PASSWORD}&sslmode=disable"),
+        format!("postgresql://attrsync:{DB_PASSWORD}@127.0.0.1:notaport/state"),
+        format!("postgres://attrsync:{DB_PASSWORD}@127.0.0.1:{port}/state?sslmode=require"),
+    ] {
+        let url = PostgresUrl::new(&text).expect("a PostgreSQL URL");
+        let location = StateLocation::Postgres(url.clone());
+        output.push(format!("{url} {url:?} {location} {location:?}"));
+        let binding = Binding {
+            sdkappid: SDKAPPID,
+            target: &Target::Embedded,
+        };
+        for access in [
+            Access::Read,
+            Access::Write {
+                lock_timeout: Duration::ZERO,
+            },
+        ] {
+            let err = attrsync::state::open(
+                &location,
+                binding,
+                &Holder::default(),
+                OnOtherTarget::Refuse,
+                access,
+            )
+            .await
+            .err()
+            .expect("no database answers");
+            let report = anyhow::Error::new(err);
+            output.push(format!("{report}\n{report:#}\n{report:?}"));
+        }
+    }
+    let output = output.join("\n");
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    eprintln!("{output}\n{logs}");
+    assert!(output.contains("postgres://"), "{output}");
+    for (name, text) in [("logs", &logs), ("errors", &output)] {
+        assert!(
+            !text.contains(TOKEN),
+            "the token leaked into the {name}:\n{text}"
+        );
+        assert!(
+            !text.contains(DB_PASSWORD),
+            "a database password leaked into the {name}:\n{text}"
+        );
     }
 }

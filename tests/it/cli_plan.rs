@@ -722,7 +722,8 @@ mod endpoint_change {
         repo
     }
 
-    const CHANGE: &str = "Endpoint change: this app's last write went to https://adminapisgp.im.qcloud.com; \
+    const CHANGE: &str =
+        "Endpoint change: this app's last write went to https://adminapisgp.im.qcloud.com; \
                           this plan sends the admin UserSig to https://proxy.example.com.";
 
     #[test]
@@ -732,7 +733,8 @@ mod endpoint_change {
         text.success();
         assert!(text.stdout.starts_with(CHANGE), "{}", text.stdout);
         assert!(
-            text.stdout.contains("Endpoint: https://proxy.example.com is a custom endpoint"),
+            text.stdout
+                .contains("Endpoint: https://proxy.example.com is a custom endpoint"),
             "{}",
             text.stdout
         );
@@ -744,7 +746,9 @@ mod endpoint_change {
             "{}",
             text.stderr
         );
-        assert!(text.stdout.contains("Plan: 2 to create, 0 to update, 0 to delete."));
+        assert!(text
+            .stdout
+            .contains("Plan: 2 to create, 0 to update, 0 to delete."));
         let json = repo.run(&["plan", "--format", "json"]).success().json();
         assert_eq!(json["endpoint"], "https://proxy.example.com");
         assert_eq!(
@@ -764,7 +768,8 @@ mod endpoint_change {
         let out = moved().run(&["apply", "--auto-approve"]);
         out.expect_code(1);
         assert!(
-            out.stderr.contains("records what https://adminapisgp.im.qcloud.com holds")
+            out.stderr
+                .contains("records what https://adminapisgp.im.qcloud.com holds")
                 && out.stderr.contains("attrsync import"),
             "{}",
             out.stderr
