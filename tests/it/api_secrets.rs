@@ -218,8 +218,7 @@ async fn the_daemon_token_and_database_passwords_never_reach_logs_or_errors() {
                 access,
             )
             .await
-            .err()
-            .expect("no database answers");
+            .expect_err("no database answers");
             let report = anyhow::Error::new(err);
             output.push(format!("{report}\n{report:#}\n{report:?}"));
         }
