@@ -384,8 +384,20 @@ enum StateCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Help and version go to stdout and succeed. A usage error exits 1, like every
+            // other error: 2 means "changes present" to `plan --detailed-exitcode`.
+            let _ = error.print();
+            return match error.use_stderr() {
+                true => ExitCode::FAILURE,
+                false => ExitCode::SUCCESS,
+            };
+        }
+    };
     init_logging(&cli);
+    let applies = matches!(cli.command, Command::Apply { .. });
     let ctx = Globals {
         dir: cli.dir.clone(),
         state: cli.state.clone(),
@@ -395,6 +407,16 @@ fn main() -> ExitCode {
     };
     match run(cli.command, &ctx) {
         Ok(code) => code,
+        // A closed stdout (`attrsync plan | head -1`) ends the program quietly, as in
+        // ripgrep: the reader has what it wanted. Only an apply says so, since nothing was
+        // sent (its report after sending never fails on a closed pipe).
+        Err(err) if closed_stdout(&err) => match applies {
+            true => {
+                eprintln!("error: stdout was closed before the apply started: nothing was sent");
+                ExitCode::FAILURE
+            }
+            false => ExitCode::SUCCESS,
+        },
         Err(err) => {
             report(&err);
             ExitCode::FAILURE
@@ -402,11 +424,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether `err` comes from writing to a pipe whose reader went away.
+fn closed_stdout(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes `text` to stdout; an error (a closed pipe) is returned, never a panic.
+fn emit(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
+}
+
 fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { format } => {
             let validation = ops::validate(ctx, format.into());
-            print!("{}", validation.output);
+            emit(&validation.output)?;
             Ok(if validation.valid {
                 ExitCode::SUCCESS
             } else {
@@ -432,7 +471,7 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
             for warning in &outcome.warnings {
                 eprintln!("warning: {warning}");
             }
-            print!("{}", outcome.output);
+            emit(&outcome.output)?;
             Ok(if detailed_exitcode && outcome.plan.summary.has_writes() {
                 ExitCode::from(2)
             } else {
@@ -461,13 +500,17 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
             let signal = runtime.block_on(async { interrupts::listen(stop.clone()) });
             let outcome = runtime.block_on(ops::apply(ctx, &request, &stop))?;
             let Some(report) = outcome.report else {
-                return Ok(ExitCode::FAILURE);
+                // Cancelled at the prompt: 130/143 for a signal, else 1; nothing was sent.
+                return Ok(ExitCode::from(signal.received().unwrap_or(1)));
             };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+            // The apply happened: its exit code stands even if nobody reads the report.
+            let _ = if json {
+                emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))
             } else if report.calls > 0 || !report.succeeded() {
-                print!("{}", ops::render_report(&report));
-            }
+                emit(&ops::render_report(&report))
+            } else {
+                Ok(())
+            };
             Ok(ExitCode::from(interrupts::exit_code(
                 signal.received(),
                 &report,
@@ -545,7 +588,7 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
 }
 
 fn print_ok(text: String) -> anyhow::Result<ExitCode> {
-    print!("{text}");
+    emit(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -72,6 +72,17 @@ impl StopSignal {
         self.0 .0.load(Ordering::SeqCst)
     }
 
+    /// Waits until [`StopSignal::stop`] is called (at once if it was).
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.0 .1.notified();
+            if self.is_stopped() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Sleeps for `duration`; returns `false` early if the signal fires.
     async fn sleep(&self, duration: Duration) -> bool {
         let notified = self.0 .1.notified();

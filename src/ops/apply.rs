@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-use super::{confirm, describe_failed, open_for_writing, Globals};
+use super::{ask, describe_failed, open_for_writing, require_terminal, Answer, Globals, APPLY_QUESTION};
 use crate::apply::{self, ApplyOptions, Progress, Report, RetryPolicy, StopSignal};
 use crate::link::{connect, preflight};
 use crate::plan::{self, Guards, PlanOptions};
@@ -124,9 +124,18 @@ pub async fn apply(
             )?;
             stdout.flush()?;
         }
-        if !request.auto_approve && !confirm()? {
-            writeln!(stdout, "Apply cancelled: nothing was sent.")?;
-            return Ok(ApplyOutcome { report: None });
+        if !request.auto_approve {
+            require_terminal()?;
+            drop(stdout);
+            let answer = ask(APPLY_QUESTION, stop).await?;
+            stdout = std::io::stdout().lock();
+            if answer != Answer::Yes {
+                if answer == Answer::Interrupted {
+                    writeln!(stdout)?;
+                }
+                writeln!(stdout, "Apply cancelled: nothing was sent.")?;
+                return Ok(ApplyOutcome { report: None });
+            }
         }
     }
     drop(stdout);
@@ -139,6 +148,14 @@ pub async fn apply(
     };
     let total = plan.changes.iter().filter(|c| c.action.writes()).count();
     let progress = ProgressLine::new(total);
+    // From here a signal drains: batches in flight finish and are recorded.
+    let announce = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            stop.stopped().await;
+            eprintln!("stopping: no new batches; waiting for the ones in flight to finish and be recorded (signal again to stop at once)");
+        }
+    });
     let report = apply::execute(
         &plan,
         &snapshot,
@@ -149,6 +166,7 @@ pub async fn apply(
         &|p| progress.update(p),
     )
     .await;
+    announce.abort();
     progress.finish();
     Ok(ApplyOutcome {
         report: Some(report),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 
-use super::{confirm, Globals};
+use super::{ask, require_terminal, Answer, Globals, APPLY_QUESTION};
 use crate::api::AttrSlot;
 use crate::apply::{self, CallStats, RetryPolicy, StopSignal};
 use crate::link::connect;
@@ -67,9 +67,17 @@ pub async fn attributes_push(ctx: &Globals, auto_approve: bool) -> Result<String
     for (slot, attr) in &additions {
         preview.push_str(&format!("  + slot {slot}: {} (for UserIDs)\n", attr.name));
     }
-    print!("{preview}");
-    if !auto_approve && !confirm()? {
-        return Ok("Cancelled: nothing was registered.\n".to_owned());
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(preview.as_bytes())?;
+        stdout.flush()?;
+    }
+    if !auto_approve {
+        require_terminal()?;
+        if ask(APPLY_QUESTION, &stop).await? != Answer::Yes {
+            return Ok("Cancelled: nothing was registered.\n".to_owned());
+        }
     }
     // Send the registered slots unchanged, each with its account type, with the new ones:
     // whether the API merges or replaces a partial map is not documented, the full map is

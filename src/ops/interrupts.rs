@@ -47,7 +47,8 @@ pub fn listen(stop: StopSignal) -> Received {
             .first("second signal: stopping now (batches in flight may be sent again next time)")
             .await;
         flag.store(code, Ordering::SeqCst);
-        eprintln!("stopping: no new batches; waiting for the ones in flight to finish and be recorded (signal again to stop at once)");
+        // What a signal means depends on the phase (a prompt is cancelled, an apply drains):
+        // whoever waits on `stop` says so.
         stop.stop();
     });
     received

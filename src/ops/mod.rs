@@ -186,24 +186,56 @@ pub fn read_named_file(path: &Path) -> Result<String> {
     String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }
 
-/// Asks on the terminal; refuses without one.
-fn confirm() -> Result<bool> {
+/// Refuses to ask without a terminal: an apply needs `--auto-approve` or a saved plan then.
+fn require_terminal() -> Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!(
             "refusing to apply without confirmation: stdin is not a terminal; re-run with --auto-approve, \
              or save a plan with `attrsync plan --out FILE` and apply it with `attrsync apply FILE`"
         );
     }
-    ask("\nDo you want to apply these changes? Only 'yes' will be accepted: ")
+    Ok(())
 }
 
-/// Asks `question` on the terminal; true only for `yes`.
-fn ask(question: &str) -> Result<bool> {
-    print!("{question}");
-    std::io::stdout().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(answer.trim() == "yes")
+/// What the person at the terminal answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// `yes`.
+    Yes,
+    /// Anything else, or end of input.
+    No,
+    /// SIGINT or SIGTERM while the question was open.
+    Interrupted,
+}
+
+/// The question before an apply.
+const APPLY_QUESTION: &str = "\nDo you want to apply these changes? Only 'yes' will be accepted: ";
+
+/// Asks `question` on the terminal; answers [`Answer::Interrupted`] at once when `stop` fires
+/// meanwhile (Ctrl-C at the prompt cancels, as it does in Terraform), without waiting for
+/// Enter.
+async fn ask(question: &str, stop: &crate::apply::StopSignal) -> Result<Answer> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(question.as_bytes())?;
+    stdout.flush()?;
+    drop(stdout);
+    // A plain thread, not the runtime's blocking pool: a read of the terminal cannot be
+    // cancelled, and the runtime waits for its blocking tasks when it shuts down.
+    let (send, answer) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = std::io::stdin().lock().read_line(&mut line).map(|_| line);
+        let _ = send.send(read);
+    });
+    tokio::select! {
+        () = stop.stopped() => Ok(Answer::Interrupted),
+        read = answer => match read {
+            Ok(Ok(line)) if line.trim() == "yes" => Ok(Answer::Yes),
+            Ok(Ok(_)) => Ok(Answer::No),
+            Ok(Err(error)) => Err(error).context("cannot read the answer from the terminal"),
+            Err(_) => Ok(Answer::No),
+        },
+    }
 }
 
 #[cfg(test)]

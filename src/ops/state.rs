@@ -162,7 +162,8 @@ pub async fn state_unlock(ctx: &Globals, lock_id: &str, force: bool) -> Result<S
              write is refused and its users in flight stay in doubt.\nDo you really want to \
              force-unlock lock {lock_id}? Only 'yes' will be accepted: "
         );
-        if !super::ask(&question)? {
+        let never = crate::apply::StopSignal::new();
+        if super::ask(&question, &never).await? != super::Answer::Yes {
             return Ok("Unlock cancelled.\n".to_owned());
         }
     }

@@ -13,6 +13,7 @@ mod api_secrets;
 mod api_usersig;
 mod apply_executor;
 mod cli_apply;
+mod cli_experience;
 mod cli_plan;
 mod cli_postgres;
 mod cli_state;

@@ -1,0 +1,211 @@
+//! The command line as a new user and a CI script meet it: exit codes of usage errors, a
+//! closed stdout, Ctrl-C at the prompt, and the messages around them.
+
+use std::io::{Read as _, Write as _};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use attrsync::emulator::DEMO_SECRET_KEY;
+
+use crate::common::{self, Repo, Server, SETTINGS};
+
+/// A repository whose config points at `server`, declaring `users` in one file.
+fn repo_for(server: &Server, users: &str) -> Repo {
+    let settings = SETTINGS.replace("region: singapore", &format!("endpoint: {}", server.url()));
+    let repo = Repo::new(&[("attrsync.yaml", &settings)]);
+    repo.mkdir("users");
+    repo.write("users/a.yaml", users);
+    repo
+}
+
+mod exit_codes {
+    use super::*;
+
+    #[test]
+    fn a_usage_error_exits_1_never_the_2_of_changes_present() {
+        let repo = Repo::with_users(&[("users/a.yaml", "users:\n  Mary: {city: Oslo}\n")]);
+        for args in [
+            &["plan", "--detailed-exitcode", "--bogus"][..],
+            &["plan", "--format", "yaml"],
+            &["no-such-command"],
+            &[],
+        ] {
+            let out = repo.run(args);
+            out.expect_code(1);
+            assert!(out.stderr.contains("--help"), "{args:?}: {}", out.stderr);
+        }
+        // The same plan without the typo has changes: 2.
+        repo.run(&["plan", "--detailed-exitcode"]).expect_code(2);
+    }
+
+    #[test]
+    fn help_and_version_succeed_on_stdout() {
+        let repo = Repo::new(&[]);
+        for args in [&["--help"][..], &["plan", "--help"], &["-h"], &["--version"], &["help"]] {
+            let out = repo.run(args);
+            out.expect_code(0);
+            assert!(!out.stdout.is_empty(), "{args:?}");
+        }
+    }
+}
+
+mod closed_stdout {
+    use super::*;
+
+    /// Runs `attrsync ARGS` with a stdout whose reader is gone before anything is written.
+    fn run_into_closed_pipe(repo: &Repo, args: &[&str]) -> (i32, String) {
+        let mut child = repo
+            .command(args)
+            .env("TIM_SECRET_KEY", DEMO_SECRET_KEY)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = child.wait().unwrap();
+        let code = status
+            .code()
+            .unwrap_or_else(|| panic!("{args:?} ended by a signal: {status:?}\n{stderr}"));
+        (code, stderr)
+    }
+
+    #[test]
+    fn plan_state_list_and_validate_end_quietly() {
+        let repo = Repo::with_users(&[("users/a.yaml", "users:\n  Mary: {city: Oslo}\n")]);
+        repo.seed(&[("Mary", &[("city", "Lima")])]);
+        for args in [
+            &["plan"][..],
+            &["plan", "--format", "json"],
+            &["state", "list"],
+            &["state", "export"],
+            &["state", "show", "Mary"],
+            &["validate"],
+        ] {
+            let (code, stderr) = run_into_closed_pipe(&repo, args);
+            assert_eq!((code, stderr.as_str()), (0, ""), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn an_apply_whose_stdout_closed_sends_nothing_and_says_so() {
+        let server = Server::default();
+        let repo = repo_for(&server, "users:\n  Mary: {city: Oslo}\n");
+        let (code, stderr) = run_into_closed_pipe(&repo, &["apply", "--auto-approve"]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains("stdout was closed before the apply started: nothing was sent"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(server.calls("set_attr"), 0);
+    }
+}
+
+mod prompt {
+    use super::*;
+
+    /// `attrsync apply` on a terminal (`script` gives it one): the prompt is shown, then
+    /// `keys` are typed. Returns the exit code, the terminal's output, and how long the
+    /// process took after the keys.
+    fn apply_on_a_terminal(repo: &Repo, keys: &[u8]) -> (i32, String, Duration) {
+        let command = format!("{} apply", env!("CARGO_BIN_EXE_attrsync"));
+        let mut child = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .current_dir(repo.dir())
+            .env("TIM_SECRET_KEY", DEMO_SECRET_KEY)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script(1) from util-linux runs");
+        let mut terminal = child.stdout.take().unwrap();
+        let (chunks, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = terminal.read(&mut buffer) {
+                if chunks.send(buffer[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let read_until = |seen: &mut Vec<u8>, what: &str| {
+            let deadline = Instant::now() + common::TIMEOUT;
+            while !String::from_utf8_lossy(seen).contains(what) {
+                match received.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(chunk) => seen.extend(chunk),
+                    Err(_) => panic!(
+                        "no {what:?} on the terminal:\n{}",
+                        String::from_utf8_lossy(seen)
+                    ),
+                }
+            }
+        };
+        read_until(&mut seen, "Only 'yes' will be accepted");
+        let typed = Instant::now();
+        child.stdin.as_mut().unwrap().write_all(keys).unwrap();
+        child.stdin.as_mut().unwrap().flush().unwrap();
+        let deadline = typed + common::TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "apply did not end after the keys were typed:\n{}",
+                    String::from_utf8_lossy(&seen)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = typed.elapsed();
+        while let Ok(chunk) = received.recv_timeout(Duration::from_secs(1)) {
+            seen.extend(chunk);
+        }
+        let code = status.code().expect("script exits with the child's code");
+        (code, String::from_utf8_lossy(&seen).into_owned(), took)
+    }
+
+    #[test]
+    fn ctrl_c_at_the_confirmation_prompt_cancels_at_once_with_130() {
+        let server = Server::default();
+        let repo = repo_for(&server, "users:\n  Mary: {city: Oslo}\n");
+        // ^C on a terminal: the line discipline sends SIGINT to attrsync.
+        let (code, terminal, took) = apply_on_a_terminal(&repo, b"\x03");
+        assert_eq!(code, 130, "{terminal}");
+        assert!(
+            terminal.contains("Apply cancelled: nothing was sent."),
+            "{terminal}"
+        );
+        assert!(!terminal.contains("stopping: no new batches"), "{terminal}");
+        // At once, not after Enter: the process would wait forever otherwise.
+        assert!(took < common::TIMEOUT, "{took:?}");
+        assert_eq!(server.calls("set_attr"), 0);
+        assert_eq!(repo.run(&["state", "list"]).stdout, "");
+    }
+
+    #[test]
+    fn yes_applies_and_anything_else_cancels() {
+        let server = Server::default();
+        let repo = repo_for(&server, "users:\n  Mary: {city: Oslo}\n");
+        let (code, terminal, _) = apply_on_a_terminal(&repo, b"no\r");
+        assert_eq!(code, 1, "{terminal}");
+        assert!(terminal.contains("Apply cancelled"), "{terminal}");
+        assert_eq!(server.calls("set_attr"), 0);
+        let (code, terminal, _) = apply_on_a_terminal(&repo, b"yes\r");
+        assert_eq!(code, 0, "{terminal}");
+        assert_eq!(server.calls("set_attr"), 1);
+    }
+}
