@@ -37,7 +37,10 @@ pub enum LinkError {
     #[error("cannot set up the API client: {0}")]
     Client(#[from] ClientBuildError),
     /// `get_attr_name` failed.
-    #[error("cannot read the app's attribute names from {endpoint}: {source}")]
+    #[error(
+        "cannot reach the Tencent Cloud IM API at {endpoint} (reading the app's attribute names): {source}; \
+         check `region` or `endpoint` in attrsync.yaml, and that this machine can reach it"
+    )]
     AttributeNames {
         /// Where the client points.
         endpoint: String,
@@ -139,11 +142,22 @@ pub async fn connect(settings: &Settings) -> Result<Connection, LinkError> {
     })
 }
 
-/// Checks that every configured attribute name is registered on the app (`get_attr_name`).
+/// How the preflight retries: a few quick attempts (under 2 s in all), so that a wrong
+/// endpoint is reported at once rather than after a minute of backoff; a server's short
+/// hiccup still passes.
+pub const PREFLIGHT_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 4,
+    base: std::time::Duration::from_millis(200),
+    cap: std::time::Duration::from_secs(1),
+};
+
+/// Checks that the server answers as Tencent Cloud IM and that every configured attribute
+/// name is registered on the app (`get_attr_name`). Run before anything is shown or sent, so
+/// that a wrong endpoint fails fast, naming it.
 pub async fn preflight(connection: &Connection, settings: &Settings) -> Result<(), LinkError> {
     let registered = apply::with_retries(
         &connection.client,
-        &RetryPolicy::default(),
+        &PREFLIGHT_RETRY,
         &StopSignal::new(),
         &CallStats::default(),
         || connection.client.get_attr_name(),

@@ -502,7 +502,14 @@ pub(crate) fn read_answer(
         maybe_applied,
     };
     let quote = || quote_body(bytes);
-    if status.is_server_error() || status == reqwest::StatusCode::REQUEST_TIMEOUT {
+    // 501 and 505 say that whatever answered does not speak this API at all (a static file
+    // server answers a POST with 501): retrying cannot help.
+    let not_this_api = [
+        reqwest::StatusCode::NOT_IMPLEMENTED,
+        reqwest::StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+    ]
+    .contains(&status);
+    if (status.is_server_error() && !not_this_api) || status == reqwest::StatusCode::REQUEST_TIMEOUT {
         return Err(ApiError::Transient {
             endpoint,
             code: None,

@@ -101,12 +101,11 @@ pub async fn apply(
         }
     };
     plan::check_mass_delete(&plan, guards)?;
-    let mut stdout = std::io::stdout().lock();
     let header = super::endpoint_header(settings, &plan, false);
     if !plan.summary.has_writes() {
         if !request.json {
             write!(
-                stdout,
+                std::io::stdout().lock(),
                 "{header}{}",
                 plan::render_text(&plan, ctx.text_style())
             )?;
@@ -115,6 +114,15 @@ pub async fn apply(
             report: Some(Report::default()),
         });
     }
+    let prompts = request.plan_file.is_none() && !request.auto_approve;
+    if prompts {
+        require_terminal()?;
+    }
+    // Something will be sent: check the server first, so that a wrong endpoint or key fails
+    // in a second, naming the endpoint, before a plan that cannot be applied is shown.
+    let connection = connect(settings).await?;
+    preflight(&connection, settings).await?;
+    let mut stdout = std::io::stdout().lock();
     if request.plan_file.is_none() {
         if !request.json {
             write!(
@@ -124,8 +132,7 @@ pub async fn apply(
             )?;
             stdout.flush()?;
         }
-        if !request.auto_approve {
-            require_terminal()?;
+        if prompts {
             drop(stdout);
             let answer = ask(APPLY_QUESTION, stop).await?;
             stdout = std::io::stdout().lock();
@@ -139,8 +146,6 @@ pub async fn apply(
         }
     }
     drop(stdout);
-    let connection = connect(settings).await?;
-    preflight(&connection, settings).await?;
     let options = ApplyOptions {
         batch_size: settings.batch_size,
         in_flight: apply::IN_FLIGHT,

@@ -123,6 +123,8 @@ async fn read_live(
     users: &[crate::model::UserId],
 ) -> Result<(crate::apply::Live, usize)> {
     let connection = crate::link::connect(settings).await?;
+    // A wrong endpoint fails in a second here rather than after every read's retries.
+    crate::link::preflight(&connection, settings).await?;
     let stats = crate::apply::CallStats::default();
     let live = crate::apply::read_live(
         &connection.client,

@@ -19,6 +19,13 @@ fn repo_for(server: &Server, users: &str) -> Repo {
     repo
 }
 
+/// Runs `attrsync ARGS` in `repo` with the emulator's key.
+fn run_with_key(repo: &Repo, args: &[&str]) -> common::Output {
+    let mut command = repo.command(args);
+    command.env("TIM_SECRET_KEY", DEMO_SECRET_KEY);
+    common::run(command)
+}
+
 mod exit_codes {
     use super::*;
 
@@ -107,6 +114,66 @@ mod closed_stdout {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert_eq!(server.calls("set_attr"), 0);
+    }
+}
+
+mod wrong_endpoint {
+    use super::*;
+
+    /// A repository whose config points at `url`, with one user to create.
+    fn repo_at(url: &str) -> Repo {
+        let settings = SETTINGS.replace("region: singapore", &format!("endpoint: {url}"));
+        let repo = Repo::new(&[("attrsync.yaml", &settings)]);
+        repo.mkdir("users");
+        repo.write("users/a.yaml", "users:\n  Mary: {city: Oslo}\n");
+        repo
+    }
+
+    #[test]
+    fn nothing_listening_fails_in_a_few_quick_attempts_before_the_plan_is_shown() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let repo = repo_at(&url);
+        let started = Instant::now();
+        let out = run_with_key(&repo, &["apply", "--auto-approve"]);
+        out.expect_code(1);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            out.stderr
+                .contains(&format!("cannot reach the Tencent Cloud IM API at {url}")),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stdout.contains("will perform"), "{}", out.stdout);
+        assert_eq!(repo.run(&["state", "list"]).stdout, "");
+    }
+
+    #[test]
+    fn a_server_that_is_not_tencent_im_is_asked_once() {
+        // What `python3 -m http.server` answers to a POST.
+        let canned = common::Canned::start(|_| {
+            common::Canned::response(
+                "501 Unsupported method ('POST')",
+                &[("Content-Type", "text/html")],
+                b"<html><body><h1>Error response</h1></body></html>",
+            )
+        });
+        let repo = repo_at(&canned.url());
+        let out = run_with_key(&repo, &["apply", "--auto-approve"]);
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains("did not answer like Tencent Cloud IM")
+                && out.stderr.contains(&canned.url()),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(canned.seen().len(), 1, "{:?}", canned.seen());
+        assert!(!out.stdout.contains("will perform"), "{}", out.stdout);
     }
 }
 
