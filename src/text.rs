@@ -18,9 +18,33 @@ pub fn s(n: usize) -> &'static str {
     }
 }
 
+/// A user id as plan text and logs show it: as it is when it is one plain word, quoted with
+/// escapes otherwise, so that a space, a quote or a control character in it stays visible.
+pub fn quote_user(id: &str) -> String {
+    let plain = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\\');
+    if plain {
+        id.to_owned()
+    } else {
+        format!("{id:?}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids_are_quoted_only_when_a_plain_word_would_hide_something() {
+        assert_eq!(quote_user("Mary"), "Mary");
+        assert_eq!(quote_user("李雷"), "李雷");
+        assert_eq!(quote_user("mary smith"), "\"mary smith\"");
+        assert_eq!(quote_user("tab\there"), "\"tab\\there\"");
+        assert_eq!(quote_user("say \"hi\""), "\"say \\\"hi\\\"\"");
+        assert_eq!(quote_user(" "), "\" \"");
+    }
 
     #[test]
     fn plurals() {

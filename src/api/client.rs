@@ -509,7 +509,8 @@ pub(crate) fn read_answer(
         reqwest::StatusCode::HTTP_VERSION_NOT_SUPPORTED,
     ]
     .contains(&status);
-    if (status.is_server_error() && !not_this_api) || status == reqwest::StatusCode::REQUEST_TIMEOUT {
+    if (status.is_server_error() && !not_this_api) || status == reqwest::StatusCode::REQUEST_TIMEOUT
+    {
         return Err(ApiError::Transient {
             endpoint,
             code: None,

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-use super::{ask, describe_failed, open_for_writing, require_terminal, Answer, Globals, APPLY_QUESTION};
+use super::{
+    ask, describe_failed, open_for_writing, require_terminal, Answer, Globals, APPLY_QUESTION,
+};
 use crate::apply::{self, ApplyOptions, Progress, Report, RetryPolicy, StopSignal};
 use crate::link::{connect, preflight};
 use crate::plan::{self, Guards, PlanOptions};

@@ -69,6 +69,8 @@ pub(super) struct Pass {
     pub(super) desired_users: Option<usize>,
     pub(super) summary: Option<Summary>,
     pub(super) report: Option<Report>,
+    /// The users the pass changed and which attributes (see `describe_changes`).
+    pub(super) changed: Option<String>,
 }
 
 pub(super) struct Daemon {
@@ -93,6 +95,10 @@ pub(super) struct Daemon {
     pub(super) last_diagnostics: Option<Diagnostics>,
     /// `(digest, serial, summary)` of the plan last logged in `--plan-only` mode.
     pub(super) last_logged_plan: Option<(String, u64, Summary)>,
+    /// Whether any reconcile has connected to the server since the daemon started.
+    pub(super) connected_once: bool,
+    /// Why the daemon must exit: a problem no edit of the config can fix while it runs.
+    pub(super) fatal: Option<String>,
 }
 
 impl Daemon {
@@ -246,7 +252,12 @@ impl Daemon {
                 }
             }
         };
-        Some(self.finish(trigger, &pass, result, started.elapsed()))
+        let retry = self.finish(trigger, &pass, result, started.elapsed());
+        // Exiting says more than retrying for ever: a supervisor shows the failed unit.
+        if self.fatal.is_some() {
+            return None;
+        }
+        Some(retry)
     }
 
     /// Logs the pass as one structured line, updates metrics and readiness, and applies the
@@ -262,7 +273,9 @@ impl Daemon {
         let report = pass.report.as_ref();
         let duration_ms = elapsed.as_millis() as u64;
         let applied = report.map(|r| r.applied() as u64);
-        let failed = report.map(|r| (r.failed.len() + r.skipped) as u64);
+        let failed = report.map(|r| r.failed.len() as u64);
+        // Users an interrupted or stopped apply never sent: not failures, re-planned next time.
+        let not_sent = report.map(|r| r.skipped as u64);
         macro_rules! log_pass {
             ($level:ident, $result:expr, $error:expr, $retry_in_ms:expr, $($message:tt)+) => {
                 tracing::$level!(
@@ -279,6 +292,8 @@ impl Daemon {
                     unchanged = summary.map(|s| s.unchanged as u64),
                     applied,
                     failed,
+                    not_sent,
+                    changes = pass.changed.as_deref(),
                     duration_ms,
                     error = $error,
                     retry_in_ms = $retry_in_ms,
@@ -293,10 +308,14 @@ impl Daemon {
                 self.last_diagnostics = None;
                 self.shared.metrics.reconciled(true, elapsed.as_secs_f64());
                 self.shared.status().ready = Ok(());
+                let changed = pass
+                    .changed
+                    .as_deref()
+                    .map_or_else(String::new, |c| format!(": {c}"));
                 let done = match (self.options.plan_only, applied) {
                     (true, _) => " Plan only: nothing applied.".to_owned(),
-                    (false, Some(1)) => " Applied 1 user.".to_owned(),
-                    (false, Some(applied)) => format!(" Applied {applied} users."),
+                    (false, Some(1)) => format!(" Applied 1 user{changed}."),
+                    (false, Some(applied)) => format!(" Applied {applied} users{changed}."),
                     (false, None) => String::new(),
                 };
                 log_pass!(
@@ -323,7 +342,24 @@ impl Daemon {
                 Some(STANDBY_RETRY)
             }
             Err(ReconcileError::Interrupted) => {
-                log_pass!(info, "interrupted", None::<&str>, None::<u64>, "reconcile interrupted by shutdown ({trigger}): the batches in flight were recorded; the rest is applied at the next start");
+                let not_sent = not_sent.unwrap_or(0) as usize;
+                log_pass!(info, "interrupted", None::<&str>, None::<u64>, "reconcile interrupted by shutdown ({trigger}): the batches in flight were recorded; {} not sent, applied at the next start", crate::text::plural(not_sent, "user"));
+                None
+            }
+            Err(ReconcileError::Link(error))
+                if error.needs_the_environment() && !self.connected_once =>
+            {
+                // The daemon's environment cannot change while it runs: the secret key is
+                // missing from the start, so no edit or retry can help.
+                let message = error.to_string();
+                log_pass!(
+                    error,
+                    "failure",
+                    Some(message.as_str()),
+                    None::<u64>,
+                    "cannot start reconciling ({trigger}): {message}"
+                );
+                self.fatal = Some(message);
                 None
             }
             Err(error) => {

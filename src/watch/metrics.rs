@@ -201,8 +201,14 @@ impl Metrics {
     /// Adds what an apply did.
     pub(crate) fn applied(&self, report: &Report) {
         self.users_applied.inc_by(report.applied() as u64);
+        // Users a shutdown left unsent did not fail: they are sent at the next start.
+        let unsendable = if report.interrupted {
+            0
+        } else {
+            report.skipped
+        };
         self.users_failed
-            .inc_by((report.failed.len() + report.skipped) as u64);
+            .inc_by((report.failed.len() + unsendable) as u64);
         self.api_retries.inc_by(report.retries as u64);
         self.api_throttled.inc_by(report.throttled as u64);
         for (endpoint, outcomes) in &report.calls_by_endpoint {

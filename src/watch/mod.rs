@@ -143,6 +143,10 @@ pub enum WatchError {
     /// A signal handler could not be installed.
     #[error("cannot listen for signals: {0}")]
     Signals(std::io::Error),
+    /// The daemon's environment lacks what it needs (the secret key), which cannot change
+    /// while it runs.
+    #[error("{0}; then start the daemon again")]
+    Environment(String),
     /// The config directory's path could not be made absolute.
     #[error("cannot resolve the config directory {}: {source}", .dir.display())]
     Dir {
@@ -443,6 +447,8 @@ pub async fn run(
         failures: 0,
         last_diagnostics: None,
         last_logged_plan: None,
+        connected_once: false,
+        fatal: None,
     };
     daemon.run_loop(events, hangup, down_rx).await;
     if let (Some(scan), Some(open)) = (daemon.drift.as_mut(), daemon.store.as_ref()) {
@@ -451,9 +457,13 @@ pub async fn run(
     // Release every handle on the snapshot: dropping the last one flushes it and removes
     // holder.json, so a CLI command can open it the moment the process is gone.
     daemon.shared.status().current = None;
+    let daemon_fatal = daemon.fatal.take();
     drop(daemon);
     if let Some(server) = server {
         let _ = timeout(Duration::from_secs(1), server).await;
+    }
+    if let Some(reason) = daemon_fatal {
+        return Err(WatchError::Environment(reason));
     }
     tracing::info!("stopped");
     Ok(())

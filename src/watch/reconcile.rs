@@ -12,8 +12,8 @@ use crate::api::AttrApi;
 use crate::apply::{self, ApplyOptions, Progress, Report, StopSignal};
 use crate::config::{self, Config, Settings};
 use crate::link;
-use crate::model::Plan;
 use crate::model::Snapshot;
+use crate::model::{Action, Plan};
 use crate::plan::{self, Guards, PlanOptions, TextStyle};
 use crate::state::{Access, OnOtherTarget, SnapshotStore, StateError};
 
@@ -82,6 +82,9 @@ impl Daemon {
             writes.saturating_sub(report.applied()),
         );
         let outcome = pass_outcome(&report);
+        if outcome.is_ok() {
+            pass.changed = Some(describe_changes(&planned.plan));
+        }
         pass.report = Some(report);
         outcome
     }
@@ -215,6 +218,7 @@ impl Daemon {
                 self.drift = None;
             }
             let connection = link::connect(settings).await?;
+            self.connected_once = true;
             tracing::info!(endpoint = %connection.base_url, "connected");
             self.link = Some(Link {
                 key,
@@ -351,7 +355,7 @@ pub(crate) fn pass_outcome(report: &Report) -> Result<(), ReconcileError> {
 /// Why an apply did not finish, in one line: counts, the first refused users, the fatal error.
 pub(super) fn describe_failure(report: &Report) -> String {
     let mut text = format!(
-        "{} applied, {} failed, {} not attempted",
+        "{} applied, {} failed, {} not sent",
         report.applied(),
         report.failed.len(),
         report.skipped
@@ -373,6 +377,45 @@ pub(super) fn describe_failure(report: &Report) -> String {
         text.push_str(&format!("; stopped: {error}"));
     }
     text
+}
+
+/// How many users a reconcile's log line names before it only counts the rest.
+const NAMED_CHANGES: usize = 20;
+
+/// The users a plan changes and which attributes, for the log: `Mary (created: city, sex);
+/// Bob (updated: city); ghost (deleted)`, the first [`NAMED_CHANGES`], then a count. Values are
+/// left out: the log names what changed, `/plan` and the snapshot hold the data.
+pub(super) fn describe_changes(plan: &Plan) -> String {
+    let writes: Vec<&crate::model::Change> =
+        plan.changes.iter().filter(|c| c.action.writes()).collect();
+    let mut parts: Vec<String> = writes
+        .iter()
+        .take(NAMED_CHANGES)
+        .map(|change| {
+            let verb = match change.action {
+                Action::Create => "created",
+                Action::Update => "updated",
+                Action::Delete => "deleted",
+                Action::Resend => "re-sent",
+                Action::Orphaned => "orphaned",
+            };
+            let names: Vec<&str> = change
+                .attrs
+                .iter()
+                .filter(|a| change.action != Action::Update || a.before != a.after)
+                .map(|a| a.name.as_str())
+                .collect();
+            let user = crate::text::quote_user(change.user.as_str());
+            match (change.action, names.is_empty()) {
+                (Action::Delete, _) | (_, true) => format!("{user} ({verb})"),
+                _ => format!("{user} ({verb}: {})", names.join(", ")),
+            }
+        })
+        .collect();
+    if writes.len() > NAMED_CHANGES {
+        parts.push(format!("and {} more", writes.len() - NAMED_CHANGES));
+    }
+    parts.join("; ")
 }
 
 /// A progress line every [`PROGRESS_EVERY`] during a long apply.

@@ -49,7 +49,13 @@ mod exit_codes {
     #[test]
     fn help_and_version_succeed_on_stdout() {
         let repo = Repo::new(&[]);
-        for args in [&["--help"][..], &["plan", "--help"], &["-h"], &["--version"], &["help"]] {
+        for args in [
+            &["--help"][..],
+            &["plan", "--help"],
+            &["-h"],
+            &["--version"],
+            &["help"],
+        ] {
             let out = repo.run(args);
             out.expect_code(0);
             assert!(!out.stdout.is_empty(), "{args:?}");

@@ -44,6 +44,96 @@ fn an_edit_is_applied() {
     assert_eq!(edit["files_changed"], 1);
     assert_eq!(edit["update"], 1);
     assert_eq!(edit["applied"], 1);
+    // The log names who changed and which attributes, not the values.
+    assert_eq!(edit["changes"], "Mary (updated: city)", "{edit}");
+    let message = edit["message"].as_str().unwrap();
+    assert!(
+        message.ends_with("Applied 1 user: Mary (updated: city)."),
+        "{message}"
+    );
+    assert!(!message.contains("Boston"), "{message}");
+}
+
+#[test]
+fn a_reconcile_names_the_first_twenty_users_it_changed_then_counts() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    let users: String = (0..25)
+        .map(|i| format!("  u{i:02}: {{city: Lima}}\n"))
+        .collect();
+    repo.write(
+        "people.yaml",
+        &format!("users:\n{users}  mary smith: {{sex: female}}\n"),
+    );
+    let daemon = Daemon::start(&repo, &[]);
+    let first = daemon.wait_reconciles(1);
+    assert_eq!(first["result"], "success", "{}", daemon.log());
+    let changes = first["changes"].as_str().unwrap();
+    // By user id; an id with a space is quoted.
+    assert!(
+        changes.starts_with("\"mary smith\" (created: sex); u00 (created: city);"),
+        "{changes}"
+    );
+    assert!(
+        changes.ends_with("u18 (created: city); and 6 more"),
+        "{changes}"
+    );
+    repo.write(
+        "people.yaml",
+        &format!("users:\n{users}  mary smith: {{sex: male}}\n"),
+    );
+    let second = daemon.wait_reconciles(2);
+    assert_eq!(
+        second["changes"], "\"mary smith\" (updated: sex)",
+        "{second}"
+    );
+}
+
+#[test]
+fn without_its_secret_key_the_daemon_exits_1_at_start_naming_the_variable() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    repo.write("people.yaml", "users:\n  Mary: {city: Lima}\n");
+    let mut daemon = Daemon::start_with(&repo, &[], &[("TIM_SECRET_KEY", "")]);
+    let (status, _) = daemon.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(
+        log.contains("export TIM_SECRET_KEY=") && log.contains("then start the daemon again"),
+        "{log}"
+    );
+    assert_eq!(emulator.state()["calls"]["get_attr_name"]["total"], 0);
+}
+
+#[test]
+fn a_rejected_key_shows_on_readyz_and_in_one_line_per_backoff_step() {
+    let emulator = Emulator::start(&[]);
+    let repo = Repo::new(&emulator, "");
+    repo.write("people.yaml", "users:\n  Mary: {city: Lima}\n");
+    let mut daemon = Daemon::start_with(&repo, &[], &[("TIM_SECRET_KEY", "not-the-key")]);
+    let second = daemon.wait_reconciles(2);
+    assert_eq!(second["result"], "failure", "{second}");
+    assert_eq!(second["trigger"], "retry", "{second}");
+    let (status, _, body) = daemon.http("GET", "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("70009"), "{body}");
+    // Each failed attempt is one warning that says when the next one comes.
+    let failures: Vec<Value> = daemon
+        .reconciles()
+        .into_iter()
+        .filter(|l| l["result"] == "failure")
+        .collect();
+    assert!(
+        failures
+            .iter()
+            .all(|l| l["level"] == "WARN" && l["retry_in_ms"].is_u64()),
+        "{failures:?}"
+    );
+    assert_eq!(failures[0]["retry_in_ms"], 1000);
+    assert_eq!(failures[1]["retry_in_ms"], 2000);
+    // Unlike a missing key, a rejected one may be fixed while it runs (a rotated key is
+    // picked up by a restart, the console may re-enable the app): the daemon keeps trying.
+    assert!(daemon.alive());
 }
 
 #[test]
@@ -226,6 +316,13 @@ fn sigterm_during_a_long_apply_exits_0_with_a_consistent_snapshot() {
         .pop()
         .expect("the interrupted reconcile is logged");
     assert_eq!(last["result"], "interrupted", "{}", daemon.log());
+    // Users the shutdown left unsent did not fail.
+    assert_eq!(last["failed"], 0, "{last}");
+    assert!(last["not_sent"].as_u64().unwrap() > 0, "{last}");
+    assert!(
+        last["message"].as_str().unwrap().contains("not sent"),
+        "{last}"
+    );
 
     // Consistent: every user the snapshot records is on the server with those attributes, and
     // the batches that were in flight were recorded (the apply stopped part-way).
