@@ -263,15 +263,18 @@ pub fn render_report(report: &Report) -> String {
             String::new()
         },
         if report.skipped > 0 {
-            format!(", {} not attempted", report.skipped)
+            format!(", {} not sent", report.skipped)
         } else {
             String::new()
         }
     ));
     out.push_str(&format!(
-        "  {} calls, {} retries, {} throttled, {:.2}s\n",
-        report.calls,
-        report.retries,
+        "  {}, {}, {} throttled, {:.2}s\n",
+        crate::text::plural(report.calls, "call"),
+        match report.retries {
+            1 => "1 retry".to_owned(),
+            n => format!("{n} retries"),
+        },
         report.throttled,
         report.elapsed.as_secs_f64()
     ));
@@ -285,7 +288,7 @@ pub fn render_report(report: &Report) -> String {
             };
             out.push_str(&format!(
                 "  - {}: {}{doubt}\n",
-                failed.user,
+                crate::text::quote_user(failed.user.as_str()),
                 describe_failed(failed)
             ));
         }

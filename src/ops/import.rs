@@ -53,10 +53,10 @@ pub async fn import(ctx: &Globals, users: &[String]) -> Result<String> {
         }
     }
     out.push_str(&format!(
-        "Imported {} from the server ({with_attrs} with attributes, {} without) in {} calls; the snapshot is at serial {}.\n",
+        "Imported {} from the server ({with_attrs} with attributes, {} without) in {}; the snapshot is at serial {}.\n",
         plan::plural(read, "user"),
         read - with_attrs,
-        calls,
+        plan::plural(calls, "call"),
         store.serial().await?
     ));
     if !live.errors.is_empty() {
@@ -72,7 +72,7 @@ pub async fn import(ctx: &Globals, users: &[String]) -> Result<String> {
         for failed in &live.errors {
             out.push_str(&format!(
                 "  - {}: {}\n",
-                failed.user,
+                crate::text::quote_user(failed.user.as_str()),
                 describe_failed(failed)
             ));
         }

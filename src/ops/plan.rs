@@ -116,7 +116,7 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
             for failed in &refreshed.unread {
                 warnings.push(format!(
                     "could not read {} from the server ({}); it is planned against the snapshot",
-                    failed.user,
+                    crate::text::quote_user(failed.user.as_str()),
                     describe_failed(failed)
                 ));
             }
@@ -160,15 +160,13 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
         }
         (PlanFormat::Json, None) => plan::to_json(&plan),
         (PlanFormat::Json, Some(drift)) => plan::to_json_with_drift(&plan, drift),
-        (PlanFormat::Markdown, None) => plan::render_markdown(&plan),
-        (PlanFormat::Markdown, Some(drift)) => {
-            plan::render_markdown(&plan) + &plan::render_drift_markdown(drift)
+        (PlanFormat::Markdown, drift) => {
+            plan::render_markdown(&plan, drift, &super::endpoint_header(settings, &plan, true))
         }
     };
     let output = match request.format {
-        PlanFormat::Json => output,
         PlanFormat::Text => super::endpoint_header(settings, &plan, false) + &output,
-        PlanFormat::Markdown => super::endpoint_header(settings, &plan, true) + &output,
+        PlanFormat::Json | PlanFormat::Markdown => output,
     };
     Ok(PlanOutcome {
         plan,

@@ -20,8 +20,21 @@ const DRIFT_LIMIT: usize = 4_000;
 /// A hidden marker that CI wrappers can search for to update one sticky comment in place.
 const MARKER: &str = "<!-- attrsync-plan -->";
 
-/// Renders a plan for a pull-request comment, at most [`MARKDOWN_LIMIT`] characters.
-pub fn render_markdown(plan: &Plan) -> String {
+/// Renders a plan for a pull-request comment: `header` (e.g. an endpoint call-out), the plan,
+/// and with `plan --refresh` the users that drifted; at most [`MARKDOWN_LIMIT`] characters in
+/// all, the plan's details giving way first.
+pub fn render_markdown(plan: &Plan, drift: Option<&[Drift]>, header: &str) -> String {
+    let drift = drift.map(render_drift_markdown).unwrap_or_default();
+    let budget = MARKDOWN_LIMIT.saturating_sub(header.len() + drift.len());
+    let mut out = String::with_capacity(MARKDOWN_LIMIT);
+    out.push_str(header);
+    out.push_str(&render_plan(plan, budget));
+    out.push_str(&drift);
+    out
+}
+
+/// The plan's part of the comment, at most `limit` bytes (never fewer characters).
+fn render_plan(plan: &Plan, limit: usize) -> String {
     let s = &plan.summary;
     let mut out = String::new();
     let _ = writeln!(
@@ -69,7 +82,7 @@ pub fn render_markdown(plan: &Plan) -> String {
         }
         block.push_str(&details(change));
         // Keep room for the truncation footer, so the cap holds even when we stop early.
-        if out.len() + block.len() + 300 > MARKDOWN_LIMIT {
+        if out.len() + block.len() + 300 > limit {
             break;
         }
         heading = Some(section);
@@ -88,9 +101,9 @@ pub fn render_markdown(plan: &Plan) -> String {
     out
 }
 
-/// The users changed outside attrsync (`plan --refresh`), as a section to append, capped like
-/// the plan.
-pub fn render_drift_markdown(drift: &[Drift]) -> String {
+/// The users changed outside attrsync (`plan --refresh`), as a section to append, at most
+/// [`DRIFT_LIMIT`] characters.
+fn render_drift_markdown(drift: &[Drift]) -> String {
     if drift.is_empty() {
         return "\n#### Drift\n\nThe server matches the snapshot: nothing changed outside attrsync.\n".to_owned();
     }
@@ -213,7 +226,7 @@ mod tests {
                 ..PlanOptions::default()
             },
         );
-        insta::assert_snapshot!(render_markdown(&p), @r#"
+        insta::assert_snapshot!(render_markdown(&p, None, ""), @r#"
         <!-- attrsync-plan -->
         ### attrsync plan
 
@@ -263,7 +276,7 @@ mod tests {
             &snapshot(0, &[]),
             PlanOptions::default(),
         );
-        let md = render_markdown(&p);
+        let md = render_markdown(&p, None, "");
         assert!(md.len() <= MARKDOWN_LIMIT, "{}", md.len());
         assert!(md.contains("**Plan: 5000 to create, 0 to update, 0 to delete.**"));
         let shown = md.matches("<details>").count();
@@ -275,5 +288,35 @@ mod tests {
             )),
             "{md}"
         );
+    }
+
+    #[test]
+    fn the_cap_holds_with_the_drift_section_and_a_header() {
+        use crate::model::{AttrChange, AttrName, AttrValue, UserId};
+        let p = plan(
+            &numbered("user", 5000, "city", "Somewhere"),
+            &snapshot(0, &[]),
+            PlanOptions::default(),
+        );
+        let drift: Vec<Drift> = (0..2000)
+            .map(|i| Drift {
+                user: UserId::new(&format!("drifted{i:05}")).unwrap(),
+                attrs: vec![AttrChange {
+                    name: AttrName::new("city").unwrap(),
+                    before: Some(AttrValue::new("Lima").unwrap()),
+                    after: Some(AttrValue::new("Oslo").unwrap()),
+                }],
+            })
+            .collect();
+        let header = "> **Endpoint change: this app's last write went to a; this plan sends the admin UserSig to b.**\n\n";
+        let md = render_markdown(&p, Some(&drift), header);
+        assert!(
+            md.chars().count() <= MARKDOWN_LIMIT,
+            "{}",
+            md.chars().count()
+        );
+        assert!(md.starts_with(header));
+        assert!(md.contains("#### Drift") && md.contains("more drifted users are not shown"));
+        assert!(md.contains("changes are not shown"));
     }
 }

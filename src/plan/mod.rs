@@ -9,7 +9,7 @@ mod text;
 
 pub use crate::text::plural;
 pub use json::{from_json, to_json, to_json_with_drift, PlanFileError};
-pub use markdown::{render_drift_markdown, render_markdown, MARKDOWN_LIMIT};
+pub use markdown::{render_markdown, MARKDOWN_LIMIT};
 pub use text::{render_drift_text, render_text, TextStyle};
 
 use sha2::{Digest, Sha256};

@@ -92,7 +92,10 @@ pub fn render_text(plan: &Plan, style: TextStyle) -> String {
             out,
             "  {} {} {verb}",
             painter.paint(color(colour), sign),
-            painter.paint(Style::new().bold(), change.user.as_str())
+            painter.paint(
+                Style::new().bold(),
+                &crate::text::quote_user(change.user.as_str())
+            )
         );
         match (&change.in_doubt, change.action) {
             (None, _) => out.push('\n'),
@@ -166,7 +169,10 @@ pub fn render_drift_text(drift: &[Drift], style: TextStyle) -> String {
             out,
             "  {} {}",
             painter.paint(color(AnsiColor::Magenta), "!"),
-            painter.paint(Style::new().bold(), user.user.as_str())
+            painter.paint(
+                Style::new().bold(),
+                &crate::text::quote_user(user.user.as_str())
+            )
         );
         for attr in &user.attrs {
             out.push_str("      ");

@@ -540,7 +540,7 @@ mod tests {
         let text = describe_failure(&report);
         assert_eq!(
             text,
-            "1 applied, 5 failed, 0 not attempted; u0: error 70107: not imported; u1: error 70107: not imported; \
+            "1 applied, 5 failed, 0 not sent; u0: error 70107: not imported; u1: error 70107: not imported; \
              u2: error 70107: not imported; and 2 more"
         );
     }

@@ -574,7 +574,7 @@ fn sigterm_mid_apply_finishes_in_flight_batches_and_exits_143() {
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("Apply interrupted"), "{stdout}");
-    assert!(stdout.contains("not attempted"), "{stdout}");
+    assert!(stdout.contains("not sent"), "{stdout}");
     let recorded = snapshot(&repo);
     assert!(
         !recorded.is_empty() && recorded.len() < 400,

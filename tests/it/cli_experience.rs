@@ -282,3 +282,40 @@ mod prompt {
         assert_eq!(server.calls("set_attr"), 1);
     }
 }
+
+mod wording {
+    use super::*;
+
+    #[test]
+    fn a_user_id_with_a_space_is_quoted_in_the_text_plan() {
+        let repo = Repo::with_users(&[(
+            "users/a.yaml",
+            "users:\n  \"mary smith\": {city: Oslo}\n  Bob: {city: Rome}\n",
+        )]);
+        let out = repo.run(&["plan"]);
+        out.success();
+        assert!(
+            out.stdout.contains("+ \"mary smith\" will be created"),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains("+ Bob will be created"),
+            "{}",
+            out.stdout
+        );
+    }
+
+    #[test]
+    fn one_call_is_one_call() {
+        let server = Server::default();
+        let repo = repo_for(&server, "users:\n  Mary: {city: Oslo}\n");
+        let out = run_with_key(&repo, &["apply", "--auto-approve"]);
+        out.success();
+        assert!(
+            out.stdout.contains("  1 call, 0 retries, 0 throttled"),
+            "{}",
+            out.stdout
+        );
+    }
+}
