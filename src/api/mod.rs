@@ -1,6 +1,6 @@
 //! The Tencent Cloud IM REST client: UserSig, wire types, rate limiter and error classes.
 //!
-//! - [`usersig`]: UserSig v2 signing and verification, pure functions (REFERENCE.md §4).
+//! - [`usersig`]: UserSig v2 signing and verification, pure functions (`docs/api.md`, "UserSig").
 //! - [`Client`]: one HTTP attempt per call to a `v4/timpush/*` endpoint, after waiting for the
 //!   shared [`RateLimiter`]; the UserSig is cached for 24 h and renewed 5 minutes before expiry.
 //! - [`ApiError`]: every failure classified (transient, rate-limited, UserSig expired, fatal) so

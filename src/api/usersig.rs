@@ -1,6 +1,6 @@
 //! UserSig v2 (TLSSigAPIv2): signing and verifying the admin credential, as pure functions.
 //!
-//! The algorithm, pinned by the official libraries (REFERENCE.md §4.2):
+//! The algorithm, pinned by the official libraries (`docs/api.md`, "UserSig"):
 //!
 //! 1. sign `TLS.identifier:{id}\nTLS.sdkappid:{appid}\nTLS.time:{t}\nTLS.expire:{exp}\n` with
 //!    HMAC-SHA256, the key being the UTF-8 bytes of the console's hex string;

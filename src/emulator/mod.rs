@@ -1,7 +1,7 @@
 //! A local stand-in for the Tencent Cloud IM server's `v4/timpush/*` attribute APIs.
 //!
 //! It behaves like the documented server, not like attrsync's client: every request is checked
-//! the way REFERENCE.md describes, so tests and benchmarks against it mean something.
+//! the way `docs/api.md` describes, so tests and benchmarks against it mean something.
 //!
 //! # Behaviour
 //!
@@ -10,8 +10,9 @@
 //!
 //! 1. **rate limit** — per endpoint, at most `rate_limit` calls (default 100) are admitted in
 //!    any sliding one-second window of arrival times; a call beyond it gets **60007** and does
-//!    not count against the window. Per endpoint is the likely reading of REFERENCE.md §2.7
-//!    (unconfirmed); attrsync's client shares one limiter across endpoints, safe either way.
+//!    not count against the window. Per endpoint is the likely reading of the documentation
+//!    (unconfirmed: `docs/api.md`, "Where the documentation is silent"); attrsync's client
+//!    shares one limiter across endpoints, safe either way.
 //! 2. **fault injection** — with probability `fail_rate` (seeded RNG, repeatable for sequential
 //!    calls) an admitted call gets the `fail_mode` fault: `91000` (internal error, nothing
 //!    applied), `502` (HTTP 502 from a "gateway", nothing applied), `drop` (the call **is

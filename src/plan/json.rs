@@ -78,7 +78,7 @@ struct AttrDoc {
     after: Option<String>,
 }
 
-/// Serialises a plan as pretty JSON, exactly as DESIGN.md describes.
+/// Serialises a plan as pretty JSON, exactly as README.md ("Plan JSON") describes.
 ///
 /// Serialises straight from the plan, borrowing every string: a million-change plan would
 /// otherwise be copied into owned documents first.

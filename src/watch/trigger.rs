@@ -636,8 +636,8 @@ mod tests {
     fn normalize_is_lexical() {
         assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
         assert_eq!(
-            normalize(Path::new("/a/b/../../shared/users")),
-            PathBuf::from("/shared/users")
+            normalize(Path::new("/a/b/../../common/users")),
+            PathBuf::from("/common/users")
         );
     }
 

@@ -1,4 +1,4 @@
-//! UserSig v2 against the test vectors of REFERENCE.md §4.6 and the official libraries' output.
+//! UserSig v2 against the test vectors of `docs/api.md` ("UserSig") and the official libraries' output.
 
 use attrsync::api::usersig::{self, decode, sign, string_to_sign, tls_sig, verify, VerifyError};
 use attrsync::api::SecretKey;

@@ -319,3 +319,51 @@ mod wording {
         );
     }
 }
+
+mod references {
+    use std::path::Path;
+
+    /// Every file under `dir` (recursively) with one of `extensions`.
+    fn files(dir: &Path, extensions: &[&str], found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, extensions, found);
+            } else if path
+                .extension()
+                .is_some_and(|e| extensions.contains(&e.to_str().unwrap_or("")))
+            {
+                found.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn code_and_docs_cite_only_files_in_the_repository() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut found = vec![root.join("README.md")];
+        for dir in ["src", "tests", "docs", "examples", "benches"] {
+            files(&root.join(dir), &["rs", "md", "sh", "yml", "yaml"], &mut found);
+        }
+        // Written in two halves, so that this file does not cite them either.
+        let outside = [
+            ["REFERENCE", ".md"].concat(),
+            ["DESIGN", ".md"].concat(),
+            ["../", "shared/"].concat(),
+        ];
+        for path in &found {
+            let text = std::fs::read_to_string(path).unwrap();
+            for needle in &outside {
+                assert!(
+                    !text.contains(needle.as_str()),
+                    "{} cites {needle}, which is not in the repository: point it at docs/",
+                    path.display()
+                );
+            }
+        }
+        // And the docs it points at exist.
+        for doc in ["docs/api.md", "docs/architecture.md"] {
+            assert!(root.join(doc).is_file(), "{doc}");
+        }
+    }
+}

@@ -7,8 +7,8 @@ use attrsync::state::Holder;
 use common::{Repo, SDKAPPID, SETTINGS};
 use serde_json::{json, Value};
 
-/// The config of DESIGN.md: Mary and xiaoming, with a file default for `tier`.
-const DESIGN_USERS: &str = "\
+/// The config of the README example: Mary and xiaoming, with a file default for `tier`.
+const EXAMPLE_USERS: &str = "\
 defaults:
   tier: free
 users:
@@ -18,9 +18,9 @@ users:
   xiaoming: {sex: male, city: ShenZhen, tier: gold}
 ";
 
-/// DESIGN.md's users against a snapshot where Mary has moved and `ghost` left the config.
+/// The README example's users against a snapshot where Mary has moved and `ghost` left the config.
 fn drifted() -> Repo {
-    let repo = Repo::with_users(&[("users/a.yaml", DESIGN_USERS)]);
+    let repo = Repo::with_users(&[("users/a.yaml", EXAMPLE_USERS)]);
     repo.seed(&[
         ("Mary", &[("sex", "female"), ("city", "Boston")]),
         ("ghost", &[("city", "Oslo")]),
@@ -78,7 +78,7 @@ mod text {
 
     #[test]
     fn a_fresh_repository_creates_everyone_with_file_defaults() {
-        let repo = Repo::with_users(&[("users/a.yaml", DESIGN_USERS)]);
+        let repo = Repo::with_users(&[("users/a.yaml", EXAMPLE_USERS)]);
         let out = repo.run(&["plan"]);
         out.success();
         assert_eq!(out.stderr, "");
@@ -549,7 +549,7 @@ mod never_a_change {
 
     #[test]
     fn restyling_reordering_and_moving_users_between_files() {
-        let repo = in_sync(DESIGN_USERS);
+        let repo = in_sync(EXAMPLE_USERS);
         let digest = |repo: &Repo| {
             let plan = repo.run(&["plan", "--format", "json", "--detailed-exitcode"]);
             plan.success();
@@ -608,7 +608,7 @@ mod never_a_change {
 
     #[test]
     fn plan_reads_the_snapshot_without_creating_or_changing_it() {
-        let fresh = Repo::with_users(&[("users/a.yaml", DESIGN_USERS)]);
+        let fresh = Repo::with_users(&[("users/a.yaml", EXAMPLE_USERS)]);
         fresh.run(&["plan"]).success();
         assert!(
             !fresh.path("state").exists(),
@@ -712,7 +712,7 @@ mod snapshot_access {
 mod endpoint_change {
     use super::*;
 
-    /// DESIGN.md's users, recorded for Singapore, with the config now pointing at a proxy.
+    /// The README example's users, recorded for Singapore, with the config now pointing at a proxy.
     fn moved() -> Repo {
         let repo = drifted();
         repo.write(

@@ -1,4 +1,4 @@
-//! `attrsync validate` through the real binary: every validation rule of DESIGN.md with its
+//! `attrsync validate` through the real binary: every validation rule of README.md with its
 //! exact `file:line:column`, hostile files in bounded time, and the three output formats.
 
 use crate::common;

@@ -13,7 +13,7 @@ const K1: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b
 const K2: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const T: u64 = 1_700_000_000;
 
-/// UserSigs made by the official libraries (REFERENCE.md §4.6) for vector A (K1, xiaojun,
+/// UserSigs made by the official libraries (`docs/api.md`, "UserSig") for vector A (K1, xiaojun,
 /// 1400000000) and vector B (K2, administrator, 88888888).
 const A_SIGS: [&str; 4] = [
     "eJyrVgrxCdYrSy1SslJQMtIzUNJRAItkpqTmlWSmZUIkKjIT87NK82CSxSnZiQUFmSlAKUMTAyiAyqVWFGQWpYJkTE1NjRDiJZm5YFFzNPXFmekgG3zKHM1T9D3LzdODi-OKs8vCqpxcAvydnV2SSv2cy03cPcpDnA2SMgu0nUxslWoBHdYzUg__",
