@@ -343,7 +343,11 @@ mod references {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut found = vec![root.join("README.md")];
         for dir in ["src", "tests", "docs", "examples", "benches"] {
-            files(&root.join(dir), &["rs", "md", "sh", "yml", "yaml"], &mut found);
+            files(
+                &root.join(dir),
+                &["rs", "md", "sh", "yml", "yaml"],
+                &mut found,
+            );
         }
         // Written in two halves, so that this file does not cite them either.
         let outside = [

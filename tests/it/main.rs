@@ -20,6 +20,7 @@ mod cli_state;
 mod cli_validate;
 mod emulator_http;
 mod files_safety;
+mod packaging;
 mod state_conformance;
 mod watch_daemon;
 mod watch_endpoints;
