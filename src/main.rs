@@ -445,6 +445,9 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { format } => {
             let validation = ops::validate(ctx, format.into());
+            for warning in &validation.warnings {
+                eprintln!("warning: {warning}");
+            }
             emit(&validation.output)?;
             Ok(if validation.valid {
                 ExitCode::SUCCESS

@@ -107,6 +107,30 @@ pub struct Config {
     pub files: usize,
 }
 
+impl Config {
+    /// What is valid but most likely a mistake: a users directory without user files, or whose
+    /// files declare nobody (a mistyped `users_dir`, a checkout of the wrong branch). Each is
+    /// one sentence that says what to check.
+    pub fn warnings(&self) -> Vec<String> {
+        let users_dir = display_path(&self.root, &self.settings.users_dir);
+        if self.files == 0 {
+            vec![format!(
+                "{} has no user files (*.yaml, *.yml): the config declares no users; add files there, \
+                 or check `users_dir` in attrsync.yaml",
+                users_dir.display()
+            )]
+        } else if self.desired.is_empty() {
+            vec![format!(
+                "the {} under {} declare no users; check that they are the files you meant",
+                crate::text::plural(self.files, "user file"),
+                users_dir.display()
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
 /// Remembers parsed user files by content, so a reload re-parses only files that changed.
 ///
 /// The daemon keeps one across reconciles; a one-shot command can pass a fresh one.

@@ -55,6 +55,13 @@ pub async fn apply(
     let settings = &config.settings;
     let store = open_for_writing(&config, "apply", OnOtherTarget::Refuse, ctx.lock_timeout).await?;
     let snapshot = store.load().await?;
+    for warning in config
+        .warnings()
+        .into_iter()
+        .chain(super::no_snapshot_warning(&config, &snapshot, true))
+    {
+        eprintln!("warning: {warning}");
+    }
     let guards = Guards {
         max_deletes: settings.max_deletes,
         allow_mass_delete: request.allow_mass_delete,

@@ -180,6 +180,29 @@ pub fn endpoint_header(settings: &Settings, plan: &Plan, markdown: bool) -> Stri
         .collect()
 }
 
+/// A warning when the snapshot records nothing yet while the config declares users: every
+/// user is planned as a create, which is right for a new app and a mistake for a mistyped
+/// `--state`. Not refused: a create sends the declared values, which is harmless on an app
+/// that already holds them (only calls are wasted), and nothing is ever deleted without a
+/// snapshot that recorded it.
+fn no_snapshot_warning(config: &Config, snapshot: &Snapshot, exists: bool) -> Option<String> {
+    // The embedded emulator keeps its data in the state directory: both start empty together.
+    let embedded = config.settings.target == crate::model::Target::Embedded;
+    if embedded || config.desired.is_empty() || snapshot.serial > 0 || !snapshot.users.is_empty() {
+        return None;
+    }
+    let found = match exists {
+        true => "the snapshot at {} records nothing yet",
+        false => "there is no snapshot at {}",
+    };
+    Some(format!(
+        "{}: every declared user is planned as a create. If attrsync has applied to this app \
+         before, check --state (or `state` in attrsync.yaml); `attrsync import` reads the app's \
+         current values into a new snapshot",
+        found.replace("{}", &config.settings.state.to_string())
+    ))
+}
+
 /// Reads a file the user named (`state import FILE`, `apply PLANFILE`): a regular file of at
 /// most [`crate::config::MAX_FILE_BYTES`], as text.
 pub fn read_named_file(path: &Path) -> Result<String> {

@@ -65,7 +65,7 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
         },
         false => Access::Read,
     };
-    let mut warnings = Vec::new();
+    let mut warnings = config.warnings();
     let (store, previous_endpoint) = match open_existing(&config, "plan", access).await {
         Ok(store) => {
             let previous = store.as_ref().and_then(|store| store.previous_target());
@@ -92,6 +92,9 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
         None => Snapshot::default(),
     };
     tracing::debug!(users = snapshot.users.len(), elapsed = ?started.elapsed(), "read the snapshot");
+    if let Some(warning) = super::no_snapshot_warning(&config, &snapshot, store.is_some()) {
+        warnings.push(warning);
+    }
     let settings = &config.settings;
     let guards = Guards {
         max_deletes: settings.max_deletes,

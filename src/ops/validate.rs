@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::Globals;
+use crate::config::Config;
 use crate::plan;
 
 /// Output formats of `validate`.
@@ -23,6 +24,9 @@ pub struct Validation {
     pub output: String,
     /// Whether the config is valid.
     pub valid: bool,
+    /// What is valid but most likely a mistake (see [`crate::config::Config::warnings`]), for
+    /// stderr.
+    pub warnings: Vec<String>,
 }
 
 /// `attrsync validate`: checks the config repository without touching the snapshot or the API.
@@ -105,6 +109,7 @@ pub fn validate(ctx: &Globals, format: ValidateFormat) -> Validation {
     Validation {
         output,
         valid: result.is_ok(),
+        warnings: result.as_ref().map(Config::warnings).unwrap_or_default(),
     }
 }
 

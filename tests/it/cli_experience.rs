@@ -371,3 +371,50 @@ mod references {
         }
     }
 }
+
+mod silent_mistakes {
+    use super::*;
+
+    #[test]
+    fn an_empty_users_dir_is_a_warning_in_validate_plan_and_apply() {
+        let repo = Repo::with_users(&[]);
+        let expected =
+            "warning: users has no user files (*.yaml, *.yml): the config declares no users";
+        let validate = repo.run(&["validate"]);
+        validate.success();
+        assert!(validate.stderr.starts_with(expected), "{}", validate.stderr);
+        let plan = repo.run(&["plan"]);
+        plan.success();
+        assert!(plan.stderr.starts_with(expected), "{}", plan.stderr);
+        assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
+        // Files that declare nobody.
+        repo.write("users/a.yaml", "users: {}\n");
+        let plan = repo.run(&["plan"]);
+        assert!(
+            plan.stderr
+                .contains("warning: the 1 user file under users declare no users"),
+            "{}",
+            plan.stderr
+        );
+    }
+
+    #[test]
+    fn a_mistyped_state_says_no_snapshot_is_there() {
+        let server = Server::default();
+        let repo = repo_for(&server, "users:\n  Mary: {city: Oslo}\n");
+        run_with_key(&repo, &["apply", "--auto-approve"]).success();
+        // The right snapshot: nothing to say.
+        let right = repo.run(&["plan"]);
+        assert_eq!(right.stderr, "");
+        let wrong = repo.run(&["--state", "stat", "plan"]);
+        wrong.success();
+        assert!(
+            wrong.stderr.contains(
+                "there is no snapshot at stat: every declared user is planned as a create"
+            ) && wrong.stderr.contains("check --state"),
+            "{}",
+            wrong.stderr
+        );
+        assert!(wrong.stdout.contains("1 to create"), "{}", wrong.stdout);
+    }
+}

@@ -81,7 +81,12 @@ mod text {
         let repo = Repo::with_users(&[("users/a.yaml", EXAMPLE_USERS)]);
         let out = repo.run(&["plan"]);
         out.success();
-        assert_eq!(out.stderr, "");
+        assert_eq!(
+            out.stderr,
+            "warning: there is no snapshot at ./state: every declared user is planned as a create. \
+             If attrsync has applied to this app before, check --state (or `state` in attrsync.yaml); \
+             `attrsync import` reads the app's current values into a new snapshot\n"
+        );
         insta::assert_snapshot!(out.stdout, @r#"
         attrsync will perform the following changes:
 
