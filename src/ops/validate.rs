@@ -1,5 +1,7 @@
 //! `attrsync validate`: checks the config repository without touching the snapshot or the API.
 
+use std::path::{Path, PathBuf};
+
 use serde::Serialize;
 
 use super::Globals;
@@ -27,6 +29,46 @@ pub struct Validation {
     /// What is valid but most likely a mistake (see [`crate::config::Config::warnings`]), for
     /// stderr.
     pub warnings: Vec<String>,
+}
+
+/// The root GitHub resolves annotation paths against: `GITHUB_WORKSPACE` in a workflow, else
+/// the git work tree that holds `dir`, else none (paths stay relative to `dir`).
+fn repository_root(dir: &Path) -> Option<PathBuf> {
+    if let Some(workspace) = std::env::var_os("GITHUB_WORKSPACE").filter(|w| !w.is_empty()) {
+        return Some(PathBuf::from(workspace));
+    }
+    let output = std::process::Command::new("git")
+        .args(["rev-parse", "--show-toplevel"])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let top = String::from_utf8(output.stdout).ok()?;
+    (output.status.success() && !top.trim().is_empty()).then(|| PathBuf::from(top.trim()))
+}
+
+/// `file` (relative to the config directory `dir`, or absolute) as a path relative to `root`,
+/// the form GitHub needs to place an annotation; as it is when it lies outside `root`.
+fn annotation_path(root: Option<&Path>, dir: &Path, file: &Path) -> String {
+    let absolute = |path: &Path| {
+        // Resolve symlinks where the path exists (a temp dir under /tmp may be a link), and
+        // lexically where it does not (a missing users directory).
+        path.canonicalize()
+            .or_else(|_| std::path::absolute(path))
+            .unwrap_or_else(|_| path.to_owned())
+    };
+    let Some(root) = root else {
+        return file.display().to_string();
+    };
+    let full = match file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // The directory resolves even when the file is missing.
+        Some(parent) => absolute(&dir.join(parent)).join(file.file_name().unwrap_or_default()),
+        None => absolute(&dir.join(file)),
+    };
+    match full.strip_prefix(absolute(root)) {
+        Ok(relative) => relative.display().to_string(),
+        Err(_) => file.display().to_string(),
+    }
 }
 
 /// `attrsync validate`: checks the config repository without touching the snapshot or the API.
@@ -89,8 +131,10 @@ pub fn validate(ctx: &Globals, format: ValidateFormat) -> Validation {
         }
         ValidateFormat::Github => {
             let mut out = String::new();
+            let root = repository_root(&ctx.dir);
             for d in &diagnostics {
-                let mut props = format!("file={}", escape_property(&d.file.display().to_string()));
+                let file = annotation_path(root.as_deref(), &ctx.dir, &d.file);
+                let mut props = format!("file={}", escape_property(&file));
                 if let Some(pos) = d.pos {
                     props.push_str(&format!(",line={},col={}", pos.line, pos.column));
                 }

@@ -737,6 +737,61 @@ mod formats {
         );
     }
 
+    /// A git work tree whose config repository is in `sub/`, with a bad user file.
+    fn nested() -> Repo {
+        let repo = Repo::new(&[
+            ("sub/attrsync.yaml", common::SETTINGS),
+            ("sub/users/a.yaml", "users:\n  bob: {sex: NO}\n"),
+        ]);
+        let init = std::process::Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(repo.dir())
+            .status()
+            .expect("git runs");
+        assert!(init.success());
+        repo
+    }
+
+    #[test]
+    fn github_paths_are_relative_to_the_git_work_tree() {
+        let repo = nested();
+        for dir in ["sub", "sub/", "./sub/users/.."] {
+            let mut command = repo.command(&["--dir", dir, "validate", "--format", "github"]);
+            command.env_remove("GITHUB_WORKSPACE");
+            let out = common::run(command);
+            out.expect_code(1);
+            assert!(
+                out.stdout
+                    .starts_with("::error file=sub/users/a.yaml,line=2,col=14::"),
+                "{dir}: {}",
+                out.stdout
+            );
+        }
+    }
+
+    #[test]
+    fn github_paths_are_relative_to_github_workspace_in_a_workflow() {
+        let repo = nested();
+        let sub = repo.path("sub");
+        let mut command = repo.command(&[
+            "--dir",
+            sub.to_str().unwrap(),
+            "validate",
+            "--format",
+            "github",
+        ]);
+        command.env("GITHUB_WORKSPACE", repo.dir());
+        command.current_dir(repo.path("sub/users"));
+        let out = common::run(command);
+        out.expect_code(1);
+        assert!(
+            out.stdout
+                .starts_with("::error file=sub/users/a.yaml,line=2,col=14::"),
+            "{}",
+            out.stdout
+        );
+    }
+
     #[test]
     fn dir_flag_reports_paths_relative_to_the_repository() {
         let repo = broken();
