@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use attrsync::api::Endpoint;
 use attrsync::apply::StopSignal;
@@ -22,7 +22,7 @@ use attrsync::ops::{self, interrupts, Globals, PlanFormat, PlanRequest, Validate
 #[derive(Debug, Parser)]
 #[command(
     name = "attrsync",
-    version,
+    version = env!("ATTRSYNC_VERSION"),
     propagate_version = true,
     max_term_width = 100
 )]
@@ -69,6 +69,10 @@ struct Cli {
     /// Only errors in the log.
     #[arg(short, long, global = true, help_heading = "Global options")]
     quiet: bool,
+
+    /// No colours in output or logs (as NO_COLOR=1 does).
+    #[arg(long, global = true, help_heading = "Global options")]
+    no_color: bool,
 
     /// How log lines on stderr look.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, help_heading = "Global options")]
@@ -195,6 +199,18 @@ enum Command {
     },
     /// Run the local Tencent Cloud IM stand-in (for tests and demos).
     Emulator(EmulatorArgs),
+    /// Print a shell completion script, e.g. `attrsync completions bash > /etc/bash_completion.d/attrsync`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (attrsync.1 and one per command) into DIR.
+    Man {
+        /// The directory, created if needed, e.g. /usr/local/share/man/man1.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -402,8 +418,7 @@ fn main() -> ExitCode {
         dir: cli.dir.clone(),
         state: cli.state.clone(),
         lock_timeout: cli.lock_timeout,
-        color: std::io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        color: colors_allowed(&cli) && std::io::stdout().is_terminal(),
     };
     match run(cli.command, &ctx) {
         Ok(code) => code,
@@ -579,6 +594,21 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "attrsync", &mut script);
+            emit(&String::from_utf8(script)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out } => {
+            let written = write_man_pages(&out)?;
+            emit(&format!(
+                "Wrote {} to {}.\n",
+                attrsync::text::plural(written, "man page"),
+                out.display()
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Emulator(args) => {
             runtime()?.block_on(attrsync::emulator::run_foreground(
                 &args.listen,
@@ -588,6 +618,39 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Writes `attrsync.1` and `attrsync-COMMAND.1` for every command (and `attrsync-state-list.1`
+/// for nested ones) into `dir`; returns how many.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the man page directory {}", dir.display()))?;
+    let mut root = Cli::command();
+    root.build();
+    let mut pages = vec![("attrsync".to_owned(), root.clone())];
+    // clap's generated `help` commands need no page of their own.
+    let commands = |parent: &clap::Command, prefix: &str| -> Vec<(String, clap::Command)> {
+        parent
+            .get_subcommands()
+            .filter(|c| c.get_name() != "help")
+            .map(|c| (format!("{prefix}-{}", c.get_name()), c.clone()))
+            .collect()
+    };
+    let mut queue = commands(&root, "attrsync");
+    while let Some((name, command)) = queue.pop() {
+        queue.extend(commands(&command, &name));
+        pages.push((name, command));
+    }
+    for (name, command) in &pages {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command.clone().name(name.clone()))
+            .render(&mut page)
+            .with_context(|| format!("cannot render the man page of {name}"))?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(pages.len())
 }
 
 fn print_ok(text: String) -> anyhow::Result<ExitCode> {
@@ -618,6 +681,12 @@ fn report(err: &anyhow::Error) {
     }
 }
 
+/// Whether colours may be used at all: not with `--no-color`, nor with `NO_COLOR` set to
+/// anything but the empty string (no-color.org).
+fn colors_allowed(cli: &Cli) -> bool {
+    !cli.no_color && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = if cli.quiet {
@@ -632,8 +701,7 @@ fn init_logging(cli: &Cli) {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let ansi = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let ansi = colors_allowed(cli) && std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -418,3 +418,93 @@ mod silent_mistakes {
         assert!(wrong.stdout.contains("1 to create"), "{}", wrong.stdout);
     }
 }
+
+mod tooling {
+    use super::*;
+
+    #[test]
+    fn completions_for_every_shell() {
+        let repo = Repo::new(&[]);
+        for (shell, marker) in [
+            ("bash", "_attrsync()"),
+            ("zsh", "#compdef attrsync"),
+            ("fish", "complete -c attrsync"),
+            ("powershell", "Register-ArgumentCompleter"),
+            ("elvish", "edit:completion:arg-completer[attrsync]"),
+        ] {
+            let out = repo.run(&["completions", shell]);
+            out.success();
+            assert!(
+                out.stdout.contains(marker),
+                "{shell}: {}",
+                &out.stdout[..200.min(out.stdout.len())]
+            );
+            assert!(out.stdout.contains("detailed-exitcode"), "{shell}");
+        }
+        repo.run(&["completions", "tcsh"]).expect_code(1);
+    }
+
+    #[test]
+    fn man_pages_for_the_tool_and_each_command() {
+        let repo = Repo::new(&[]);
+        let out = repo.run(&["man", "--out", "man/man1"]);
+        out.success();
+        for page in [
+            "attrsync",
+            "attrsync-plan",
+            "attrsync-apply",
+            "attrsync-state-export",
+            "attrsync-watch",
+        ] {
+            let text = std::fs::read_to_string(repo.path(&format!("man/man1/{page}.1")))
+                .unwrap_or_else(|e| panic!("{page}: {e}"));
+            assert!(text.contains(".TH"), "{page}");
+            assert!(text.contains(page), "{page}");
+        }
+        assert!(!repo.path("man/man1/attrsync-help.1").exists());
+        assert!(
+            out.stdout.starts_with("Wrote 18 man pages to man/man1."),
+            "{}",
+            out.stdout
+        );
+    }
+
+    #[test]
+    fn the_version_names_the_commit_when_built_from_a_checkout() {
+        let out = Repo::new(&[]).run(&["--version"]);
+        out.success();
+        let version = concat!("attrsync ", env!("CARGO_PKG_VERSION"));
+        assert!(out.stdout.starts_with(version), "{}", out.stdout);
+        let head = Command::new("git")
+            .args(["rev-parse", "--short=9", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output();
+        if let Some(head) = head.ok().filter(|h| h.status.success()) {
+            let commit = String::from_utf8(head.stdout).unwrap();
+            assert_eq!(out.stdout, format!("{version} ({})\n", commit.trim()));
+        }
+    }
+
+    #[test]
+    fn no_color_turns_colour_off_on_a_terminal() {
+        let repo = Repo::with_users(&[("users/a.yaml", "users:\n  Mary: {city: Oslo}\n")]);
+        let on_a_terminal = |flags: &str| {
+            let command = format!("{} {flags} plan", env!("CARGO_BIN_EXE_attrsync"));
+            let out = Command::new("script")
+                .args(["-qec", &command, "/dev/null"])
+                .current_dir(repo.dir())
+                .env_remove("NO_COLOR")
+                .stdin(Stdio::null())
+                .output()
+                .expect("script(1) runs");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert!(
+            on_a_terminal("").contains("\x1b["),
+            "colour on a terminal by default"
+        );
+        let plain = on_a_terminal("--no-color");
+        assert!(!plain.contains("\x1b["), "{plain:?}");
+        assert!(plain.contains("Mary will be created"), "{plain}");
+    }
+}
