@@ -145,6 +145,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
     },
+    /// Show a plan saved with `plan --out FILE`, in any format, without the config or the
+    /// snapshot (for review, or to render one saved in CI as Markdown).
+    Show {
+        /// The saved plan.
+        planfile: PathBuf,
+        /// Output format: text (people), json (machines), markdown (pull-request comments).
+        #[arg(long, value_enum, default_value_t = PlanFormatArg::Text)]
+        format: PlanFormatArg,
+    },
     /// Seed the snapshot from the server: read USERS' live attributes (default: every declared user).
     Import {
         /// User ids to import; none means every user the config declares.
@@ -534,6 +543,7 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
                 &report,
             )))
         }
+        Command::Show { planfile, format } => print_ok(ops::show(ctx, &planfile, format.into())?),
         Command::Import { users } => print_ok(runtime()?.block_on(ops::import(ctx, &users))?),
         Command::Attributes(AttributesCommand::Push { auto_approve }) => {
             print_ok(runtime()?.block_on(ops::attributes_push(ctx, auto_approve))?)

@@ -110,7 +110,7 @@ pub async fn apply(
         }
     };
     plan::check_mass_delete(&plan, guards)?;
-    let header = super::endpoint_header(settings, &plan, false);
+    let header = super::endpoint_header(&plan, false);
     if !plan.summary.has_writes() {
         if !request.json {
             write!(

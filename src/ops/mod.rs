@@ -9,6 +9,7 @@ mod attributes;
 mod import;
 pub mod interrupts;
 mod plan;
+mod show;
 mod state;
 mod validate;
 
@@ -27,6 +28,7 @@ pub use apply::{apply, render_report, ApplyOutcome, ApplyRequest, StalePlan};
 pub use attributes::attributes_push;
 pub use import::import;
 pub use plan::{plan, refresh, PlanFormat, PlanOutcome, PlanRequest, Refreshed};
+pub use show::show;
 pub use state::{
     state_export, state_import, state_list, state_migrate, state_show, state_unlock, ImportError,
 };
@@ -155,7 +157,8 @@ pub fn describe_failed(failed: &crate::apply::FailedUser) -> String {
 /// The lines heading a plan that say where the admin credential goes, for a reviewer: a
 /// custom endpoint on another machine (not a Tencent Cloud region, the embedded emulator or
 /// loopback), and a change of server since the app's last write. Markdown gets them as quotes.
-pub fn endpoint_header(settings: &Settings, plan: &Plan, markdown: bool) -> String {
+/// Read from the plan alone, so a saved plan shows them too.
+pub fn endpoint_header(plan: &Plan, markdown: bool) -> String {
     let mut lines = Vec::new();
     if let Some(previous) = &plan.previous_endpoint {
         lines.push(format!(
@@ -163,13 +166,15 @@ pub fn endpoint_header(settings: &Settings, plan: &Plan, markdown: bool) -> Stri
             plan.endpoint
         ));
     }
+    let url = plan.endpoint.as_str();
+    let region = crate::model::Region::ALL
+        .iter()
+        .any(|(region, _, _)| region.base_url() == url);
     // Plain HTTP is only allowed to loopback: this machine, not somewhere else.
-    if let crate::model::Target::Endpoint(url) = &settings.target {
-        if !url.starts_with("http://") {
-            lines.push(format!(
-                "Endpoint: {url} is a custom endpoint, not a Tencent Cloud region: the app's admin UserSig is sent there."
-            ));
-        }
+    if url.starts_with("https://") && !region {
+        lines.push(format!(
+            "Endpoint: {url} is a custom endpoint, not a Tencent Cloud region: the app's admin UserSig is sent there."
+        ));
     }
     lines
         .iter()
@@ -297,7 +302,7 @@ mod tests {
 
     /// The header of a plan for `settings`, in text or Markdown.
     fn header(settings: &Settings, markdown: bool) -> String {
-        endpoint_header(settings, &plan_for(settings, None), markdown)
+        endpoint_header(&plan_for(settings, None), markdown)
     }
 
     #[test]
@@ -305,7 +310,7 @@ mod tests {
         let settings = settings("endpoint: https://proxy.example.com");
         let plan = plan_for(&settings, Some("https://adminapisgp.im.qcloud.com"));
         assert_eq!(
-            endpoint_header(&settings, &plan, false),
+            endpoint_header(&plan, false),
             "Endpoint change: this app's last write went to https://adminapisgp.im.qcloud.com; \
              this plan sends the admin UserSig to https://proxy.example.com.\n\n\
              Endpoint: https://proxy.example.com is a custom endpoint, not a Tencent Cloud region: \
@@ -314,7 +319,7 @@ mod tests {
         let local = self::settings("endpoint: http://127.0.0.1:8080");
         let plan = plan_for(&local, Some("embedded"));
         assert_eq!(
-            endpoint_header(&local, &plan, true),
+            endpoint_header(&plan, true),
             "> **Endpoint change: this app's last write went to embedded; this plan sends the admin UserSig to http://127.0.0.1:8080.**\n\n"
         );
     }

@@ -164,11 +164,11 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
         (PlanFormat::Json, None) => plan::to_json(&plan),
         (PlanFormat::Json, Some(drift)) => plan::to_json_with_drift(&plan, drift),
         (PlanFormat::Markdown, drift) => {
-            plan::render_markdown(&plan, drift, &super::endpoint_header(settings, &plan, true))
+            plan::render_markdown(&plan, drift, &super::endpoint_header(&plan, true))
         }
     };
     let output = match request.format {
-        PlanFormat::Text => super::endpoint_header(settings, &plan, false) + &output,
+        PlanFormat::Text => super::endpoint_header(&plan, false) + &output,
         PlanFormat::Json | PlanFormat::Markdown => output,
     };
     Ok(PlanOutcome {

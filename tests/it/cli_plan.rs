@@ -791,3 +791,49 @@ mod endpoint_change {
         assert!(json.get("endpoint_change").is_none());
     }
 }
+
+mod show {
+    use super::*;
+
+    #[test]
+    fn a_saved_plan_renders_as_the_plan_did_in_every_format() {
+        let repo = drifted();
+        let text = repo.run(&["plan", "--out", "plan.json"]);
+        text.success();
+        let shown = repo.run(&["show", "plan.json"]);
+        shown.success();
+        assert_eq!(shown.stdout, text.stdout);
+        let saved = repo.read("plan.json");
+        assert_eq!(
+            repo.run(&["show", "plan.json", "--format", "json"]).stdout,
+            saved
+        );
+        assert_eq!(
+            repo.run(&["show", "plan.json", "--format", "markdown"])
+                .stdout,
+            repo.run(&["plan", "--format", "markdown"]).stdout
+        );
+        // Without the config or the snapshot: a plan file is all it needs.
+        let elsewhere = Repo::new(&[("plan.json", &saved)]);
+        assert_eq!(elsewhere.run(&["show", "plan.json"]).stdout, text.stdout);
+    }
+
+    #[test]
+    fn a_missing_or_foreign_file_is_a_clear_error() {
+        let repo = Repo::new(&[("notes.json", "{\"hello\": 1}")]);
+        let missing = repo.run(&["show", "nope.json"]);
+        missing.expect_code(1);
+        assert!(
+            missing.stderr.contains("cannot read the plan file"),
+            "{}",
+            missing.stderr
+        );
+        let foreign = repo.run(&["show", "notes.json"]);
+        foreign.expect_code(1);
+        assert!(
+            foreign.stderr.contains("cannot show notes.json"),
+            "{}",
+            foreign.stderr
+        );
+    }
+}
