@@ -362,6 +362,9 @@ enum ReportFormat {
 
 #[derive(Debug, Subcommand)]
 enum AttributesCommand {
+    /// Show the attribute names registered on the app (get_attr_name), slot by slot, and which
+    /// of the configured ones are missing.
+    List,
     /// Register the names in `attributes` on the app (set_attr_name), in free slots only.
     Push {
         /// Do not ask for confirmation.
@@ -389,6 +392,16 @@ enum StateCommand {
     Import {
         /// The file written by `state export`.
         file: PathBuf,
+    },
+    /// Forget users in the snapshot (the server keeps their attributes): a user still declared
+    /// is then planned as a create, one no longer declared is no longer managed. Asks first.
+    Rm {
+        /// The user ids.
+        #[arg(required = true)]
+        users: Vec<String>,
+        /// Do not ask for confirmation (needed when stdin is not a terminal).
+        #[arg(long)]
+        auto_approve: bool,
     },
     /// Release a shared (PostgreSQL) snapshot's lock held by a writer that is gone or stuck:
     /// ends its database session, so its next write is refused. Asks first.
@@ -545,6 +558,9 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
         }
         Command::Show { planfile, format } => print_ok(ops::show(ctx, &planfile, format.into())?),
         Command::Import { users } => print_ok(runtime()?.block_on(ops::import(ctx, &users))?),
+        Command::Attributes(AttributesCommand::List) => {
+            print_ok(runtime()?.block_on(ops::attributes_list(ctx))?)
+        }
         Command::Attributes(AttributesCommand::Push { auto_approve }) => {
             print_ok(runtime()?.block_on(ops::attributes_push(ctx, auto_approve))?)
         }
@@ -559,6 +575,10 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
         Command::State(StateCommand::Import { file }) => {
             print_ok(runtime()?.block_on(ops::state_import(ctx, &file))?)
         }
+        Command::State(StateCommand::Rm {
+            users,
+            auto_approve,
+        }) => print_ok(runtime()?.block_on(ops::state_rm(ctx, &users, auto_approve))?),
         Command::State(StateCommand::Unlock { lock_id, force }) => {
             print_ok(runtime()?.block_on(ops::state_unlock(ctx, &lock_id, force))?)
         }

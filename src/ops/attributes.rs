@@ -1,4 +1,4 @@
-//! `attrsync attributes push`: the configured attribute names registered on the app.
+//! `attrsync attributes list|push`: the app's attribute names against the configured ones.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +11,63 @@ use crate::link::connect;
 use crate::model::AttrName;
 use crate::plan;
 
+/// The app's registered attribute names, read with the preflight's quick retries.
+async fn registered_names(connection: &crate::link::Connection) -> Result<BTreeMap<u8, AttrSlot>> {
+    apply::with_retries(
+        &connection.client,
+        &crate::link::PREFLIGHT_RETRY,
+        &StopSignal::new(),
+        &CallStats::default(),
+        || connection.client.get_attr_name(),
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the app's attribute names from {}: {e}",
+            connection.base_url
+        )
+    })
+}
+
+/// `attrsync attributes list`: every registered slot of the app, and whether `attributes` in
+/// attrsync.yaml uses it; then the configured names the app lacks.
+pub async fn attributes_list(ctx: &Globals) -> Result<String> {
+    let config = ctx.load_config()?;
+    let settings = &config.settings;
+    let connection = connect(settings).await?;
+    let registered = registered_names(&connection).await?;
+    let configured = |name: &str| settings.attributes.iter().any(|a| a.as_str() == name);
+    let mut out = format!(
+        "{} registered on the app ({} slots free):\n",
+        plan::plural(registered.len(), "attribute name"),
+        crate::model::MAX_ATTRIBUTES.saturating_sub(registered.len())
+    );
+    for (slot, attr) in &registered {
+        let used = match configured(&attr.name) {
+            true => "in attributes",
+            false => "not in attributes: attrsync leaves it alone",
+        };
+        out.push_str(&format!(
+            "  slot {slot}: {} (account type {}; {used})\n",
+            attr.name, attr.account_type
+        ));
+    }
+    let missing: Vec<&str> = settings
+        .attributes
+        .iter()
+        .map(|a| a.as_str())
+        .filter(|name| !registered.values().any(|r| r.name == *name))
+        .collect();
+    if !missing.is_empty() {
+        out.push_str(&format!(
+            "Not registered yet: {}; `attrsync attributes push` registers {}.\n",
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" }
+        ));
+    }
+    Ok(out)
+}
+
 /// `attrsync attributes push`: registers the configured names in free slots.
 pub async fn attributes_push(ctx: &Globals, auto_approve: bool) -> Result<String> {
     let config = ctx.load_config()?;
@@ -19,11 +76,7 @@ pub async fn attributes_push(ctx: &Globals, auto_approve: bool) -> Result<String
     let stop = StopSignal::new();
     let stats = CallStats::default();
     let retry = RetryPolicy::default();
-    let registered = apply::with_retries(&connection.client, &retry, &stop, &stats, || {
-        connection.client.get_attr_name()
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot read the app's attribute names: {e}"))?;
+    let registered = registered_names(&connection).await?;
     let missing: Vec<&AttrName> = settings
         .attributes
         .iter()

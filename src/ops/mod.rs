@@ -25,12 +25,13 @@ use crate::plan::TextStyle;
 use crate::state::{Access, Binding, Holder, OnOtherTarget, SnapshotStore};
 
 pub use apply::{apply, render_report, ApplyOutcome, ApplyRequest, StalePlan};
-pub use attributes::attributes_push;
+pub use attributes::{attributes_list, attributes_push};
 pub use import::import;
 pub use plan::{plan, refresh, PlanFormat, PlanOutcome, PlanRequest, Refreshed};
 pub use show::show;
 pub use state::{
-    state_export, state_import, state_list, state_migrate, state_show, state_unlock, ImportError,
+    state_export, state_import, state_list, state_migrate, state_rm, state_show, state_unlock,
+    ImportError,
 };
 pub use validate::{validate, ValidateFormat, Validation};
 

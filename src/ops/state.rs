@@ -1,4 +1,5 @@
-//! `attrsync state list | show | export | import`: the snapshot, read and replaced.
+//! `attrsync state list | show | export | import | rm | unlock | migrate`: the snapshot, read,
+//! replaced, trimmed and moved.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -136,6 +137,71 @@ pub async fn state_import(ctx: &Globals, file: &Path) -> Result<String> {
     };
     Ok(format!(
         "Imported {users} users into the snapshot{doubt} (serial {serial}).\n"
+    ))
+}
+
+/// `attrsync state rm USER…`: forgets users in the snapshot (their entries and any doubt),
+/// leaving the server as it is, like Terraform's `state rm`: a user still declared is then
+/// planned as a create, one no longer declared is no longer managed (never deleted). All or
+/// nothing: a user the snapshot does not hold is an error and nothing is removed. Asks first on
+/// a terminal, unless `auto_approve`.
+pub async fn state_rm(ctx: &Globals, users: &[String], auto_approve: bool) -> Result<String> {
+    let config = ctx.load_config()?;
+    let store =
+        open_for_writing(&config, "state rm", OnOtherTarget::Refuse, ctx.lock_timeout).await?;
+    let mut held = Vec::new();
+    let mut unknown = Vec::new();
+    for user in users {
+        let known = store.get(user).await?.is_some() || store.doubt(user).await?.is_some();
+        match (known, crate::model::UserId::new(user)) {
+            (true, Ok(id)) => held.push(id),
+            _ => unknown.push(crate::text::quote_user(user)),
+        }
+    }
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "not in the snapshot: {}; nothing was removed (`attrsync state list` shows who is)",
+            unknown.join(", ")
+        );
+    }
+    held.sort();
+    held.dedup();
+    let names: Vec<String> = held
+        .iter()
+        .map(|u| crate::text::quote_user(u.as_str()))
+        .collect();
+    if !auto_approve {
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!(
+                "refusing to remove users from the snapshot without confirmation: stdin is not a terminal; \
+                 re-run with --auto-approve"
+            );
+        }
+        let question = format!(
+            "attrsync will forget {} in the snapshot (the server keeps their attributes; a user still \
+             declared is then planned as a create): {}\nDo you want to remove {}? Only 'yes' will be accepted: ",
+            crate::text::plural(held.len(), "user"),
+            names.join(", "),
+            if held.len() == 1 { "it" } else { "them" }
+        );
+        let never = crate::apply::StopSignal::new();
+        if super::ask(&question, &never).await? != super::Answer::Yes {
+            return Ok("Cancelled: the snapshot is unchanged.\n".to_owned());
+        }
+    }
+    let count = held.len();
+    store
+        .commit(state::Commit {
+            record: held.into_iter().map(|user| (user, None)).collect(),
+            applied_at: crate::clock::unix_seconds(),
+            ..state::Commit::default()
+        })
+        .await?;
+    Ok(format!(
+        "Removed {} from the snapshot: {}. The server is unchanged; the snapshot is at serial {}.\n",
+        crate::text::plural(count, "user"),
+        names.join(", "),
+        store.serial().await?
     ))
 }
 

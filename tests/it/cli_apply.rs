@@ -393,6 +393,16 @@ fn a_missing_attribute_name_fails_preflight_before_any_write() {
     );
     assert_eq!(server.calls("set_attr"), 0);
 
+    let list = run(&repo, &["attributes", "list"]);
+    list.success();
+    assert_eq!(
+        list.stdout,
+        "2 attribute names registered on the app (8 slots free):\n  \
+         slot 0: sex (account type 0; in attributes)\n  \
+         slot 1: city (account type 0; in attributes)\n\
+         Not registered yet: tier; `attrsync attributes push` registers it.\n"
+    );
+
     let push = run(&repo, &["attributes", "push", "--auto-approve"]);
     push.success();
     assert!(push.stdout.contains("+ slot 2: tier"), "{}", push.stdout);

@@ -276,3 +276,81 @@ fn import_into_a_snapshot_in_use_is_refused_and_changes_nothing() {
         "Mary\nxiaoming\n小明\n"
     );
 }
+
+#[test]
+fn rm_forgets_users_and_leaves_the_rest() {
+    let repo = imported();
+    let out = repo.run(&["state", "rm", "Mary", "小明", "--auto-approve"]);
+    assert_eq!(
+        out.success().stdout,
+        "Removed 2 users from the snapshot: Mary, 小明. The server is unchanged; the snapshot is at serial 2.\n"
+    );
+    assert_eq!(repo.run(&["state", "list"]).stdout, "xiaoming\n");
+}
+
+#[test]
+fn rm_of_an_unknown_user_removes_nothing() {
+    let repo = imported();
+    let out = repo.run(&[
+        "state",
+        "rm",
+        "Mary",
+        "nobody",
+        "two words",
+        "--auto-approve",
+    ]);
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains("not in the snapshot: nobody, \"two words\"; nothing was removed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        repo.run(&["state", "list"]).stdout,
+        "Mary\nxiaoming\n小明\n"
+    );
+}
+
+#[test]
+fn rm_asks_first_and_refuses_without_a_terminal() {
+    let repo = imported();
+    let out = repo.run(&["state", "rm", "Mary"]);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("re-run with --auto-approve"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        repo.run(&["state", "list"]).stdout,
+        "Mary\nxiaoming\n小明\n"
+    );
+    // On a terminal: anything but `yes` keeps the snapshot as it was.
+    let command = format!("{} state rm Mary", env!("CARGO_BIN_EXE_attrsync"));
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(repo.dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        child.stdin.as_mut().unwrap().write_all(b"no\r").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        terminal.contains("forget 1 user in the snapshot"),
+        "{terminal}"
+    );
+    assert!(
+        terminal.contains("Cancelled: the snapshot is unchanged."),
+        "{terminal}"
+    );
+    assert_eq!(
+        repo.run(&["state", "list"]).stdout,
+        "Mary\nxiaoming\n小明\n"
+    );
+}
