@@ -119,6 +119,10 @@ enum Command {
         /// values cannot be verified against the snapshot when it is applied.
         #[arg(long)]
         refresh: bool,
+        /// Plan only this user: an id, or a glob (`team-*`, `u?`); repeatable. The plan says
+        /// that it is partial.
+        #[arg(long, value_name = "USER")]
+        target: Vec<String>,
     },
     /// Send the changes: plans (or reads PLANFILE), asks for confirmation, applies in batches.
     ///
@@ -144,6 +148,10 @@ enum Command {
         /// Report format: text, or json for machines.
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
+        /// Apply only to this user: an id, or a glob (`team-*`, `u?`); repeatable. A saved
+        /// plan keeps the targets it was made with.
+        #[arg(long, value_name = "USER", conflicts_with = "planfile")]
+        target: Vec<String>,
     },
     /// Show a plan saved with `plan --out FILE`, in any format, without the config or the
     /// snapshot (for review, or to render one saved in CI as Markdown).
@@ -499,6 +507,7 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
             prune,
             allow_empty,
             refresh,
+            target,
         } => {
             let request = PlanRequest {
                 format: format.into(),
@@ -506,6 +515,7 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
                 prune,
                 allow_empty,
                 refresh,
+                targets: target,
             };
             let outcome = runtime()?.block_on(ops::plan(ctx, &request))?;
             for warning in &outcome.warnings {
@@ -525,6 +535,7 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
             allow_mass_delete,
             allow_empty,
             format,
+            target,
         } => {
             let json = matches!(format, ReportFormat::Json);
             let request = ApplyRequest {
@@ -534,6 +545,7 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
                 allow_mass_delete,
                 allow_empty,
                 json,
+                targets: target,
             };
             let runtime = runtime()?;
             let stop = StopSignal::new();

@@ -777,6 +777,9 @@ pub struct Plan {
     /// Where the app's last write went, when that is not [`Plan::endpoint`]: the config's
     /// server changed, which a reviewer must see.
     pub previous_endpoint: Option<String>,
+    /// The `--target` patterns of a partial plan: only users matching one are planned. Empty
+    /// for a whole plan.
+    pub targets: Vec<String>,
     /// Counts per action.
     pub summary: Summary,
     /// The changes: deletes (and orphans) first, then by user id.

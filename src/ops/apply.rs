@@ -36,6 +36,8 @@ pub struct ApplyRequest {
     pub allow_empty: bool,
     /// Print the report as JSON.
     pub json: bool,
+    /// `--target`: apply only to the users matching one of these ids or globs.
+    pub targets: Vec<String>,
 }
 
 /// What `apply` did.
@@ -59,6 +61,11 @@ pub async fn apply(
         .warnings()
         .into_iter()
         .chain(super::no_snapshot_warning(&config, &snapshot, true))
+        .chain(super::unmatched_targets(
+            &request.targets,
+            &config,
+            &snapshot,
+        ))
     {
         eprintln!("warning: {warning}");
     }
@@ -81,6 +88,7 @@ pub async fn apply(
                     prune: saved.prune,
                     endpoint: settings.target.key(),
                     previous_endpoint: store.previous_target(),
+                    targets: saved.targets.clone(),
                 },
             );
             let differences = plan::differences(&saved, &now);
@@ -105,6 +113,7 @@ pub async fn apply(
                     prune: settings.prune || request.prune,
                     endpoint: settings.target.key(),
                     previous_endpoint: store.previous_target(),
+                    targets: request.targets.clone(),
                 },
             )
         }

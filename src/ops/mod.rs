@@ -186,6 +186,22 @@ pub fn endpoint_header(plan: &Plan, markdown: bool) -> String {
         .collect()
 }
 
+/// A warning for each `--target` pattern that matches no user of the config or the snapshot
+/// (a typo would otherwise look like "no changes").
+fn unmatched_targets(targets: &[String], config: &Config, snapshot: &Snapshot) -> Vec<String> {
+    targets
+        .iter()
+        .filter(|pattern| {
+            let matches =
+                |user: &crate::model::UserId| crate::plan::target_matches(pattern, user.as_str());
+            !config.desired.iter().any(|(u, _)| matches(u))
+                && !snapshot.users.iter().any(|(u, _)| matches(u))
+                && !snapshot.in_doubt.iter().any(|(u, _)| matches(u))
+        })
+        .map(|pattern| format!("--target {pattern} matches no user of the config or the snapshot"))
+        .collect()
+}
+
 /// A warning when the snapshot records nothing yet while the config declares users: every
 /// user is planned as a create, which is right for a new app and a mistake for a mistyped
 /// `--state`. Not refused: a create sends the declared values, which is harmless on an app
@@ -297,6 +313,7 @@ mod tests {
                 prune: false,
                 endpoint: settings.target.key(),
                 previous_endpoint: previous.map(str::to_owned),
+                targets: Vec::new(),
             },
         )
     }

@@ -36,6 +36,8 @@ pub struct PlanRequest {
     pub allow_empty: bool,
     /// `--refresh`: plan against the server's live values instead of the snapshot.
     pub refresh: bool,
+    /// `--target`: plan only the users matching one of these ids or globs.
+    pub targets: Vec<String>,
 }
 
 /// What `plan` produced.
@@ -95,6 +97,11 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
     if let Some(warning) = super::no_snapshot_warning(&config, &snapshot, store.is_some()) {
         warnings.push(warning);
     }
+    warnings.extend(super::unmatched_targets(
+        &request.targets,
+        &config,
+        &snapshot,
+    ));
     let settings = &config.settings;
     let guards = Guards {
         max_deletes: settings.max_deletes,
@@ -144,6 +151,7 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
             prune: settings.prune || request.prune,
             endpoint: settings.target.key(),
             previous_endpoint,
+            targets: request.targets.clone(),
         },
     );
     tracing::debug!(changes = plan.changes.len(), elapsed = ?started.elapsed(), "planned");

@@ -22,6 +22,8 @@ struct PlanDoc {
     endpoint: String,
     #[serde(default)]
     endpoint_change: Option<EndpointChangeDoc>,
+    #[serde(default)]
+    targets: Vec<String>,
     summary: SummaryDoc,
     changes: Vec<ChangeDoc>,
 }
@@ -97,6 +99,7 @@ pub fn to_json(plan: &Plan) -> String {
                 from: from.clone(),
                 to: plan.endpoint.clone(),
             }),
+        targets: &plan.targets,
         summary: SummaryDoc {
             create: plan.summary.create,
             update: plan.summary.update,
@@ -131,6 +134,8 @@ struct PlanOut<'a> {
     endpoint: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     endpoint_change: Option<EndpointChangeDoc>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    targets: &'a [String],
     summary: SummaryDoc,
     changes: ChangesOut<'a>,
 }
@@ -305,6 +310,7 @@ pub fn from_json(text: &str) -> Result<Plan, PlanFileError> {
         prune: doc.prune,
         endpoint: doc.endpoint,
         previous_endpoint: doc.endpoint_change.map(|change| change.from),
+        targets: doc.targets,
         summary: Summary {
             create: s.create,
             update: s.update,

@@ -42,6 +42,9 @@ fn render_plan(plan: &Plan, limit: usize) -> String {
         "{MARKER}\n### attrsync plan\n\n**{}**\n",
         summary_line(s)
     );
+    if !plan.targets.is_empty() {
+        let _ = writeln!(out, "> **{}**\n", super::partial_note(plan));
+    }
     out.push_str("| Action | Users |\n|:--|--:|\n");
     for (label, n) in [
         ("🗑️ delete", s.delete),

@@ -31,6 +31,55 @@ pub struct PlanOptions {
     pub endpoint: String,
     /// Where the app's last write went, when the config's server changed since.
     pub previous_endpoint: Option<String>,
+    /// `--target` patterns: plan only the users matching one (empty: everyone).
+    pub targets: Vec<String>,
+}
+
+/// The line that heads a partial plan, in every rendering.
+pub(crate) fn partial_note(plan: &Plan) -> String {
+    format!(
+        "Partial plan: only users matching --target {}. Changes to other users are neither shown nor applied.",
+        describe_targets(&plan.targets)
+    )
+}
+
+/// `Mary, team-*`, or `every user` for a whole plan.
+pub fn describe_targets(targets: &[String]) -> String {
+    match targets.is_empty() {
+        true => "every user".to_owned(),
+        false => targets.join(", "),
+    }
+}
+
+/// Whether `user` matches a `--target` pattern: the id itself, or a glob where `*` stands for
+/// any run of characters and `?` for one.
+pub fn target_matches(pattern: &str, user: &str) -> bool {
+    let (pattern, user): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), user.chars().collect());
+    // The classic two-pointer wildcard match: linear in practice, no recursion.
+    let (mut p, mut u) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while u < user.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, u));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == user[u] => {
+                p += 1;
+                u += 1;
+            }
+            _ => match star {
+                Some((star_p, star_u)) => {
+                    p = star_p + 1;
+                    u = star_u + 1;
+                    star = Some((star_p, star_u + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
 }
 
 /// Computes the changes that take the snapshot to the desired state.
@@ -46,7 +95,17 @@ pub fn plan(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Pla
     let mut removals = Vec::new();
     let mut others = Vec::new();
     let empty = Attrs::default();
+    let targeted = |user: &UserId| {
+        options.targets.is_empty()
+            || options
+                .targets
+                .iter()
+                .any(|t| target_matches(t, user.as_str()))
+    };
     for (user, wanted, entry, doubt) in merge(desired, snapshot) {
+        if !targeted(user) {
+            continue;
+        }
         let recorded = entry.map_or(&empty, |e| &e.attrs);
         summary.in_doubt += usize::from(doubt.is_some());
         match (wanted, doubt) {
@@ -115,6 +174,7 @@ pub fn plan(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Pla
         prune: options.prune,
         endpoint: options.endpoint,
         previous_endpoint: options.previous_endpoint,
+        targets: options.targets,
         summary,
         changes: removals,
     }
@@ -342,6 +402,13 @@ pub fn differences(saved: &Plan, now: &Plan) -> Vec<String> {
         found.push(format!(
             "it sends to {}, attrsync.yaml now points at {}",
             saved.endpoint, now.endpoint
+        ));
+    }
+    if saved.targets != now.targets {
+        found.push(format!(
+            "it was made for --target {}, the plan now is for {}",
+            describe_targets(&saved.targets),
+            describe_targets(&now.targets)
         ));
     }
     if saved.prune != now.prune {
@@ -863,6 +930,66 @@ mod tests {
             opts(false),
         );
         assert!(differences(&fresh, &moved)[0].contains("serial 3 to 4"));
+    }
+
+    #[test]
+    fn target_patterns_are_ids_or_globs() {
+        for (pattern, user) in [
+            ("Mary", "Mary"),
+            ("team-*", "team-a"),
+            ("team-*", "team-"),
+            ("*", "anyone"),
+            ("u?", "u1"),
+            ("*smith", "mary smith"),
+            ("a*b*c", "aXXbYYc"),
+            ("小*", "小明"),
+        ] {
+            assert!(target_matches(pattern, user), "{pattern} {user}");
+        }
+        for (pattern, user) in [
+            ("Mary", "mary"),
+            ("Mary", "Maryann"),
+            ("team-*", "team"),
+            ("u?", "u12"),
+            ("a*b*c", "aXXbYY"),
+        ] {
+            assert!(!target_matches(pattern, user), "{pattern} {user}");
+        }
+    }
+
+    #[test]
+    fn a_targeted_plan_holds_only_matching_users_and_counts_only_them() {
+        let want = desired(&[
+            ("team-a", &[("x", "1")]),
+            ("team-b", &[("x", "2")]),
+            ("other", &[("x", "3")]),
+        ]);
+        let snap = snapshot(1, &[("team-b", &[("x", "2")]), ("gone", &[("x", "9")])]);
+        let partial = plan(
+            &want,
+            &snap,
+            PlanOptions {
+                targets: vec!["team-*".to_owned()],
+                ..opts(true)
+            },
+        );
+        let users: Vec<&str> = partial.changes.iter().map(|c| c.user.as_str()).collect();
+        assert_eq!(users, ["team-a"]);
+        assert_eq!(
+            (
+                partial.summary.create,
+                partial.summary.unchanged,
+                partial.summary.delete
+            ),
+            (1, 1, 0)
+        );
+        let whole = plan(&want, &snap, opts(true));
+        let found = differences(&partial, &whole);
+        assert!(
+            found[0].contains("--target team-*, the plan now is for every user"),
+            "{found:?}"
+        );
+        assert!(found.iter().any(|d| d.contains("\"other\"")), "{found:?}");
     }
 
     #[test]

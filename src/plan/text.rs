@@ -47,6 +47,13 @@ pub fn render_text(plan: &Plan, style: TextStyle) -> String {
     };
     let mut out = String::new();
     let s = &plan.summary;
+    if !plan.targets.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}\n",
+            painter.paint(Style::new().bold(), &super::partial_note(plan))
+        );
+    }
     if plan.changes.is_empty() {
         let _ = writeln!(
             out,

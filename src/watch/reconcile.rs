@@ -298,6 +298,7 @@ pub(crate) async fn plan_pass(
             prune: config.settings.prune,
             endpoint: config.settings.target.key(),
             previous_endpoint,
+            targets: Vec::new(),
         };
         let plan = plan::plan(&config.desired, &snapshot, options);
         if let (Some(previous), true) = (&plan.previous_endpoint, plan.summary.has_writes()) {

@@ -183,6 +183,7 @@ async fn plan(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
             prune: settings.prune,
             endpoint: settings.target.key(),
             previous_endpoint,
+            targets: Vec::new(),
         };
         plan::to_json(&plan::plan(&current.config.desired, &snapshot, options))
     })

@@ -1079,3 +1079,55 @@ fn plan_refresh_and_import_resolve_doubt_by_reading_the_server() {
     assert!(in_doubt(&repo).is_empty());
     assert_eq!(snapshot(&repo), server.users());
 }
+
+#[test]
+fn target_plans_and_applies_only_the_matching_users() {
+    let server = Server::default();
+    let repo = config_repo(
+        &server,
+        "",
+        &[(
+            "users/a.yaml",
+            "users:\n  team-a: {city: Oslo}\n  team-b: {city: Rome}\n  Mary: {city: Lima}\n",
+        )],
+    );
+    let plan = run(&repo, &["plan", "--target", "team-*", "--format", "json"]);
+    let plan = plan.success().json();
+    assert_eq!(plan["targets"], serde_json::json!(["team-*"]));
+    assert_eq!(plan["summary"]["create"], 2);
+    let text = run(&repo, &["plan", "--target", "team-*"]);
+    assert!(
+        text.stdout.starts_with(
+            "Partial plan: only users matching --target team-*. Changes to other users are neither shown nor applied."
+        ),
+        "{}",
+        text.stdout
+    );
+    assert!(!text.stdout.contains("Mary"), "{}", text.stdout);
+    // A typo is not silently "no changes".
+    let typo = run(&repo, &["plan", "--target", "tema-*"]);
+    assert!(
+        typo.stderr
+            .contains("--target tema-* matches no user of the config or the snapshot"),
+        "{}",
+        typo.stderr
+    );
+
+    apply(&repo, &["--target", "Mary"]).success();
+    assert_eq!(server.users().keys().collect::<Vec<_>>(), ["Mary"]);
+    // A saved partial plan applies exactly its users, and says it is partial when shown.
+    run(&repo, &["plan", "--target", "team-a", "--out", "plan.json"]).success();
+    assert!(run(&repo, &["show", "plan.json"])
+        .stdout
+        .starts_with("Partial plan"));
+    run(&repo, &["apply", "plan.json"]).success();
+    assert_eq!(
+        server.users().keys().collect::<Vec<_>>(),
+        ["Mary", "team-a"]
+    );
+    let rest = run(&repo, &["plan", "--format", "json"]).success().json();
+    assert_eq!(rest["summary"]["create"], 1, "{rest}");
+    assert!(rest.get("targets").is_none());
+    // --target does not go with a saved plan, which keeps its own.
+    run(&repo, &["apply", "plan.json", "--target", "Mary"]).expect_code(1);
+}
