@@ -152,6 +152,10 @@ enum Command {
         /// plan keeps the targets it was made with.
         #[arg(long, value_name = "USER", conflicts_with = "planfile")]
         target: Vec<String>,
+        /// Read the live attributes first (as `plan --refresh` does) and plan against them, so
+        /// that changes made outside attrsync are put back.
+        #[arg(long, conflicts_with = "planfile")]
+        refresh: bool,
     },
     /// Show a plan saved with `plan --out FILE`, in any format, without the config or the
     /// snapshot (for review, or to render one saved in CI as Markdown).
@@ -536,6 +540,7 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
             allow_empty,
             format,
             target,
+            refresh,
         } => {
             let json = matches!(format, ReportFormat::Json);
             let request = ApplyRequest {
@@ -546,6 +551,7 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
                 allow_empty,
                 json,
                 targets: target,
+                refresh,
             };
             let runtime = runtime()?;
             let stop = StopSignal::new();

@@ -38,6 +38,8 @@ pub struct ApplyRequest {
     pub json: bool,
     /// `--target`: apply only to the users matching one of these ids or globs.
     pub targets: Vec<String>,
+    /// `--refresh`: plan against the server's live values, so drift is put back.
+    pub refresh: bool,
 }
 
 /// What `apply` did.
@@ -56,7 +58,10 @@ pub async fn apply(
     let config = ctx.load_config()?;
     let settings = &config.settings;
     let store = open_for_writing(&config, "apply", OnOtherTarget::Refuse, ctx.lock_timeout).await?;
-    let snapshot = store.load().await?;
+    let mut snapshot = store.load().await?;
+    if request.refresh {
+        snapshot = refreshed_base(&config, store.as_ref(), snapshot).await?;
+    }
     for warning in config
         .warnings()
         .into_iter()
@@ -194,6 +199,54 @@ pub async fn apply(
     Ok(ApplyOutcome {
         report: Some(report),
     })
+}
+
+/// `apply --refresh`: reads the live attributes (as `plan --refresh` does), records the users
+/// in doubt that were read, reports drift, and returns the base to plan against: the snapshot
+/// with every read user's live values, so that changes made outside attrsync are undone.
+async fn refreshed_base(
+    config: &crate::config::Config,
+    store: &dyn crate::state::SnapshotStore,
+    snapshot: crate::model::Snapshot,
+) -> Result<crate::model::Snapshot> {
+    let refreshed = super::refresh(config, &snapshot).await?;
+    // What the server was just seen to hold is recorded: users in doubt that were read, and
+    // users that drifted, so the snapshot agrees with the server before anything is sent.
+    let mut seen = refreshed.resolved.clone();
+    for drifted in &refreshed.drift {
+        if let Some(live) = refreshed.live.get(drifted.user.as_str()) {
+            if !seen.record.iter().any(|(user, _)| *user == drifted.user) {
+                seen.record.push((drifted.user.clone(), Some(live.clone())));
+            }
+        }
+    }
+    seen.record.sort_by(|a, b| a.0.cmp(&b.0));
+    let snapshot = match seen.is_empty() {
+        true => snapshot,
+        false => {
+            store.commit(seen).await?;
+            store.load().await?
+        }
+    };
+    if !refreshed.drift.is_empty() {
+        eprintln!(
+            "{} changed outside attrsync since the last apply; the plan puts {} back",
+            plan::plural(refreshed.drift.len(), "user"),
+            if refreshed.drift.len() == 1 {
+                "it"
+            } else {
+                "them"
+            }
+        );
+    }
+    for failed in &refreshed.unread {
+        eprintln!(
+            "warning: could not read {} from the server ({}); it is planned against the snapshot",
+            crate::text::quote_user(failed.user.as_str()),
+            describe_failed(failed)
+        );
+    }
+    Ok(plan::live_snapshot(&snapshot, &refreshed.live))
 }
 
 /// A progress bar on a terminal, a plain line every few seconds otherwise.

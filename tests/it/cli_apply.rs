@@ -1131,3 +1131,41 @@ fn target_plans_and_applies_only_the_matching_users() {
     // --target does not go with a saved plan, which keeps its own.
     run(&repo, &["apply", "plan.json", "--target", "Mary"]).expect_code(1);
 }
+
+#[test]
+fn apply_refresh_puts_back_what_changed_outside_attrsync() {
+    let server = Server::default();
+    let repo = config_repo(&server, "", &[("users/a.yaml", MARY)]);
+    apply(&repo, &[]).success();
+    let city = || server.users()["Mary"]["city"].clone();
+    assert_eq!(city(), "NewYork");
+    // Someone changes Mary on the server behind attrsync's back.
+    let other = config_repo(
+        &server,
+        "",
+        &[("users/a.yaml", "users:\n  Mary: {city: Paris}\n")],
+    );
+    apply(&other, &[]).success();
+    assert_eq!(city(), "Paris");
+    // A plain apply trusts the snapshot: nothing to do.
+    let plain = apply(&repo, &[]);
+    assert!(plain.stdout.contains("No changes."), "{}", plain.stdout);
+    assert_eq!(city(), "Paris");
+    let refreshed = apply(&repo, &["--refresh"]);
+    refreshed.success();
+    assert!(
+        refreshed
+            .stderr
+            .contains("1 user changed outside attrsync since the last apply"),
+        "{}",
+        refreshed.stderr
+    );
+    assert!(
+        refreshed.stdout.contains("~ city: \"Paris\" → \"NewYork\""),
+        "{}",
+        refreshed.stdout
+    );
+    assert_eq!(city(), "NewYork");
+    assert_eq!(snapshot(&repo)["Mary"]["city"], "NewYork");
+    run(&repo, &["apply", "plan.json", "--refresh"]).expect_code(1);
+}
