@@ -220,6 +220,12 @@ enum Command {
     },
     /// Run the local Tencent Cloud IM stand-in (for tests and demos).
     Emulator(EmulatorArgs),
+    /// Print the JSON Schema of attrsync.yaml (config) or of a user file (users), for editors.
+    Schema {
+        /// Which file's schema.
+        #[arg(value_enum)]
+        of: SchemaOf,
+    },
     /// Print a shell completion script, e.g. `attrsync completions bash > /etc/bash_completion.d/attrsync`.
     Completions {
         /// The shell.
@@ -232,6 +238,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SchemaOf {
+    /// attrsync.yaml.
+    Config,
+    /// A user file.
+    Users,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -641,6 +655,14 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
                 attrsync::watch::run(&ctx.dir, ctx.state.as_deref(), options, shutdown).await
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { of } => {
+            use attrsync::config::schema;
+            let generated = match of {
+                SchemaOf::Config => schema::settings_schema(),
+                SchemaOf::Users => schema::users_schema(),
+            };
+            print_ok(schema::render(&generated))
         }
         Command::Completions { shell } => {
             let mut script = Vec::new();

@@ -1,6 +1,7 @@
 //! Reading a config repository — `attrsync.yaml` and every user file — into validated
 //! [`Settings`] and a [`Desired`] state, with every problem reported as `file:line:column`.
 
+pub mod schema;
 mod settings;
 mod users;
 pub mod yaml;

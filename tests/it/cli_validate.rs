@@ -834,3 +834,256 @@ fn an_endpoint_over_plain_http_to_another_machine_is_refused() {
     );
     assert!(found[0].hint.contains("https://"), "{found:?}");
 }
+
+/// The JSON Schemas (`attrsync schema`, `schema/`) against the examples and against what
+/// `validate` refuses.
+mod schema {
+    use serde_json::{json, Value};
+
+    use crate::common::{yaml, Repo};
+
+    /// Checks `value` against the subset of JSON Schema 2020-12 the schemas use; returns the
+    /// problems, each with its JSON pointer. (A full validator crate would pull a regex engine
+    /// and an HTTP client into the tests for keywords these schemas never use.)
+    fn check(schema: &Value, value: &Value, at: &str, problems: &mut Vec<String>) {
+        let mut fail = |why: String| problems.push(format!("{at}: {why}"));
+        if let Some(kind) = schema["type"].as_str() {
+            let ok = match kind {
+                "object" => value.is_object(),
+                "array" => value.is_array(),
+                "string" => value.is_string(),
+                "integer" => value.is_i64() || value.is_u64(),
+                "boolean" => value.is_boolean(),
+                other => panic!("unsupported type {other}"),
+            };
+            if !ok {
+                fail(format!("{value} is not of type {kind}"));
+                return;
+            }
+        }
+        if let Some(options) = schema["enum"].as_array() {
+            if !options.contains(value) {
+                fail(format!("{value} is not one of {options:?}"));
+            }
+        }
+        if let Some(text) = value.as_str() {
+            let len = text.chars().count() as u64;
+            if schema["minLength"].as_u64().is_some_and(|min| len < min) {
+                fail(format!("{value} is too short"));
+            }
+            if schema["maxLength"].as_u64().is_some_and(|max| len > max) {
+                fail(format!("{value} is too long"));
+            }
+        }
+        if let Some(n) = value.as_i64() {
+            if schema["minimum"].as_i64().is_some_and(|min| n < min) {
+                fail(format!("{n} is below the minimum"));
+            }
+            if schema["maximum"].as_u64().is_some_and(|max| n as u64 > max) {
+                fail(format!("{n} is above the maximum"));
+            }
+        }
+        if let Some(items) = value.as_array() {
+            if schema["maxItems"]
+                .as_u64()
+                .is_some_and(|max| items.len() as u64 > max)
+            {
+                fail(format!(
+                    "{} items, at most {}",
+                    items.len(),
+                    schema["maxItems"]
+                ));
+            }
+            if schema["minItems"]
+                .as_u64()
+                .is_some_and(|min| (items.len() as u64) < min)
+            {
+                fail(format!(
+                    "{} items, at least {}",
+                    items.len(),
+                    schema["minItems"]
+                ));
+            }
+            if schema["uniqueItems"] == json!(true) {
+                for (i, item) in items.iter().enumerate() {
+                    if items[..i].contains(item) {
+                        fail(format!("{item} is repeated"));
+                    }
+                }
+            }
+            for (i, item) in items.iter().enumerate() {
+                check(&schema["items"], item, &format!("{at}/{i}"), problems);
+            }
+        }
+        if let Some(object) = value.as_object() {
+            for name in schema["required"].as_array().into_iter().flatten() {
+                if !object.contains_key(name.as_str().unwrap()) {
+                    problems.push(format!("{at}: {name} is required"));
+                }
+            }
+            for (key, item) in object {
+                let at = format!("{at}/{key}");
+                if !schema["propertyNames"].is_null() {
+                    check(&schema["propertyNames"], &json!(key), &at, problems);
+                }
+                match (&schema["properties"][key], &schema["additionalProperties"]) {
+                    (Value::Null, Value::Bool(false)) => {
+                        problems.push(format!("{at}: not allowed"));
+                    }
+                    (Value::Null, Value::Object(_)) => {
+                        check(&schema["additionalProperties"], item, &at, problems)
+                    }
+                    (Value::Null, _) => {}
+                    (property, _) => check(property, item, &at, problems),
+                }
+            }
+            if let Some(options) = schema["oneOf"].as_array() {
+                let passing = options
+                    .iter()
+                    .filter(|o| {
+                        let mut p = Vec::new();
+                        check(o, value, at, &mut p);
+                        p.is_empty()
+                    })
+                    .count();
+                if passing != 1 {
+                    problems.push(format!("{at}: {passing} of oneOf {options:?} hold, not 1"));
+                }
+            }
+            if !schema["not"].is_null() {
+                let mut p = Vec::new();
+                check(&schema["not"], value, at, &mut p);
+                if p.is_empty() {
+                    problems.push(format!("{at}: matches {}", schema["not"]));
+                }
+            }
+        }
+    }
+
+    fn problems(schema: &Value, value: &Value) -> Vec<String> {
+        let mut found = Vec::new();
+        check(schema, value, "", &mut found);
+        found
+    }
+
+    fn committed(name: &str) -> Value {
+        let path = format!("{}/schema/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn example(path: &str) -> String {
+        std::fs::read_to_string(format!("{}/examples/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn the_examples_validate_against_the_schemas_they_name() {
+        let config = committed("attrsync.schema.json");
+        let users = committed("users.schema.json");
+        for (path, schema, name) in [
+            ("attrsync.full.yaml", &config, "attrsync.schema.json"),
+            ("quickstart/attrsync.yaml", &config, "attrsync.schema.json"),
+            (
+                "quickstart/users/customers.yaml",
+                &users,
+                "users.schema.json",
+            ),
+            ("quickstart/users/trial.yaml", &users, "users.schema.json"),
+            (
+                "quickstart/users/teams/support.yaml",
+                &users,
+                "users.schema.json",
+            ),
+        ] {
+            let text = example(path);
+            let modeline = text.lines().next().unwrap();
+            assert!(
+                modeline.starts_with("# yaml-language-server: $schema=")
+                    && modeline.ends_with(name),
+                "{path}: {modeline}"
+            );
+            // The relative path in the modeline leads to the schema.
+            let relative = modeline.split("$schema=").nth(1).unwrap();
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples")
+                .join(path);
+            assert!(
+                dir.parent().unwrap().join(relative).is_file(),
+                "{path}: {relative}"
+            );
+            assert_eq!(
+                problems(schema, &yaml(&text)),
+                Vec::<String>::new(),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_schemas_catch_what_validate_refuses() {
+        let config = committed("attrsync.schema.json");
+        let users = committed("users.schema.json");
+        for (text, why) in [
+            (
+                "sdkappid: 1\nidentifier: a\nattributes: [x]\n",
+                "neither region nor endpoint",
+            ),
+            (
+                "sdkappid: 1\nidentifier: a\nregion: mars\nattributes: [x]\n",
+                "an unknown region",
+            ),
+            (
+                "sdkappid: 1\nidentifier: a\nregion: tokyo\nendpoint: embedded\nattributes: [x]\n",
+                "both",
+            ),
+            (
+                "sdkappid: 1\nidentifier: a\nregion: tokyo\nattributes: [x]\nrate_limit: 500\n",
+                "rate_limit",
+            ),
+            (
+                "sdkappid: 1\nidentifier: a\nregion: tokyo\nattributes: [x]\nprun: true\n",
+                "a typo",
+            ),
+            (
+                "sdkappid: 1\nidentifier: a\nregion: tokyo\nattributes: [x, x]\n",
+                "a repeated name",
+            ),
+        ] {
+            assert!(!problems(&config, &yaml(text)).is_empty(), "{why}");
+            // And validate agrees.
+            let repo = Repo::new(&[("attrsync.yaml", text)]);
+            repo.mkdir("users");
+            assert_eq!(repo.run(&["validate"]).code, 1, "{why}");
+        }
+        for (text, why) in [
+            // (`NO` is text to YAML 1.2, which editors speak: only validate sees it.)
+            ("users:\n  bob: {vip: true}\n", "a boolean value"),
+            ("users:\n  bob: {age: 30}\n", "a number"),
+            ("users:\n  bob: {city: \"\"}\n", "an empty value"),
+            (
+                &format!("users:\n  bob: {{city: {}}}\n", "x".repeat(51)),
+                "a long value",
+            ),
+            ("defaults: {tier: free}\n", "no users"),
+            ("users: {}\nextra: 1\n", "an unknown key"),
+        ] {
+            assert!(!problems(&users, &yaml(text)).is_empty(), "{why}");
+        }
+        assert!(problems(&users, &yaml("users:\n  bob: {sex: \"NO\", age: \"30\"}\n")).is_empty());
+    }
+
+    #[test]
+    fn attrsync_schema_prints_the_committed_files() {
+        let repo = Repo::new(&[]);
+        for (of, file) in [
+            ("config", "attrsync.schema.json"),
+            ("users", "users.schema.json"),
+        ] {
+            let out = repo.run(&["schema", of]);
+            out.success();
+            assert_eq!(
+                serde_json::from_str::<Value>(&out.stdout).unwrap(),
+                committed(file)
+            );
+        }
+    }
+}

@@ -3,50 +3,14 @@
 
 use std::path::Path;
 
-use saphyr_parser::{Event, Parser};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::common::yaml;
 
 /// A file of the repository, as text.
 fn read(path: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// A YAML document as JSON (every scalar a string): enough to check a workflow's structure.
-/// Panics on a syntax error, an alias or a second document.
-fn yaml(text: &str) -> Value {
-    let mut stack: Vec<(Value, Option<String>)> = Vec::new();
-    let mut root = None;
-    for event in Parser::new_from_str(text) {
-        let (event, span) = event.unwrap_or_else(|e| panic!("not YAML: {e}"));
-        let value = match event {
-            Event::MappingStart(..) => {
-                stack.push((Value::Object(Map::new()), None));
-                continue;
-            }
-            Event::SequenceStart(..) => {
-                stack.push((Value::Array(Vec::new()), None));
-                continue;
-            }
-            Event::MappingEnd | Event::SequenceEnd => stack.pop().unwrap().0,
-            Event::Scalar(text, ..) => Value::String(text.into_owned()),
-            Event::Alias(_) => panic!("an alias at {span:?}"),
-            Event::DocumentStart(_) if root.is_some() => panic!("a second document"),
-            _ => continue,
-        };
-        match stack.last_mut() {
-            None => root = Some(value),
-            Some((Value::Array(items), _)) => items.push(value),
-            Some((Value::Object(map), key)) => match key.take() {
-                None => *key = Some(value.as_str().expect("a string key").to_owned()),
-                Some(k) => {
-                    assert!(map.insert(k.clone(), value).is_none(), "duplicate key {k}");
-                }
-            },
-            Some(_) => unreachable!("only containers are stacked"),
-        }
-    }
-    root.expect("a document")
 }
 
 /// Every `run:` script of a workflow's jobs, joined.

@@ -5,6 +5,9 @@
 // Each test crate compiles its own copy of this module and uses only some of the helpers.
 #![allow(dead_code)]
 
+pub mod yaml;
+pub use yaml::yaml;
+
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
