@@ -90,6 +90,12 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a config repository in DIR (default: the current directory): a commented
+    /// attrsync.yaml, users/example.yaml and a .gitignore for the local snapshot.
+    Init {
+        /// Where (default: --dir); created if needed. Never overwrites an existing config.
+        dir: Option<PathBuf>,
+    },
     /// Check the config repository: every problem, with file:line:column. Exit 0 valid, 1 invalid.
     Validate {
         /// Output format: text, json (for tools), github (workflow annotations).
@@ -506,6 +512,7 @@ fn emit(text: &str) -> std::io::Result<()> {
 
 fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Init { dir } => print_ok(ops::init(dir.as_deref().unwrap_or(&ctx.dir))?),
         Command::Validate { format } => {
             let validation = ops::validate(ctx, format.into());
             for warning in &validation.warnings {

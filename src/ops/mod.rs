@@ -7,6 +7,7 @@
 mod apply;
 mod attributes;
 mod import;
+mod init;
 pub mod interrupts;
 mod plan;
 mod show;
@@ -27,6 +28,7 @@ use crate::state::{Access, Binding, Holder, OnOtherTarget, SnapshotStore};
 pub use apply::{apply, render_report, ApplyOutcome, ApplyRequest, StalePlan};
 pub use attributes::{attributes_list, attributes_push};
 pub use import::import;
+pub use init::init;
 pub use plan::{plan, refresh, PlanFormat, PlanOutcome, PlanRequest, Refreshed};
 pub use show::show;
 pub use state::{

@@ -508,3 +508,56 @@ mod tooling {
         assert!(plain.contains("Mary will be created"), "{plain}");
     }
 }
+
+mod init {
+    use super::*;
+
+    #[test]
+    fn init_writes_a_starter_repository_that_validates_and_plans() {
+        let repo = Repo::new(&[(".gitignore", "/target\n")]);
+        let out = repo.run(&["init", "new"]);
+        out.success();
+        assert!(
+            out.stdout.starts_with("Created a config repository in new"),
+            "{}",
+            out.stdout
+        );
+        assert!(out.stdout.contains("attributes push"), "{}", out.stdout);
+        let validate = repo.run(&["--dir", "new", "validate"]);
+        assert_eq!(
+            validate.success().stdout,
+            "The config is valid: 2 users in 1 file, 3 attributes.\n"
+        );
+        assert!(repo
+            .read("new/attrsync.yaml")
+            .contains("# The app's SDKAppID"));
+        assert_eq!(repo.read("new/.gitignore"), "# attrsync's local snapshot (sled): what this machine last applied. Not configuration.\n/state/\n");
+        let plan = repo.run(&["--dir", "new", "plan"]);
+        assert!(
+            plan.success().stdout.contains("Plan: 2 to create"),
+            "{}",
+            plan.stdout
+        );
+        // The current directory by default (--dir), and an existing .gitignore is kept.
+        repo.run(&["init"]).success();
+        assert_eq!(
+            repo.read(".gitignore"),
+            "/target\n# attrsync's local snapshot (sled): what this machine last applied. Not configuration.\n/state/\n"
+        );
+        repo.run(&["validate"]).success();
+    }
+
+    #[test]
+    fn init_never_overwrites_a_config() {
+        let repo = Repo::new(&[("attrsync.yaml", "sdkappid: 1\n")]);
+        let out = repo.run(&["init"]);
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains("attrsync.yaml already exists"),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(repo.read("attrsync.yaml"), "sdkappid: 1\n");
+        assert!(!repo.path("users").exists());
+    }
+}
