@@ -100,8 +100,22 @@ pub async fn open_for_writing(
     lock_timeout: std::time::Duration,
 ) -> Result<Arc<dyn SnapshotStore>> {
     if let Some(dir) = config.settings.state.dir() {
-        crate::files::create_private_dir(dir)
-            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        let created = match dir.is_dir() {
+            // An existing directory is made private again; one this user may only read says so.
+            true => crate::files::create_private_dir(dir).map_err(|e| match e.kind() {
+                std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+                    "cannot write the snapshot at {}: this user may only read it ({e}); \
+                     `plan` and `state list|show|export` work as this user, `{command}` needs the \
+                     user that owns the directory",
+                    dir.display()
+                ),
+                _ => anyhow::Error::new(e)
+                    .context(format!("cannot use the state directory {}", dir.display())),
+            }),
+            false => crate::files::create_private_dir(dir)
+                .with_context(|| format!("cannot create the state directory {}", dir.display())),
+        };
+        created?;
     }
     Ok(crate::state::open(
         &config.settings.state,

@@ -59,7 +59,15 @@ pub async fn open(
 ) -> Result<Arc<dyn SnapshotStore>, StateError> {
     Ok(match location {
         StateLocation::Dir(dir) => {
-            Arc::new(SledStore::open(dir, binding, holder, on_other_target).await?)
+            match SledStore::open(dir, binding, holder, on_other_target).await {
+                Ok(store) => Arc::new(store),
+                // A user who may only read the directory can still plan and inspect.
+                Err(error) if error.is_permission_denied() && access == Access::Read => {
+                    tracing::debug!(dir = %dir.display(), "the snapshot is read-only here: reading a private copy");
+                    Arc::new(SledStore::open_read_only(dir, binding, holder).await?)
+                }
+                Err(error) => return Err(error),
+            }
         }
         StateLocation::Postgres(url) => {
             Arc::new(PgStore::open(url, binding, holder, access).await?)

@@ -14,6 +14,42 @@ use crate::model::{InDoubt, Snapshot, SnapshotEntry};
 #[derive(Clone, Debug)]
 pub struct SledStore {
     db: Arc<SledDb>,
+    /// For a snapshot this user may only read: the private copy opened instead (sled needs
+    /// write access to open a database), removed with the last clone.
+    _copy: Option<Arc<ReadCopy>>,
+}
+
+/// A private temporary copy of a state directory, removed when dropped.
+#[derive(Debug)]
+struct ReadCopy(PathBuf);
+
+impl Drop for ReadCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies the snapshot's files in `from` into `to` (holder record and the embedded emulator's
+/// data left out: neither is the snapshot).
+fn copy_snapshot(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == super::store::HOLDER_FILE || name == "emulator" {
+            continue;
+        }
+        let (source, target) = (entry.path(), to.join(&name));
+        if entry.file_type()?.is_dir() {
+            crate::files::create_private_dir(&target)?;
+            copy_snapshot(&source, &target)?;
+        } else if entry.file_type()?.is_file() {
+            std::fs::copy(&source, &target)?;
+            // The copy keeps the source's (read-only) mode; sled opens it for writing.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 impl SledStore {
@@ -37,6 +73,34 @@ impl SledStore {
         Ok(Self::from(db))
     }
 
+    /// Opens the snapshot at `dir` for reading by a user who may not write there: sled needs
+    /// write access to open a database, so a private temporary copy is opened instead (and
+    /// removed when the store is dropped). Writes to it would be lost: read access only.
+    pub async fn open_read_only(
+        dir: &Path,
+        binding: Binding<'_>,
+        holder: &Holder,
+    ) -> Result<Self, StateError> {
+        let copy_dir = std::env::temp_dir().join(format!(
+            "attrsync-read-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let io_error = |doing, e: std::io::Error| StateError::Sled {
+            doing,
+            dir: dir.to_owned(),
+            cause: sled::Error::Io(e),
+        };
+        crate::files::create_private_dir(&copy_dir).map_err(|e| io_error("copy", e))?;
+        let copy = ReadCopy(copy_dir);
+        copy_snapshot(dir, &copy.0).map_err(|e| io_error("read", e))?;
+        let opened = Self::open(&copy.0, binding, holder, OnOtherTarget::Refuse).await?;
+        Ok(Self {
+            db: opened.db,
+            _copy: Some(Arc::new(copy)),
+        })
+    }
+
     /// The database itself, for sled-only work (benchmarks, damage checks).
     pub fn db(&self) -> &SledDb {
         &self.db
@@ -54,7 +118,10 @@ impl SledStore {
 
 impl From<SledDb> for SledStore {
     fn from(db: SledDb) -> Self {
-        Self { db: Arc::new(db) }
+        Self {
+            db: Arc::new(db),
+            _copy: None,
+        }
     }
 }
 

@@ -28,7 +28,7 @@ const KEY_DRIFT_CURSOR: &[u8] = b"drift_cursor";
 const KEY_MIGRATED_TO: &[u8] = b"migrated_to";
 const META_TREE: &[u8] = b"meta";
 const DOUBT_TREE: &[u8] = b"in_doubt";
-const HOLDER_FILE: &str = "holder.json";
+pub(super) const HOLDER_FILE: &str = "holder.json";
 /// The serial of the last commit, outside the database: 8 bytes LE then their CRC-32.
 const SERIAL_FILE: &str = "serial";
 /// Users per chunk when chunks are built or split.
@@ -184,15 +184,24 @@ pub enum StateError {
         location: String,
     },
     /// sled or the file system failed.
-    #[error("cannot {doing} the snapshot at {dir}: {source}; check the disk and the directory's permissions")]
+    // `cause`, not `source`: the message already says it, and a source would print it twice.
+    #[error("cannot {doing} the snapshot at {dir}: {cause}; check the disk and the directory's permissions")]
     Sled {
         /// What was being done ("open", "commit to", …).
         doing: &'static str,
         /// The state directory.
         dir: PathBuf,
         /// The underlying error.
-        source: sled::Error,
+        cause: sled::Error,
     },
+}
+
+impl StateError {
+    /// Whether the file system refused access (a snapshot this user may only read).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, StateError::Sled { cause: sled::Error::Io(e), .. }
+            if e.kind() == std::io::ErrorKind::PermissionDenied)
+    }
 }
 
 /// Who holds the snapshot: written to `holder.json` beside a sled database, and to the lock
@@ -828,10 +837,10 @@ impl SledDb {
                 Ok::<u64, ConflictableTransactionError<()>>(serial)
             })
             .map_err(|e| match e {
-                TransactionError::Storage(source) => StateError::Sled {
+                TransactionError::Storage(cause) => StateError::Sled {
                     doing: "commit to",
                     dir: self.dir.clone(),
-                    source,
+                    cause,
                 },
                 TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
             })?;
@@ -1041,10 +1050,10 @@ fn sled_error(doing: &'static str, dir: &Path, source: sled::Error) -> StateErro
                 None => "sled found damaged data in its files".to_owned(),
             },
         },
-        source => StateError::Sled {
+        cause => StateError::Sled {
             doing,
             dir: dir.to_owned(),
-            source,
+            cause,
         },
     }
 }
@@ -1097,7 +1106,7 @@ fn open_serial_file(dir: &Path) -> Result<(std::fs::File, Option<u64>), StateErr
     let io_err = |doing, e: std::io::Error| StateError::Sled {
         doing,
         dir: dir.to_owned(),
-        source: sled::Error::Io(e),
+        cause: sled::Error::Io(e),
     };
     let mut file = std::fs::OpenOptions::new()
         .read(true)

@@ -354,3 +354,89 @@ fn rm_asks_first_and_refuses_without_a_terminal() {
         "Mary\nxiaoming\n小明\n"
     );
 }
+
+/// Runs `attrsync ARGS` in `repo` as a user who may only read it: as `nobody` when the tests
+/// run as root (root may write anywhere), else as this user after taking write permission away.
+fn as_a_reader(repo: &Repo, args: &[&str]) -> common::Output {
+    use std::os::unix::fs::PermissionsExt as _;
+    let set_mode = |path: &std::path::Path, dirs: u32, files: u32| {
+        fn walk(path: &std::path::Path, dirs: u32, files: u32) {
+            let mode = if path.is_dir() { dirs } else { files };
+            if path.is_dir() {
+                for entry in std::fs::read_dir(path).unwrap() {
+                    walk(&entry.unwrap().path(), dirs, files);
+                }
+            }
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        walk(path, dirs, files);
+    };
+    set_mode(repo.dir(), 0o555, 0o444);
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    // The binary may live under a directory `nobody` cannot enter: run a copy.
+    let bin_dir = tempfile::tempdir().unwrap();
+    let bin = bin_dir.path().join("attrsync");
+    std::fs::copy(env!("CARGO_BIN_EXE_attrsync"), &bin).unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = if root {
+        let mut command = std::process::Command::new("setpriv");
+        command
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(&bin);
+        command
+    } else {
+        std::process::Command::new(&bin)
+    };
+    command
+        .args(args)
+        .current_dir(repo.dir())
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .env("TMPDIR", std::env::temp_dir());
+    let out = common::run(command);
+    // Writable again, so the temporary directory can be removed.
+    set_mode(repo.dir(), 0o755, 0o644);
+    out
+}
+
+#[test]
+fn a_snapshot_this_user_may_only_read_can_be_planned_and_inspected() {
+    let repo = imported();
+    repo.write("users/a.yaml", "users:\n  Mary: {city: Boston}\n");
+    for (args, expect) in [
+        (&["state", "list"][..], "Mary\nxiaoming\n小明\n"),
+        (&["state", "show", "Mary"], "user: Mary\n"),
+        (&["state", "export"], "{\"user\":\"Mary\""),
+    ] {
+        let out = as_a_reader(&repo, args);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        assert!(out.stdout.starts_with(expect), "{args:?}: {}", out.stdout);
+        assert_eq!(out.stderr, "", "{args:?}");
+    }
+    let plan = as_a_reader(&repo, &["plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    assert!(
+        plan.stdout.contains("Mary will be updated"),
+        "{}",
+        plan.stdout
+    );
+    // A write says why it cannot, once.
+    let rm = as_a_reader(&repo, &["state", "rm", "Mary", "--auto-approve"]);
+    assert_eq!(rm.code, 1);
+    assert!(
+        rm.stderr.contains("this user may only read it")
+            && rm.stderr.contains("`state rm` needs the user that owns"),
+        "{}",
+        rm.stderr
+    );
+    assert_eq!(rm.stderr.lines().count(), 1, "{}", rm.stderr);
+    // Nothing was left behind, and the snapshot is as it was.
+    assert_eq!(
+        repo.run(&["state", "list"]).stdout,
+        "Mary\nxiaoming\n小明\n"
+    );
+}
