@@ -90,7 +90,13 @@ pub fn embedded_data_dir(state_dir: &Path) -> PathBuf {
 pub async fn connect(settings: &Settings) -> Result<Connection, LinkError> {
     let key = match std::env::var(&settings.secret_key_env) {
         Ok(key) if !key.trim().is_empty() => SecretKey::new(key.trim()),
-        _ if settings.target == Target::Embedded => SecretKey::new(DEMO_SECRET_KEY),
+        _ if settings.target == Target::Embedded => {
+            tracing::info!(
+                "signing with the built-in emulator's public demo key ({} is unset): fine for the emulator, never for a real app",
+                settings.secret_key_env
+            );
+            SecretKey::new(DEMO_SECRET_KEY)
+        }
         _ => {
             return Err(LinkError::NoSecretKey {
                 var: settings.secret_key_env.clone(),

@@ -184,6 +184,12 @@ pub fn endpoint_header(plan: &Plan, markdown: bool) -> String {
         ));
     }
     let url = plan.endpoint.as_str();
+    if url == "embedded" {
+        lines.push(
+            "Endpoint: the built-in emulator (endpoint: embedded), inside attrsync: nothing leaves this machine."
+                .to_owned(),
+        );
+    }
     let region = crate::model::Region::ALL
         .iter()
         .any(|(region, _, _)| region.base_url() == url);
