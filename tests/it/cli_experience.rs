@@ -462,11 +462,12 @@ mod tooling {
             assert!(text.contains(page), "{page}");
         }
         assert!(!repo.path("man/man1/attrsync-help.1").exists());
-        assert!(
-            out.stdout.starts_with("Wrote 18 man pages to man/man1."),
-            "{}",
-            out.stdout
+        let pages = std::fs::read_dir(repo.path("man/man1")).unwrap().count();
+        assert_eq!(
+            out.stdout,
+            format!("Wrote {pages} man pages to man/man1.\n")
         );
+        assert!(pages > 20, "{pages}");
     }
 
     #[test]
