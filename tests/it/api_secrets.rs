@@ -27,6 +27,19 @@ impl Write for Captured {
     }
 }
 
+/// Sends every log event of this thread, TRACE included, to the returned buffer while the
+/// guard lives.
+fn capture_every_log() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -116,14 +129,7 @@ async fn failing_calls_output() -> String {
 
 #[tokio::test]
 async fn failing_calls_never_log_or_report_the_key_or_a_usersig() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture_every_log();
 
     let started = unix_now();
     let errors = failing_calls_output().await;
@@ -175,14 +181,7 @@ const DB_PASSWORD: &str = "Db-Pa55w0rd-that-must-not-print";
 async fn the_daemon_token_and_database_passwords_never_reach_logs_or_errors() {
     use attrsync::model::{PostgresUrl, StateLocation, Target};
     use attrsync::state::{Access, Binding, Holder, OnOtherTarget};
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture_every_log();
 
     let mut output = Vec::new();
     let token = attrsync::watch::ListenToken::new(TOKEN).unwrap();
