@@ -374,12 +374,13 @@ mod tests {
             header(&settings("endpoint: https://proxy.example.com"), true)
                 .starts_with("> **Endpoint: https://proxy.example.com")
         );
-        for quiet in [
-            "region: singapore",
-            "endpoint: embedded",
-            "endpoint: http://127.0.0.1:8080",
-        ] {
+        for quiet in ["region: singapore", "endpoint: http://127.0.0.1:8080"] {
             assert_eq!(header(&settings(quiet), false), "", "{quiet}");
         }
+        // The emulator is named, so the quickstart says what it talked to.
+        assert_eq!(
+            header(&settings("endpoint: embedded"), false),
+            "Endpoint: the built-in emulator (endpoint: embedded), inside attrsync: nothing leaves this machine.\n\n"
+        );
     }
 }
