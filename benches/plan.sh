@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Times `attrsync plan` at 100,000 and 1,000,000 users (100 files), against an empty snapshot
-# and against a snapshot that already holds every user (no changes). Prints wall time and
-# peak RSS per run. Needs GNU time (/usr/bin/time; `apt-get install time`).
+# Times `attrsync plan` at 100,000 and 1,000,000 users (100 files): against an empty snapshot
+# and against one that already holds every user (no changes), with the parse cache cold (the
+# first run after a clone) and warm, and after one file was edited. Beside each size it prints
+# how long `cat` takes to read the same files: the floor. Wall time and peak RSS per run.
+# Needs GNU time (/usr/bin/time; `apt-get install time`).
 #
 #   bash benches/plan.sh            # both sizes
 #   bash benches/plan.sh 100000     # one size
@@ -11,18 +13,28 @@ cargo build --release --quiet --bin attrsync --example gen_users
 bin=$PWD/target/release/attrsync
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for users in "${@:-100000 1000000}"; do
-  for n in $users; do
-    repo=$work/repo-$n
-    ./target/release/examples/gen_users --users "$n" --files 100 "$repo" 2>/dev/null
-    size=$(du -sh "$repo/users" | cut -f1)
-    echo "== $n users in 100 files ($size of YAML)"
-    /usr/bin/time -f "  plan, empty snapshot:        %e s wall, %M KiB peak RSS" \
-      "$bin" --dir "$repo" plan --format json >/dev/null
-    "$bin" --dir "$repo" state import "$repo/snapshot.jsonl" >/dev/null
-    for run in 1 2 3; do
-      /usr/bin/time -f "  plan, snapshot holds all ($run): %e s wall, %M KiB peak RSS" \
-        "$bin" --dir "$repo" plan >/dev/null
-    done
+measure() { # label, then the command
+  local label=$1; shift
+  /usr/bin/time -f "  $label: %e s wall, %M KiB peak RSS" "$@" >/dev/null
+}
+for n in ${@:-100000 1000000}; do
+  repo=$work/repo-$n
+  ./target/release/examples/gen_users --users "$n" --files 100 "$repo" 2>/dev/null
+  size=$(du -sh "$repo/users" | cut -f1)
+  echo "== $n users in 100 files ($size of YAML)"
+  measure "cat of the user files (the floor)" sh -c "cat $repo/users/*.yaml"
+  rm -rf "$repo/.attrsync-cache"
+  measure "plan, empty snapshot, cold cache" "$bin" --dir "$repo" plan --format json
+  measure "plan, empty snapshot, warm cache" "$bin" --dir "$repo" plan --format json
+  measure "plan, empty snapshot, warm cache, text" "$bin" --dir "$repo" plan
+  "$bin" --dir "$repo" state import "$repo/snapshot.jsonl" >/dev/null
+  rm -rf "$repo/.attrsync-cache"
+  measure "plan, snapshot holds all, cold cache" "$bin" --dir "$repo" plan
+  for run in 1 2 3; do
+    measure "plan, snapshot holds all, warm cache ($run)" "$bin" --dir "$repo" plan
   done
+  # One file of 100 edited: 1 % of the users change city.
+  first=$(ls "$repo/users" | head -1)
+  sed -i 's/city: \([A-Za-z]*\)/city: \1x/' "$repo/users/$first"
+  measure "plan, one file edited (1 % changed), warm cache" "$bin" --dir "$repo" plan
 done

@@ -1,6 +1,7 @@
 //! Reading a config repository — `attrsync.yaml` and every user file — into validated
 //! [`Settings`] and a [`Desired`] state, with every problem reported as `file:line:column`.
 
+mod disk_cache;
 pub mod schema;
 mod settings;
 mod users;
@@ -140,6 +141,8 @@ pub struct ParseCache {
     /// Keep parsed files for the next load (the daemon); a one-shot command does not, so the
     /// parsed users can be moved into the desired state instead of copied.
     retain: bool,
+    /// Read and write the parse cache on disk (`.attrsync-cache/` beside `attrsync.yaml`).
+    persist: bool,
     attributes: Vec<AttrName>,
     files: HashMap<[u8; 32], Arc<ParsedFile>>,
     /// Files parsed (not found in the cache) by the last load.
@@ -147,6 +150,15 @@ pub struct ParseCache {
 }
 
 impl ParseCache {
+    /// A cache that reads and writes the parse cache on disk, for a one-shot command: files
+    /// whose content it holds are not parsed again.
+    pub fn persistent() -> Self {
+        Self {
+            persist: true,
+            ..Self::default()
+        }
+    }
+
     /// A cache that keeps parsed files across loads.
     pub fn retaining() -> Self {
         Self {
@@ -234,12 +246,23 @@ pub fn load(
         cache.attributes = attributes.clone().unwrap_or_default();
     }
     let started = std::time::Instant::now();
-    let parsed = parse_files(&files, attributes.as_deref(), cache);
+    // The disk cache needs the attributes: without valid settings every file is parsed.
+    let disk = match (&attributes, cache.persist) {
+        (Some(names), true) => Some(disk_cache::DiskCache::read(
+            &disk_cache::cache_path(dir),
+            names,
+        )),
+        _ => None,
+    };
+    let parsed = parse_files(&files, attributes.as_deref(), cache, disk.as_ref());
+    if let (Some(names), Some(disk)) = (&attributes, &disk) {
+        save_disk_cache(dir, names, disk, &files, &parsed, cache.last_parsed);
+    }
     tracing::debug!(files = files.len(), parsed = cache.last_parsed, elapsed = ?started.elapsed(), "parsed the user files");
     let mut declared: Vec<(DeclaredUser, u32)> = Vec::new();
     for (index, (path, result)) in files.iter().zip(parsed).enumerate() {
         let shown = display_path(dir, path);
-        match result {
+        match result.map(|parsed| parsed.file) {
             Ok(file) => {
                 diagnostics.extend(
                     file.problems
@@ -437,8 +460,9 @@ fn parse_files(
     files: &[PathBuf],
     attributes: Option<&[AttrName]>,
     cache: &mut ParseCache,
-) -> Vec<Result<Arc<ParsedFile>, ReadError>> {
-    type Slot = Mutex<Option<Result<(Arc<ParsedFile>, [u8; 32], bool), ReadError>>>;
+    disk: Option<&disk_cache::DiskCache>,
+) -> Vec<Result<Parsed, ReadError>> {
+    type Slot = Mutex<Option<Result<(Parsed, bool), ReadError>>>;
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(files.len().max(1));
@@ -452,11 +476,22 @@ fn parse_files(
                 let Some(path) = files.get(i) else { break };
                 let outcome = read_bytes(path).and_then(|bytes| {
                     let key: [u8; 32] = Sha256::digest(&bytes).into();
-                    if let Some(hit) = cached.get(&key) {
-                        return Ok((hit, key, false));
+                    if let Some(file) = cached.get(&key) {
+                        return Ok((Parsed { file, key }, false));
+                    }
+                    let on_disk = disk.zip(attributes).and_then(|(d, a)| d.get(&key, a));
+                    if let Some(file) = on_disk {
+                        return Ok((
+                            Parsed {
+                                file: Arc::new(file),
+                                key,
+                            },
+                            false,
+                        ));
                     }
                     let text = to_text(bytes)?;
-                    Ok((Arc::new(users::parse(&text, attributes)), key, true))
+                    let file = Arc::new(users::parse(&text, attributes));
+                    Ok((Parsed { file, key }, true))
                 });
                 *crate::sync::lock(&slots[i]) = Some(outcome);
             });
@@ -472,10 +507,10 @@ fn parse_files(
                 .into_inner()
                 .expect("no worker panics")
                 .expect("every file was visited");
-            outcome.map(|(file, key, parsed)| {
-                cache.last_parsed += usize::from(parsed);
-                current.insert(key, Arc::clone(&file));
-                file
+            outcome.map(|(parsed, fresh)| {
+                cache.last_parsed += usize::from(fresh);
+                current.insert(parsed.key, Arc::clone(&parsed.file));
+                parsed
             })
         })
         .collect();
@@ -483,6 +518,57 @@ fn parse_files(
         cache.files = current;
     }
     results
+}
+
+/// A user file's parse, and the SHA-256 of its content that keys it in the caches.
+struct Parsed {
+    file: Arc<ParsedFile>,
+    key: [u8; 32],
+}
+
+/// Writes the disk cache again when it no longer holds exactly the current files: some were
+/// parsed afresh, or some it held are gone. Entries it had are copied as they are; a failure to
+/// write (a read-only checkout) only costs the next run its speed.
+fn save_disk_cache(
+    root: &Path,
+    attributes: &[AttrName],
+    disk: &disk_cache::DiskCache,
+    files: &[PathBuf],
+    parsed: &[Result<Parsed, ReadError>],
+    fresh: usize,
+) {
+    let mut keys: Vec<[u8; 32]> = parsed.iter().flatten().map(|p| p.key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if fresh == 0 && keys.len() == disk.len() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let mut encoded: HashMap<[u8; 32], Vec<u8>> = HashMap::new();
+    for parsed in parsed.iter().flatten() {
+        if disk.raw(&parsed.key).is_none() && !encoded.contains_key(&parsed.key) {
+            if let Some(entry) = disk_cache::encode(&parsed.file, attributes) {
+                encoded.insert(parsed.key, entry);
+            }
+        }
+    }
+    let entries: Vec<([u8; 32], &[u8])> = keys
+        .iter()
+        .filter_map(|key| {
+            let entry = disk
+                .raw(key)
+                .or_else(|| encoded.get(key).map(Vec::as_slice))?;
+            Some((*key, entry))
+        })
+        .collect();
+    match disk_cache::write(root, attributes, &entries) {
+        Ok(()) => {
+            tracing::debug!(files = files.len(), entries = entries.len(), elapsed = ?started.elapsed(), "wrote the parse cache")
+        }
+        Err(error) => {
+            tracing::debug!(%error, "cannot write the parse cache; the next run parses again")
+        }
+    }
 }
 
 /// `path` relative to `root` when it is inside it, as users write paths in their repo.

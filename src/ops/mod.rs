@@ -55,7 +55,12 @@ pub struct Globals {
 impl Globals {
     /// Loads and validates the config repository.
     pub fn load_config(&self) -> Result<Config, Diagnostics> {
-        config::load(&self.dir, self.state.as_deref(), &mut ParseCache::default())
+        // One-shot commands keep a parse cache on disk: unchanged files are not parsed again.
+        config::load(
+            &self.dir,
+            self.state.as_deref(),
+            &mut ParseCache::persistent(),
+        )
     }
 
     pub(crate) fn text_style(&self) -> TextStyle {

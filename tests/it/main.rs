@@ -18,6 +18,7 @@ mod cli_plan;
 mod cli_postgres;
 mod cli_state;
 mod cli_validate;
+mod config_cache;
 mod emulator_http;
 mod files_safety;
 mod packaging;
