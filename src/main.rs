@@ -547,7 +547,9 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {warning}");
             }
             emit(&outcome.output)?;
-            Ok(if detailed_exitcode && outcome.plan.summary.has_writes() {
+            let changes = outcome.plan.summary.has_writes();
+            ops::drop_in_background(outcome);
+            Ok(if detailed_exitcode && changes {
                 ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS

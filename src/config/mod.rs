@@ -172,6 +172,18 @@ impl ParseCache {
     }
 }
 
+/// Reads only `dir/attrsync.yaml` (with `state_override` applied, as [`load`] does): the
+/// settings when they are valid, `None` otherwise ([`load`] then says why). Cheap, so that a
+/// command can start on the snapshot while the user files load.
+pub fn load_settings(dir: &Path, state_override: Option<&str>) -> Option<Settings> {
+    let text = read_text(&dir.join(SETTINGS_FILE)).ok()?;
+    let mut settings = settings::parse(&text, dir).settings.ok()?;
+    if let Some(state) = state_override {
+        settings.state = crate::model::StateLocation::parse(state, Path::new(""));
+    }
+    Some(settings)
+}
+
 /// Loads `dir/attrsync.yaml` and the user files it points at.
 ///
 /// `state_override` replaces the `state` setting (`--state`, or `ATTRSYNC_STATE`): a directory

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 
-use super::{describe_failed, open_existing, Globals};
+use super::{describe_failed, Globals};
 use crate::apply::FailedUser;
 use crate::config::Config;
 use crate::files::write_private;
@@ -57,8 +57,6 @@ pub struct PlanOutcome {
 /// doubt is resolved, so the snapshot moves (a new serial) even though nothing is sent.
 pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
     let started = std::time::Instant::now();
-    let config = ctx.load_config()?;
-    tracing::debug!(users = config.desired.len(), files = config.files, elapsed = ?started.elapsed(), "loaded the config");
     // `--refresh` records what it reads of users in doubt: a writer's lock on a shared
     // snapshot. A plain plan reads one consistent view without a lock.
     let access = match request.refresh {
@@ -67,32 +65,36 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
         },
         false => Access::Read,
     };
-    let mut warnings = config.warnings();
-    let (store, previous_endpoint) = match open_existing(&config, "plan", access).await {
-        Ok(store) => {
-            let previous = store.as_ref().and_then(|store| store.previous_target());
-            (store, previous)
-        }
-        // A sled snapshot records one server: when the config now points at another, its
-        // values say nothing about the new one. A plain plan still shows the reviewer what
-        // the change means (everything is sent anew); apply refuses until `import`.
-        Err(error) => match error.downcast_ref::<StateError>() {
-            Some(StateError::OtherTarget {
-                found, expected, ..
-            }) if !request.refresh => {
-                warnings.push(format!(
-                    "the snapshot records {found}, not {expected}: this plan is against an empty snapshot, \
-                     and `attrsync apply` refuses until `attrsync import` reads {expected}'s current values"
-                ));
-                (None, Some(found.clone()))
-            }
-            _ => return Err(error),
-        },
+    // The snapshot depends only on the settings: a plain plan reads it while the user files
+    // load (about as long each at a million users), instead of after.
+    let early = match request.refresh {
+        false => ctx.load_settings().map(|settings| {
+            let reading = tokio::spawn(read_base(settings.clone(), access));
+            (settings, reading)
+        }),
+        true => None,
     };
-    let mut snapshot = match &store {
-        Some(store) => store.load().await?,
-        None => Snapshot::default(),
+    let loading = tokio::task::spawn_blocking({
+        let ctx = ctx.clone();
+        move || ctx.load_config()
+    });
+    let config = loading
+        .await
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+    tracing::debug!(users = config.desired.len(), files = config.files, elapsed = ?started.elapsed(), "loaded the config");
+    let base = match early {
+        Some((settings, reading)) if settings == config.settings => reading
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?,
+        _ => read_base(config.settings.clone(), access).await?,
     };
+    let Base {
+        store,
+        previous_endpoint,
+        mut snapshot,
+        mut warnings,
+    } = base;
+    warnings.splice(0..0, config.warnings());
     tracing::debug!(users = snapshot.users.len(), elapsed = ?started.elapsed(), "read the snapshot");
     if let Some(warning) = super::no_snapshot_warning(&config, &snapshot, store.is_some()) {
         warnings.push(warning);
@@ -179,9 +181,59 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
         PlanFormat::Text => super::endpoint_header(&plan, false) + &output,
         PlanFormat::Json | PlanFormat::Markdown => output,
     };
+    super::drop_in_background((config, snapshot, refreshed));
     Ok(PlanOutcome {
         plan,
         output,
+        warnings,
+    })
+}
+
+/// The snapshot a plan is computed against, with what was found out opening it.
+struct Base {
+    store: Option<std::sync::Arc<dyn crate::state::SnapshotStore>>,
+    previous_endpoint: Option<String>,
+    snapshot: Snapshot,
+    warnings: Vec<String>,
+}
+
+/// Opens the snapshot of `settings` (never creating one) and reads it. A sled snapshot
+/// recorded for another server is read as empty, with a warning, for a plain plan: its
+/// values say nothing about the new server, and the reviewer should still see what the change
+/// means (everything is sent anew); `apply` refuses until `import`, and so does `--refresh`.
+async fn read_base(settings: crate::config::Settings, access: Access) -> Result<Base> {
+    let mut warnings = Vec::new();
+    let opened = crate::state::open_existing(
+        &settings.state,
+        super::binding(&settings),
+        &crate::state::Holder::this_process("plan"),
+        access,
+    )
+    .await;
+    let (store, previous_endpoint) = match opened {
+        Ok(store) => {
+            let previous = store.as_ref().and_then(|store| store.previous_target());
+            (store, previous)
+        }
+        Err(StateError::OtherTarget {
+            found, expected, ..
+        }) if access == Access::Read => {
+            warnings.push(format!(
+                "the snapshot records {found}, not {expected}: this plan is against an empty snapshot, \
+                 and `attrsync apply` refuses until `attrsync import` reads {expected}'s current values"
+            ));
+            (None, Some(found))
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let snapshot = match &store {
+        Some(store) => store.load().await?,
+        None => Snapshot::default(),
+    };
+    Ok(Base {
+        store,
+        previous_endpoint,
+        snapshot,
         warnings,
     })
 }
