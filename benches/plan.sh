@@ -36,5 +36,5 @@ for n in ${@:-100000 1000000}; do
   # One file of 100 edited: 1 % of the users change city.
   first=$(ls "$repo/users" | head -1)
   sed -i 's/city: \([A-Za-z]*\)/city: \1x/' "$repo/users/$first"
-  measure "plan, one file edited (1 % changed), warm cache" "$bin" --dir "$repo" plan
+  measure "plan, one file edited (1 %% of users changed), warm cache" "$bin" --dir "$repo" plan
 done
