@@ -109,9 +109,10 @@ impl fmt::Debug for AttrName {
     }
 }
 
-/// A validated attribute value: 1..=50 bytes of UTF-8 without control characters.
+/// A validated attribute value: 1..=50 bytes of UTF-8 without control characters. Shared, so
+/// that equal values loaded through a [`ValueInterner`] are one allocation.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AttrValue(Box<str>);
+pub struct AttrValue(Arc<str>);
 
 impl AttrValue {
     /// Validates `raw` as an attribute value.
@@ -139,6 +140,35 @@ impl AttrValue {
     /// The value as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Shares equal attribute values while a snapshot or a config loads: a million users hold a
+/// few dozen distinct cities and tiers, and an allocation per value would be most of the
+/// memory and a good part of the time. A value is validated once, when first seen.
+#[derive(Debug, Default)]
+pub struct ValueInterner(std::collections::HashSet<Arc<str>>);
+
+impl ValueInterner {
+    /// `raw` as a value, shared with every equal one seen before.
+    pub fn value(&mut self, raw: &str) -> Result<AttrValue, InvalidValue> {
+        if let Some(seen) = self.0.get(raw) {
+            return Ok(AttrValue(Arc::clone(seen)));
+        }
+        let value = AttrValue::new(raw)?;
+        self.0.insert(Arc::clone(&value.0));
+        Ok(value)
+    }
+
+    /// `value`, or the equal one seen before (so `value`'s own allocation can go).
+    pub fn share(&mut self, value: AttrValue) -> AttrValue {
+        match self.0.get(&*value.0) {
+            Some(seen) => AttrValue(Arc::clone(seen)),
+            None => {
+                self.0.insert(Arc::clone(&value.0));
+                value
+            }
+        }
     }
 }
 
@@ -788,6 +818,20 @@ pub struct Plan {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn interned_values_share_one_allocation_and_are_still_validated() {
+        use super::{AttrValue, ValueInterner};
+        let mut values = ValueInterner::default();
+        let a = values.value("Oslo").unwrap();
+        let b = values.value("Oslo").unwrap();
+        assert!(std::ptr::eq(a.as_str(), b.as_str()));
+        let c = values.share(AttrValue::new("Oslo").unwrap());
+        assert!(std::ptr::eq(a.as_str(), c.as_str()));
+        assert!(values.value("").is_err());
+        assert!(values.value("Os\nlo").is_err());
+        assert_eq!(values.value("Lima").unwrap().as_str(), "Lima");
+    }
+
     #[test]
     fn plain_http_is_safe_only_on_this_machine() {
         use super::endpoint_is_safe;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::users::{DeclaredUser, ParsedFile};
 use super::yaml::{Pos, Problem};
-use crate::model::{AttrName, AttrValue, Attrs, UserId};
+use crate::model::{AttrName, Attrs, UserId, ValueInterner};
 
 /// The directory beside `attrsync.yaml`.
 pub const CACHE_DIR: &str = ".attrsync-cache";
@@ -190,6 +190,7 @@ fn decode(body: &[u8], attributes: &[AttrName]) -> Option<ParsedFile> {
         problems: Vec::new(),
     };
     let mut pairs = Vec::new();
+    let mut values = ValueInterner::default();
     for _ in 0..users {
         let len = r.u16()? as usize;
         let id = UserId::new(std::str::from_utf8(r.take(len)?).ok()?).ok()?;
@@ -199,7 +200,7 @@ fn decode(body: &[u8], attributes: &[AttrName]) -> Option<ParsedFile> {
         for _ in 0..count {
             let name = attributes.get(r.u8()? as usize)?.clone();
             let len = r.u8()? as usize;
-            let value = AttrValue::new(std::str::from_utf8(r.take(len)?).ok()?).ok()?;
+            let value = values.value(std::str::from_utf8(r.take(len)?).ok()?).ok()?;
             pairs.push((name, value));
         }
         file.users.push(DeclaredUser {

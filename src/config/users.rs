@@ -1,6 +1,6 @@
 //! A user file: `defaults:` and `users:`, read into users with their positions.
 
-use crate::model::{AttrName, AttrValue, Attrs, UserId};
+use crate::model::{AttrName, AttrValue, Attrs, UserId, ValueInterner};
 
 use super::yaml::{Fatal, Pos, Problem, Reader, Resolved, Scalar};
 
@@ -31,13 +31,18 @@ pub fn parse(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
     let mut defaults: Vec<(AttrName, AttrValue)> = Vec::new();
     let mut users: Users = Vec::new();
     let _ = read_file(&mut reader, attributes, &mut defaults, &mut users);
+    // Equal values share one allocation: a file repeats the same few cities and tiers.
+    let mut values = ValueInterner::default();
     let mut users: Vec<DeclaredUser> = users
         .into_iter()
         .map(|(id, own, pos)| {
             // Defaults first, so the user's own value wins in `from_pairs`.
             let mut pairs = Vec::with_capacity(defaults.len() + own.len());
             pairs.extend(defaults.iter().cloned());
-            pairs.extend(own);
+            pairs.extend(
+                own.into_iter()
+                    .map(|(name, value)| (name, values.share(value))),
+            );
             DeclaredUser {
                 id,
                 attrs: Attrs::from_pairs(pairs),

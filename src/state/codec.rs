@@ -1,7 +1,9 @@
 //! The snapshot's binary records: user chunks, entries and in-doubt records, each checked with
 //! a CRC-32, and the `serial` file's 12 bytes. Pure functions over bytes.
 
-use crate::model::{AttrName, AttrValue, Attrs, DoubtNote, InDoubt, SnapshotEntry, UserId};
+use crate::model::{
+    AttrName, AttrValue, Attrs, DoubtNote, InDoubt, SnapshotEntry, UserId, ValueInterner,
+};
 
 /// Records a decoded chunk reserves room for at most (a chunk is split past 2 × 128 users).
 const CHUNK_CAPACITY: usize = 4 * 2 * 128;
@@ -33,13 +35,13 @@ pub(super) fn encode_attrs(attrs: &Attrs, out: &mut Vec<u8>) {
     }
 }
 
-pub(super) fn decode_attrs(cursor: &mut &[u8], names: &mut NameInterner) -> Option<Attrs> {
+pub(super) fn decode_attrs(cursor: &mut &[u8], interner: &mut Interner) -> Option<Attrs> {
     let (&count, rest) = cursor.split_first()?;
     *cursor = rest;
     let mut pairs = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let name = names.get(take_field(cursor)?)?;
-        let value = AttrValue::new(std::str::from_utf8(take_field(cursor)?).ok()?).ok()?;
+        let name = interner.name(take_field(cursor)?)?;
+        let value = interner.value(take_field(cursor)?)?;
         pairs.push((name, value));
     }
     Some(Attrs::from_pairs(pairs))
@@ -54,14 +56,14 @@ pub(super) fn encode_entry(attrs: &Attrs, applied_at: u64) -> Vec<u8> {
     out
 }
 
-pub(super) fn decode_entry(bytes: &[u8], names: &mut NameInterner) -> Option<SnapshotEntry> {
+pub(super) fn decode_entry(bytes: &[u8], interner: &mut Interner) -> Option<SnapshotEntry> {
     let (&version, rest) = bytes.split_first()?;
     if version != 1 || rest.len() < 9 {
         return None;
     }
     let applied_at = u64::from_le_bytes(rest[..8].try_into().ok()?);
     let mut cursor = &rest[8..];
-    let attrs = decode_attrs(&mut cursor, names)?;
+    let attrs = decode_attrs(&mut cursor, interner)?;
     cursor
         .is_empty()
         .then_some(SnapshotEntry { attrs, applied_at })
@@ -84,7 +86,7 @@ pub(super) fn encode_doubt(doubt: &InDoubt) -> Vec<u8> {
     out
 }
 
-pub(super) fn decode_doubt(bytes: &[u8], names: &mut NameInterner) -> Option<InDoubt> {
+pub(super) fn decode_doubt(bytes: &[u8], interner: &mut Interner) -> Option<InDoubt> {
     let (&version, rest) = bytes.split_first()?;
     let (crc, body) = rest.split_at_checked(4)?;
     if version != 1 || crc32fast::hash(body).to_le_bytes() != crc {
@@ -94,7 +96,7 @@ pub(super) fn decode_doubt(bytes: &[u8], names: &mut NameInterner) -> Option<InD
     let (len, rest) = rest.split_at_checked(2)?;
     let (reason, mut cursor) =
         rest.split_at_checked(u16::from_le_bytes(len.try_into().ok()?) as usize)?;
-    let maybe = decode_attrs(&mut cursor, names)?;
+    let maybe = decode_attrs(&mut cursor, interner)?;
     cursor.is_empty().then(|| InDoubt {
         maybe,
         note: DoubtNote {
@@ -156,18 +158,28 @@ pub(super) fn decode_chunk(chunk: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     cursor.is_empty().then_some(records)
 }
 
-/// Attribute names seen while decoding, so a million users share ten allocations.
+/// Attribute names and values seen while decoding, so a million users share a few dozen
+/// allocations instead of holding four each.
 #[derive(Default)]
-pub(super) struct NameInterner(Vec<AttrName>);
+pub(super) struct Interner {
+    names: Vec<AttrName>,
+    values: ValueInterner,
+}
 
-impl NameInterner {
-    pub(super) fn get(&mut self, bytes: &[u8]) -> Option<AttrName> {
-        if let Some(name) = self.0.iter().find(|n| n.as_str().as_bytes() == bytes) {
+impl Interner {
+    /// The attribute name in `bytes`, shared with the equal ones read before.
+    pub(super) fn name(&mut self, bytes: &[u8]) -> Option<AttrName> {
+        if let Some(name) = self.names.iter().find(|n| n.as_str().as_bytes() == bytes) {
             return Some(name.clone());
         }
         let name = AttrName::new(std::str::from_utf8(bytes).ok()?).ok()?;
-        self.0.push(name.clone());
+        self.names.push(name.clone());
         Some(name)
+    }
+
+    /// The attribute value in `bytes`, shared with the equal ones read before.
+    pub(super) fn value(&mut self, bytes: &[u8]) -> Option<AttrValue> {
+        self.values.value(std::str::from_utf8(bytes).ok()?).ok()
     }
 }
 
@@ -205,7 +217,7 @@ mod tests {
     fn entries_round_trip() {
         let a = attrs(&[("city", "東京"), ("sex", "female")]);
         let bytes = encode_entry(&a, 42);
-        let entry = decode_entry(&bytes, &mut NameInterner::default()).unwrap();
+        let entry = decode_entry(&bytes, &mut Interner::default()).unwrap();
         assert_eq!(
             entry,
             SnapshotEntry {
@@ -213,8 +225,8 @@ mod tests {
                 applied_at: 42
             }
         );
-        assert!(decode_entry(&bytes[..bytes.len() - 1], &mut NameInterner::default()).is_none());
-        assert!(decode_entry(&[], &mut NameInterner::default()).is_none());
+        assert!(decode_entry(&bytes[..bytes.len() - 1], &mut Interner::default()).is_none());
+        assert!(decode_entry(&[], &mut Interner::default()).is_none());
     }
 
     #[test]
@@ -228,12 +240,12 @@ mod tests {
         }
         let record = encode_doubt(&doubt(&[("x", "2")]));
         assert_eq!(
-            decode_doubt(&record, &mut NameInterner::default()),
+            decode_doubt(&record, &mut Interner::default()),
             Some(doubt(&[("x", "2")]))
         );
         let mut bad = record.clone();
         *bad.last_mut().unwrap() ^= 1;
-        assert!(decode_doubt(&bad, &mut NameInterner::default()).is_none());
+        assert!(decode_doubt(&bad, &mut Interner::default()).is_none());
         assert_eq!(decode_serial(&encode_serial(99)), Some(99));
         assert_eq!(decode_serial(&[0; 12][..]), None);
     }

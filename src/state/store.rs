@@ -10,7 +10,7 @@ use sled::Transactional;
 
 use super::codec::{
     decode_chunk, decode_doubt, decode_entry, decode_serial, decode_user, encode_chunk,
-    encode_doubt, encode_entry, encode_serial, NameInterner,
+    encode_doubt, encode_entry, encode_serial, Interner,
 };
 use crate::model::{Attrs, InDoubt, Snapshot, SnapshotEntry, Target, UserId, UserMap};
 
@@ -606,7 +606,7 @@ impl SledDb {
 
     /// Reads the whole snapshot, checking every checksum and the user count.
     pub fn load(&self) -> Result<Snapshot, StateError> {
-        let mut names = NameInterner::default();
+        let mut names = Interner::default();
         let mut users = Vec::new();
         for item in self.users().iter() {
             let (_, chunk) = item.map_err(self.err("read"))?;
@@ -658,7 +658,7 @@ impl SledDb {
         let records = decode_chunk(&chunk).ok_or_else(|| self.corrupt("a chunk of users"))?;
         match records.iter().find(|(id, _)| *id == user.as_bytes()) {
             None => Ok(None),
-            Some((_, entry)) => decode_entry(entry, &mut NameInterner::default())
+            Some((_, entry)) => decode_entry(entry, &mut Interner::default())
                 .map(Some)
                 .ok_or_else(|| self.corrupt(&format!("the record of user {user}"))),
         }
@@ -668,7 +668,7 @@ impl SledDb {
     pub fn doubt(&self, user: &str) -> Result<Option<InDoubt>, StateError> {
         match self.doubt.get(user.as_bytes()).map_err(self.err("read"))? {
             None => Ok(None),
-            Some(record) => decode_doubt(&record, &mut NameInterner::default())
+            Some(record) => decode_doubt(&record, &mut Interner::default())
                 .map(Some)
                 .ok_or_else(|| self.corrupt(&format!("the in-doubt record of user {user}"))),
         }
@@ -693,7 +693,7 @@ impl SledDb {
                 .map(|(k, _)| k),
             None => None,
         };
-        let mut names = NameInterner::default();
+        let mut names = Interner::default();
         let mut out = Vec::with_capacity(limit);
         let range = match &first {
             Some(key) => users.range(key.as_ref()..),

@@ -406,7 +406,8 @@ impl PgStore {
             let name = names.get(name).map_err(|e| {
                 self.unreadable(format!("attribute name {name:?} of user {user}: {e}"))
             })?;
-            let value = AttrValue::new(value)
+            let value = names
+                .value(value)
                 .map_err(|e| self.unreadable(format!("the value of {name} of user {user}: {e}")))?;
             pairs.push((name, value));
         }
@@ -495,18 +496,26 @@ async fn connect_reader(url: &PostgresUrl) -> Result<(Session, Client), StateErr
     Ok((session, reader))
 }
 
-/// Attribute names read so far: a snapshot repeats the same few names a million times.
+/// Attribute names and values read so far: a snapshot repeats the same few names, and usually
+/// the same few values, a million times.
 #[derive(Default)]
-struct Names(Vec<AttrName>);
+struct Names {
+    names: Vec<AttrName>,
+    values: crate::model::ValueInterner,
+}
 
 impl Names {
     fn get(&mut self, name: &str) -> Result<AttrName, crate::model::InvalidValue> {
-        if let Some(known) = self.0.iter().find(|n| n.as_str() == name) {
+        if let Some(known) = self.names.iter().find(|n| n.as_str() == name) {
             return Ok(known.clone());
         }
         let name = AttrName::new(name)?;
-        self.0.push(name.clone());
+        self.names.push(name.clone());
         Ok(name)
+    }
+
+    fn value(&mut self, value: &str) -> Result<AttrValue, crate::model::InvalidValue> {
+        self.values.value(value)
     }
 }
 
