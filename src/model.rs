@@ -143,32 +143,47 @@ impl AttrValue {
     }
 }
 
-/// Shares equal attribute values while a snapshot or a config loads: a million users hold a
-/// few dozen distinct cities and tiers, and an allocation per value would be most of the
-/// memory and a good part of the time. A value is validated once, when first seen.
+/// Shares equal attribute values, and equal attribute sets, while a snapshot or a config
+/// loads: a million users hold a few dozen distinct cities and tiers, and usually a few hundred
+/// distinct combinations, so an allocation per value and per user would be most of the memory
+/// and a good part of the time. A value is validated once, when first seen.
 #[derive(Debug, Default)]
-pub struct ValueInterner(std::collections::HashSet<Arc<str>>);
+pub struct Interner {
+    values: std::collections::HashSet<Arc<str>>,
+    sets: std::collections::HashSet<Arc<[(AttrName, AttrValue)]>>,
+}
 
-impl ValueInterner {
+impl Interner {
     /// `raw` as a value, shared with every equal one seen before.
     pub fn value(&mut self, raw: &str) -> Result<AttrValue, InvalidValue> {
-        if let Some(seen) = self.0.get(raw) {
+        if let Some(seen) = self.values.get(raw) {
             return Ok(AttrValue(Arc::clone(seen)));
         }
         let value = AttrValue::new(raw)?;
-        self.0.insert(Arc::clone(&value.0));
+        self.values.insert(Arc::clone(&value.0));
         Ok(value)
     }
 
     /// `value`, or the equal one seen before (so `value`'s own allocation can go).
     pub fn share(&mut self, value: AttrValue) -> AttrValue {
-        match self.0.get(&*value.0) {
+        match self.values.get(&*value.0) {
             Some(seen) => AttrValue(Arc::clone(seen)),
             None => {
-                self.0.insert(Arc::clone(&value.0));
+                self.values.insert(Arc::clone(&value.0));
                 value
             }
         }
+    }
+
+    /// [`Attrs::from_pairs`], shared with every equal set seen before.
+    pub fn attrs(&mut self, pairs: Vec<(AttrName, AttrValue)>) -> Attrs {
+        let sorted = sorted_pairs(pairs);
+        if let Some(seen) = self.sets.get(sorted.as_slice()) {
+            return Attrs(Arc::clone(seen));
+        }
+        let set: Arc<[(AttrName, AttrValue)]> = sorted.into();
+        self.sets.insert(Arc::clone(&set));
+        Attrs(set)
     }
 }
 
@@ -205,23 +220,35 @@ impl InvalidValue {
     }
 }
 
-/// One user's attributes, sorted by name, each name at most once.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Attrs(Box<[(AttrName, AttrValue)]>);
+/// One user's attributes, sorted by name, each name at most once. Shared: users with equal
+/// attributes loaded through an [`Interner`] hold one set.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Attrs(Arc<[(AttrName, AttrValue)]>);
+
+impl Default for Attrs {
+    fn default() -> Self {
+        Self(Arc::new([]))
+    }
+}
+
+/// `pairs` sorted by name, a later pair for a name winning over an earlier one.
+fn sorted_pairs(mut pairs: Vec<(AttrName, AttrValue)>) -> Vec<(AttrName, AttrValue)> {
+    // Stable sort keeps declaration order among equal names, so "last wins" is well defined.
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut deduped: Vec<(AttrName, AttrValue)> = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        match deduped.last_mut() {
+            Some(last) if last.0 == pair.0 => *last = pair,
+            _ => deduped.push(pair),
+        }
+    }
+    deduped
+}
 
 impl Attrs {
     /// Builds attributes from pairs in any order; a later pair for the same name wins.
-    pub fn from_pairs(mut pairs: Vec<(AttrName, AttrValue)>) -> Self {
-        // Stable sort keeps declaration order among equal names, so "last wins" is well defined.
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut deduped: Vec<(AttrName, AttrValue)> = Vec::with_capacity(pairs.len());
-        for pair in pairs {
-            match deduped.last_mut() {
-                Some(last) if last.0 == pair.0 => *last = pair,
-                _ => deduped.push(pair),
-            }
-        }
-        Self(deduped.into_boxed_slice())
+    pub fn from_pairs(pairs: Vec<(AttrName, AttrValue)>) -> Self {
+        Self(sorted_pairs(pairs).into())
     }
 
     /// Validates `(name, value)` text pairs into attributes (a later pair for a name wins).
@@ -820,8 +847,8 @@ pub struct Plan {
 mod tests {
     #[test]
     fn interned_values_share_one_allocation_and_are_still_validated() {
-        use super::{AttrValue, ValueInterner};
-        let mut values = ValueInterner::default();
+        use super::{AttrValue, Interner};
+        let mut values = Interner::default();
         let a = values.value("Oslo").unwrap();
         let b = values.value("Oslo").unwrap();
         assert!(std::ptr::eq(a.as_str(), b.as_str()));
@@ -830,6 +857,18 @@ mod tests {
         assert!(values.value("").is_err());
         assert!(values.value("Os\nlo").is_err());
         assert_eq!(values.value("Lima").unwrap().as_str(), "Lima");
+        // Equal sets, in any order, are one set; and still equal to a set built alone.
+        let name = |n: &str| super::AttrName::new(n).unwrap();
+        let one = values.attrs(vec![(name("city"), a.clone()), (name("tier"), c.clone())]);
+        let two = values.attrs(vec![(name("tier"), c.clone()), (name("city"), b.clone())]);
+        assert!(std::ptr::eq(
+            one.iter().next().unwrap().0,
+            two.iter().next().unwrap().0
+        ));
+        assert_eq!(
+            one,
+            super::Attrs::parse(&[("city", "Oslo"), ("tier", "Oslo")]).unwrap()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::users::{DeclaredUser, ParsedFile};
 use super::yaml::{Pos, Problem};
-use crate::model::{AttrName, Attrs, UserId, ValueInterner};
+use crate::model::{AttrName, Attrs, Interner, UserId};
 
 /// The directory beside `attrsync.yaml`.
 pub const CACHE_DIR: &str = ".attrsync-cache";
@@ -26,7 +26,7 @@ const CACHE_FILE: &str = "parsed-user-files";
 const MAGIC: &[u8] = b"attrsync parse cache\n";
 
 /// This layout's version.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Who wrote the cache: a build whose loader could differ parses everything again.
 const LOADER: &str = env!("ATTRSYNC_VERSION");
@@ -146,22 +146,40 @@ pub fn write(
 /// `file` as a cache entry (CRC-32, then the body), or `None` when it holds something the
 /// layout cannot say (an attribute outside `attributes`, a field too long): it is then simply
 /// parsed again next time.
+///
+/// A file's users repeat a few attribute sets (a tier and a city out of a handful), so the
+/// body lists each distinct set once, and each user names its set by number: decoding then
+/// costs one allocation per user (its id), not one per value.
 pub fn encode(file: &ParsedFile, attributes: &[AttrName]) -> Option<Vec<u8>> {
-    let mut body = Vec::with_capacity(16 + file.users.len() * 48);
-    body.extend_from_slice(&u32::try_from(file.users.len()).ok()?.to_le_bytes());
+    let mut sets: Vec<&Attrs> = Vec::new();
+    let mut set_of: HashMap<&Attrs, u32> = HashMap::new();
+    let mut numbers = Vec::with_capacity(file.users.len());
     for user in &file.users {
-        let id = user.id.as_str().as_bytes();
-        body.extend_from_slice(&u16::try_from(id.len()).ok()?.to_le_bytes());
-        body.extend_from_slice(id);
-        put_pos(&mut body, user.pos);
-        body.push(u8::try_from(user.attrs.len()).ok()?);
-        for (name, value) in user.attrs.iter() {
+        let number = *set_of.entry(&user.attrs).or_insert_with(|| {
+            sets.push(&user.attrs);
+            sets.len() as u32 - 1
+        });
+        numbers.push(number);
+    }
+    let mut body = Vec::with_capacity(16 + sets.len() * 32 + file.users.len() * 24);
+    body.extend_from_slice(&u32::try_from(sets.len()).ok()?.to_le_bytes());
+    for set in &sets {
+        body.push(u8::try_from(set.len()).ok()?);
+        for (name, value) in set.iter() {
             let slot = attributes.iter().position(|a| a == name)?;
             body.push(u8::try_from(slot).ok()?);
             let value = value.as_str().as_bytes();
             body.push(u8::try_from(value.len()).ok()?);
             body.extend_from_slice(value);
         }
+    }
+    body.extend_from_slice(&u32::try_from(file.users.len()).ok()?.to_le_bytes());
+    for (user, number) in file.users.iter().zip(numbers) {
+        let id = user.id.as_str().as_bytes();
+        body.extend_from_slice(&u16::try_from(id.len()).ok()?.to_le_bytes());
+        body.extend_from_slice(id);
+        put_pos(&mut body, user.pos);
+        body.extend_from_slice(&number.to_le_bytes());
     }
     body.extend_from_slice(&u32::try_from(file.problems.len()).ok()?.to_le_bytes());
     for problem in &file.problems {
@@ -184,30 +202,36 @@ pub fn encode(file: &ParsedFile, attributes: &[AttrName]) -> Option<Vec<u8>> {
 /// An entry's body back into a parsed file, every id and value validated again.
 fn decode(body: &[u8], attributes: &[AttrName]) -> Option<ParsedFile> {
     let mut r = Reader { bytes: body, at: 0 };
+    let mut shared = Interner::default();
+    let count = r.u32()? as usize;
+    let mut sets = Vec::with_capacity(count.min(body.len()));
+    for _ in 0..count {
+        let len = r.u8()?;
+        let mut pairs = Vec::with_capacity(len as usize);
+        for _ in 0..len {
+            let name = attributes.get(r.u8()? as usize)?.clone();
+            let len = r.u8()? as usize;
+            let value = shared.value(std::str::from_utf8(r.take(len)?).ok()?).ok()?;
+            pairs.push((name, value));
+        }
+        let attrs = shared.attrs(pairs);
+        // A set is written sorted, each name once: anything else was not written by encode.
+        if attrs.len() != len as usize {
+            return None;
+        }
+        sets.push(attrs);
+    }
     let users = r.u32()? as usize;
     let mut file = ParsedFile {
         users: Vec::with_capacity(users.min(body.len() / 8)),
         problems: Vec::new(),
     };
-    let mut pairs = Vec::new();
-    let mut values = ValueInterner::default();
     for _ in 0..users {
         let len = r.u16()? as usize;
         let id = UserId::new(std::str::from_utf8(r.take(len)?).ok()?).ok()?;
         let pos = r.pos()?;
-        let count = r.u8()?;
-        pairs.clear();
-        for _ in 0..count {
-            let name = attributes.get(r.u8()? as usize)?.clone();
-            let len = r.u8()? as usize;
-            let value = values.value(std::str::from_utf8(r.take(len)?).ok()?).ok()?;
-            pairs.push((name, value));
-        }
-        file.users.push(DeclaredUser {
-            id,
-            attrs: Attrs::from_pairs(std::mem::take(&mut pairs)),
-            pos,
-        });
+        let attrs = sets.get(r.u32()? as usize)?.clone();
+        file.users.push(DeclaredUser { id, attrs, pos });
     }
     let problems = r.u32()? as usize;
     for _ in 0..problems {

@@ -1,6 +1,6 @@
 //! A user file: `defaults:` and `users:`, read into users with their positions.
 
-use crate::model::{AttrName, AttrValue, Attrs, UserId, ValueInterner};
+use crate::model::{AttrName, AttrValue, Attrs, Interner, UserId};
 
 use super::yaml::{Fatal, Pos, Problem, Reader, Resolved, Scalar};
 
@@ -32,7 +32,7 @@ pub fn parse(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
     let mut users: Users = Vec::new();
     let _ = read_file(&mut reader, attributes, &mut defaults, &mut users);
     // Equal values share one allocation: a file repeats the same few cities and tiers.
-    let mut values = ValueInterner::default();
+    let mut values = Interner::default();
     let mut users: Vec<DeclaredUser> = users
         .into_iter()
         .map(|(id, own, pos)| {
@@ -45,7 +45,7 @@ pub fn parse(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
             );
             DeclaredUser {
                 id,
-                attrs: Attrs::from_pairs(pairs),
+                attrs: values.attrs(pairs),
                 pos,
             }
         })

@@ -2,7 +2,7 @@
 //! a CRC-32, and the `serial` file's 12 bytes. Pure functions over bytes.
 
 use crate::model::{
-    AttrName, AttrValue, Attrs, DoubtNote, InDoubt, SnapshotEntry, UserId, ValueInterner,
+    AttrName, AttrValue, Attrs, DoubtNote, InDoubt, Interner, SnapshotEntry, UserId,
 };
 
 /// Records a decoded chunk reserves room for at most (a chunk is split past 2 × 128 users).
@@ -35,16 +35,16 @@ pub(super) fn encode_attrs(attrs: &Attrs, out: &mut Vec<u8>) {
     }
 }
 
-pub(super) fn decode_attrs(cursor: &mut &[u8], interner: &mut Interner) -> Option<Attrs> {
+pub(super) fn decode_attrs(cursor: &mut &[u8], decoder: &mut Decoder) -> Option<Attrs> {
     let (&count, rest) = cursor.split_first()?;
     *cursor = rest;
     let mut pairs = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let name = interner.name(take_field(cursor)?)?;
-        let value = interner.value(take_field(cursor)?)?;
+        let name = decoder.name(take_field(cursor)?)?;
+        let value = decoder.value(take_field(cursor)?)?;
         pairs.push((name, value));
     }
-    Some(Attrs::from_pairs(pairs))
+    Some(decoder.shared.attrs(pairs))
 }
 
 /// Record layout, version 1: `[1][applied_at: u64 LE]` then the attributes.
@@ -56,14 +56,14 @@ pub(super) fn encode_entry(attrs: &Attrs, applied_at: u64) -> Vec<u8> {
     out
 }
 
-pub(super) fn decode_entry(bytes: &[u8], interner: &mut Interner) -> Option<SnapshotEntry> {
+pub(super) fn decode_entry(bytes: &[u8], decoder: &mut Decoder) -> Option<SnapshotEntry> {
     let (&version, rest) = bytes.split_first()?;
     if version != 1 || rest.len() < 9 {
         return None;
     }
     let applied_at = u64::from_le_bytes(rest[..8].try_into().ok()?);
     let mut cursor = &rest[8..];
-    let attrs = decode_attrs(&mut cursor, interner)?;
+    let attrs = decode_attrs(&mut cursor, decoder)?;
     cursor
         .is_empty()
         .then_some(SnapshotEntry { attrs, applied_at })
@@ -86,7 +86,7 @@ pub(super) fn encode_doubt(doubt: &InDoubt) -> Vec<u8> {
     out
 }
 
-pub(super) fn decode_doubt(bytes: &[u8], interner: &mut Interner) -> Option<InDoubt> {
+pub(super) fn decode_doubt(bytes: &[u8], decoder: &mut Decoder) -> Option<InDoubt> {
     let (&version, rest) = bytes.split_first()?;
     let (crc, body) = rest.split_at_checked(4)?;
     if version != 1 || crc32fast::hash(body).to_le_bytes() != crc {
@@ -96,7 +96,7 @@ pub(super) fn decode_doubt(bytes: &[u8], interner: &mut Interner) -> Option<InDo
     let (len, rest) = rest.split_at_checked(2)?;
     let (reason, mut cursor) =
         rest.split_at_checked(u16::from_le_bytes(len.try_into().ok()?) as usize)?;
-    let maybe = decode_attrs(&mut cursor, interner)?;
+    let maybe = decode_attrs(&mut cursor, decoder)?;
     cursor.is_empty().then(|| InDoubt {
         maybe,
         note: DoubtNote {
@@ -158,15 +158,15 @@ pub(super) fn decode_chunk(chunk: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     cursor.is_empty().then_some(records)
 }
 
-/// Attribute names and values seen while decoding, so a million users share a few dozen
-/// allocations instead of holding four each.
+/// What decoding a snapshot shares between records: attribute names, values and whole
+/// attribute sets, so a million users hold a few hundred allocations instead of five each.
 #[derive(Default)]
-pub(super) struct Interner {
+pub(super) struct Decoder {
     names: Vec<AttrName>,
-    values: ValueInterner,
+    shared: Interner,
 }
 
-impl Interner {
+impl Decoder {
     /// The attribute name in `bytes`, shared with the equal ones read before.
     pub(super) fn name(&mut self, bytes: &[u8]) -> Option<AttrName> {
         if let Some(name) = self.names.iter().find(|n| n.as_str().as_bytes() == bytes) {
@@ -179,7 +179,7 @@ impl Interner {
 
     /// The attribute value in `bytes`, shared with the equal ones read before.
     pub(super) fn value(&mut self, bytes: &[u8]) -> Option<AttrValue> {
-        self.values.value(std::str::from_utf8(bytes).ok()?).ok()
+        self.shared.value(std::str::from_utf8(bytes).ok()?).ok()
     }
 }
 
@@ -217,7 +217,7 @@ mod tests {
     fn entries_round_trip() {
         let a = attrs(&[("city", "東京"), ("sex", "female")]);
         let bytes = encode_entry(&a, 42);
-        let entry = decode_entry(&bytes, &mut Interner::default()).unwrap();
+        let entry = decode_entry(&bytes, &mut Decoder::default()).unwrap();
         assert_eq!(
             entry,
             SnapshotEntry {
@@ -225,8 +225,8 @@ mod tests {
                 applied_at: 42
             }
         );
-        assert!(decode_entry(&bytes[..bytes.len() - 1], &mut Interner::default()).is_none());
-        assert!(decode_entry(&[], &mut Interner::default()).is_none());
+        assert!(decode_entry(&bytes[..bytes.len() - 1], &mut Decoder::default()).is_none());
+        assert!(decode_entry(&[], &mut Decoder::default()).is_none());
     }
 
     #[test]
@@ -240,12 +240,12 @@ mod tests {
         }
         let record = encode_doubt(&doubt(&[("x", "2")]));
         assert_eq!(
-            decode_doubt(&record, &mut Interner::default()),
+            decode_doubt(&record, &mut Decoder::default()),
             Some(doubt(&[("x", "2")]))
         );
         let mut bad = record.clone();
         *bad.last_mut().unwrap() ^= 1;
-        assert!(decode_doubt(&bad, &mut Interner::default()).is_none());
+        assert!(decode_doubt(&bad, &mut Decoder::default()).is_none());
         assert_eq!(decode_serial(&encode_serial(99)), Some(99));
         assert_eq!(decode_serial(&[0; 12][..]), None);
     }

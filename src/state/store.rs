@@ -10,7 +10,7 @@ use sled::Transactional;
 
 use super::codec::{
     decode_chunk, decode_doubt, decode_entry, decode_serial, decode_user, encode_chunk,
-    encode_doubt, encode_entry, encode_serial, Interner,
+    encode_doubt, encode_entry, encode_serial, Decoder,
 };
 use crate::model::{Attrs, InDoubt, Snapshot, SnapshotEntry, Target, UserId, UserMap};
 
@@ -606,20 +606,34 @@ impl SledDb {
 
     /// Reads the whole snapshot, checking every checksum and the user count.
     pub fn load(&self) -> Result<Snapshot, StateError> {
-        let mut names = Interner::default();
+        let chunks = self
+            .users()
+            .iter()
+            .values()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("read"))?;
+        // Decoding a million users is most of the work: split the chunks (sorted by key) into
+        // one contiguous run per core and join the runs in order.
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, chunks.len().max(1));
+        let per_worker = chunks.len().div_ceil(workers).max(1);
+        let runs: Vec<Result<Vec<(UserId, SnapshotEntry)>, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .chunks(per_worker)
+                .map(|run| scope.spawn(move || decode_run(run)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("decoding does not panic"))
+                .collect()
+        });
         let mut users = Vec::new();
-        for item in self.users().iter() {
-            let (_, chunk) = item.map_err(self.err("read"))?;
-            for (id, entry) in
-                decode_chunk(&chunk).ok_or_else(|| self.corrupt("a chunk of users"))?
-            {
-                let user = decode_user(id).ok_or_else(|| self.corrupt("a user id"))?;
-                let entry = decode_entry(entry, &mut names)
-                    .ok_or_else(|| self.corrupt(&format!("the record of user {user}")))?;
-                users.push((user, entry));
-            }
+        for run in runs {
+            users.extend(run.map_err(|what| self.corrupt(&what))?);
         }
         let users = UserMap::from_sorted(users).ok_or_else(|| self.corrupt("user order"))?;
+        let mut names = Decoder::default();
         if let Some(count) = self.meta_u64(KEY_USER_COUNT)? {
             if count != users.len() as u64 {
                 return Err(self.corrupt(&format!(
@@ -658,7 +672,7 @@ impl SledDb {
         let records = decode_chunk(&chunk).ok_or_else(|| self.corrupt("a chunk of users"))?;
         match records.iter().find(|(id, _)| *id == user.as_bytes()) {
             None => Ok(None),
-            Some((_, entry)) => decode_entry(entry, &mut Interner::default())
+            Some((_, entry)) => decode_entry(entry, &mut Decoder::default())
                 .map(Some)
                 .ok_or_else(|| self.corrupt(&format!("the record of user {user}"))),
         }
@@ -668,7 +682,7 @@ impl SledDb {
     pub fn doubt(&self, user: &str) -> Result<Option<InDoubt>, StateError> {
         match self.doubt.get(user.as_bytes()).map_err(self.err("read"))? {
             None => Ok(None),
-            Some(record) => decode_doubt(&record, &mut Interner::default())
+            Some(record) => decode_doubt(&record, &mut Decoder::default())
                 .map(Some)
                 .ok_or_else(|| self.corrupt(&format!("the in-doubt record of user {user}"))),
         }
@@ -693,7 +707,7 @@ impl SledDb {
                 .map(|(k, _)| k),
             None => None,
         };
-        let mut names = Interner::default();
+        let mut names = Decoder::default();
         let mut out = Vec::with_capacity(limit);
         let range = match &first {
             Some(key) => users.range(key.as_ref()..),
@@ -1056,6 +1070,21 @@ fn sled_error(doing: &'static str, dir: &Path, source: sled::Error) -> StateErro
             cause,
         },
     }
+}
+
+/// Decodes a run of user chunks in key order; the error says what is damaged.
+fn decode_run(chunks: &[sled::IVec]) -> Result<Vec<(UserId, SnapshotEntry)>, String> {
+    let mut decoder = Decoder::default();
+    let mut users = Vec::with_capacity(chunks.len() * CHUNK_USERS);
+    for chunk in chunks {
+        for (id, entry) in decode_chunk(chunk).ok_or("a chunk of users")? {
+            let user = decode_user(id).ok_or("a user id")?;
+            let entry = decode_entry(entry, &mut decoder)
+                .ok_or_else(|| format!("the record of user {user}"))?;
+            users.push((user, entry));
+        }
+    }
+    Ok(users)
 }
 
 /// How long opening waits for a handle of this same process to let go of the database.

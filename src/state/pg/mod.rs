@@ -411,7 +411,7 @@ impl PgStore {
                 .map_err(|e| self.unreadable(format!("the value of {name} of user {user}: {e}")))?;
             pairs.push((name, value));
         }
-        Ok(Attrs::from_pairs(pairs))
+        Ok(names.shared.attrs(pairs))
     }
 
     /// The row `sql` (parameters: app id, user id) finds for `user`, if any.
@@ -501,7 +501,7 @@ async fn connect_reader(url: &PostgresUrl) -> Result<(Session, Client), StateErr
 #[derive(Default)]
 struct Names {
     names: Vec<AttrName>,
-    values: crate::model::ValueInterner,
+    shared: crate::model::Interner,
 }
 
 impl Names {
@@ -515,7 +515,7 @@ impl Names {
     }
 
     fn value(&mut self, value: &str) -> Result<AttrValue, crate::model::InvalidValue> {
-        self.values.value(value)
+        self.shared.value(value)
     }
 }
 
