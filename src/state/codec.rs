@@ -62,11 +62,22 @@ pub(super) fn decode_entry(bytes: &[u8], decoder: &mut Decoder) -> Option<Snapsh
         return None;
     }
     let applied_at = u64::from_le_bytes(rest[..8].try_into().ok()?);
-    let mut cursor = &rest[8..];
+    // The encoding of a set is canonical (sorted, each name once), so equal bytes are an
+    // equal set: one seen before is shared without decoding it again.
+    let encoded = &rest[8..];
+    if let Some(attrs) = decoder.sets.get(encoded) {
+        return Some(SnapshotEntry {
+            attrs: attrs.clone(),
+            applied_at,
+        });
+    }
+    let mut cursor = encoded;
     let attrs = decode_attrs(&mut cursor, decoder)?;
-    cursor
-        .is_empty()
-        .then_some(SnapshotEntry { attrs, applied_at })
+    if !cursor.is_empty() {
+        return None;
+    }
+    decoder.sets.insert(encoded.into(), attrs.clone());
+    Some(SnapshotEntry { attrs, applied_at })
 }
 
 /// In-doubt record: `[1][crc32 of the rest: u32 LE][since: u64 LE][reason len: u16 LE][reason]`
@@ -164,6 +175,8 @@ pub(super) fn decode_chunk(chunk: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
 pub(super) struct Decoder {
     names: Vec<AttrName>,
     shared: Interner,
+    /// Attribute sets by their encoding.
+    sets: std::collections::HashMap<Box<[u8]>, Attrs>,
 }
 
 impl Decoder {
