@@ -5,8 +5,9 @@
 # how long `cat` takes to read the same files: the floor. Wall time and peak RSS per run.
 # Needs GNU time (/usr/bin/time; `apt-get install time`).
 #
-#   bash benches/plan.sh            # both sizes
-#   bash benches/plan.sh 100000     # one size
+#   bash benches/plan.sh                       # both sizes, 100 files
+#   bash benches/plan.sh 100000                # one size
+#   FILES=10000 bash benches/plan.sh 1000000   # the same users in 10,000 files
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin attrsync --example gen_users
@@ -17,12 +18,13 @@ measure() { # label, then the command
   local label=$1; shift
   /usr/bin/time -f "  $label: %e s wall, %M KiB peak RSS" "$@" >/dev/null
 }
+files=${FILES:-100}
 for n in ${@:-100000 1000000}; do
   repo=$work/repo-$n
-  ./target/release/examples/gen_users --users "$n" --files 100 "$repo" 2>/dev/null
+  ./target/release/examples/gen_users --users "$n" --files "$files" "$repo" 2>/dev/null
   size=$(du -sh "$repo/users" | cut -f1)
-  echo "== $n users in 100 files ($size of YAML)"
-  measure "cat of the user files (the floor)" sh -c "cat $repo/users/*.yaml"
+  echo "== $n users in $files files ($size of YAML)"
+  measure "cat of the user files (the floor)" sh -c "cat $repo/users/*.yaml >/dev/null"
   rm -rf "$repo/.attrsync-cache"
   measure "plan, empty snapshot, cold cache" "$bin" --dir "$repo" plan --format json
   measure "plan, empty snapshot, warm cache" "$bin" --dir "$repo" plan --format json
@@ -34,7 +36,8 @@ for n in ${@:-100000 1000000}; do
     measure "plan, snapshot holds all, warm cache ($run)" "$bin" --dir "$repo" plan
   done
   # One file of 100 edited: 1 % of the users change city.
-  first=$(ls "$repo/users" | head -1)
+  # (A glob, not `ls | head`: with pipefail, ls would die of SIGPIPE on 10,000 names.)
+  first=$(cd "$repo/users" && set -- *.yaml && echo "$1")
   sed -i 's/city: \([A-Za-z]*\)/city: \1x/' "$repo/users/$first"
   measure "plan, one file edited (1 %% of users changed), warm cache" "$bin" --dir "$repo" plan
 done
