@@ -209,3 +209,22 @@ fn a_damaged_cache_is_rebuilt_and_never_trusted() {
     assert_eq!(outcome(dir.path(), &mut cache), fresh);
     assert_eq!(cache.last_parsed, 0);
 }
+
+#[test]
+fn the_cache_is_private_and_keeps_itself_out_of_git() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    Model::new().write(dir.path());
+    outcome(dir.path(), &mut ParseCache::persistent()).unwrap();
+    let mode = |path: &str| {
+        std::fs::metadata(dir.path().join(path))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(".attrsync-cache"), 0o700);
+    assert_eq!(mode(".attrsync-cache/parsed-user-files"), 0o600);
+    let ignore = std::fs::read_to_string(dir.path().join(".attrsync-cache/.gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == "*"), "{ignore}");
+}
