@@ -19,7 +19,7 @@
 mod schema;
 mod session;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -353,20 +353,35 @@ impl PgStore {
             .await
             .map_err(self.db("read"))?
             .get(0);
+        // The attributes as text: jsonb prints a set one canonical way, so a set seen before
+        // is shared without parsing it again (a million users hold a few hundred sets).
         let rows = tx
             .query_raw(
-                "SELECT user_id, attrs, applied_at FROM attrsync.users WHERE app_id = $1 ORDER BY user_id",
+                "SELECT user_id, attrs::text, applied_at FROM attrsync.users WHERE app_id = $1 ORDER BY user_id",
                 [&app_id],
             )
             .await
             .map_err(self.db("read"))?;
         pin_mut!(rows);
         let mut names = Names::default();
+        let mut sets: HashMap<String, Attrs> = HashMap::new();
         let mut users = Vec::new();
         while let Some(row) = rows.try_next().await.map_err(self.db("read"))? {
             let user = self.user_id(row.get(0))?;
-            let entry = self.entry(&user, &row, 1, &mut names)?;
-            users.push((user, entry));
+            let text: &str = row.get(1);
+            let attrs = match sets.get(text) {
+                Some(attrs) => attrs.clone(),
+                None => {
+                    let map: BTreeMap<&str, &str> = serde_json::from_str(text).map_err(|e| {
+                        self.unreadable(format!("the attributes of user {user}: {e}"))
+                    })?;
+                    let attrs = self.attrs(&user, map, &mut names)?;
+                    sets.insert(text.to_owned(), attrs.clone());
+                    attrs
+                }
+            };
+            let applied_at = row.get::<_, i64>(2) as u64;
+            users.push((user, SnapshotEntry { attrs, applied_at }));
         }
         let rows = tx
             .query_raw(
