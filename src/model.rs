@@ -110,7 +110,7 @@ impl fmt::Debug for AttrName {
 }
 
 /// A validated attribute value: 1..=50 bytes of UTF-8 without control characters. Shared, so
-/// that equal values loaded through a [`ValueInterner`] are one allocation.
+/// that equal values loaded through a [`Interner`] are one allocation.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AttrValue(Arc<str>);
 

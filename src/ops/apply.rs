@@ -8,9 +8,9 @@ use anyhow::{Context as _, Result};
 
 use super::{
     ask, describe_failed, open_for_writing, require_terminal, Answer, Globals, APPLY_QUESTION,
+    APPLY_WAY_OUT,
 };
 use crate::apply::{self, ApplyOptions, Progress, Report, RetryPolicy, StopSignal};
-use crate::link::{connect, preflight};
 use crate::plan::{self, Guards, PlanOptions};
 use crate::state::OnOtherTarget;
 
@@ -59,8 +59,12 @@ pub async fn apply(
     let settings = &config.settings;
     let store = open_for_writing(&config, "apply", OnOtherTarget::Refuse, ctx.lock_timeout).await?;
     let mut snapshot = store.load().await?;
+    // `--refresh` talks to the server before planning; the same connection applies.
+    let mut connection = None;
     if request.refresh {
-        snapshot = refreshed_base(&config, store.as_ref(), snapshot).await?;
+        let checked = super::connect_checked(settings).await?;
+        snapshot = refreshed_base(&config, store.as_ref(), snapshot, &checked).await?;
+        connection = Some(checked);
     }
     for warning in config
         .warnings()
@@ -139,12 +143,14 @@ pub async fn apply(
     }
     let prompts = request.plan_file.is_none() && !request.auto_approve;
     if prompts {
-        require_terminal()?;
+        require_terminal("apply", APPLY_WAY_OUT)?;
     }
     // Something will be sent: check the server first, so that a wrong endpoint or key fails
     // in a second, naming the endpoint, before a plan that cannot be applied is shown.
-    let connection = connect(settings).await?;
-    preflight(&connection, settings).await?;
+    let connection = match connection {
+        Some(connection) => connection,
+        None => super::connect_checked(settings).await?,
+    };
     let mut stdout = std::io::stdout().lock();
     if request.plan_file.is_none() {
         if !request.json {
@@ -208,8 +214,9 @@ async fn refreshed_base(
     config: &crate::config::Config,
     store: &dyn crate::state::SnapshotStore,
     snapshot: crate::model::Snapshot,
+    connection: &crate::link::Connection,
 ) -> Result<crate::model::Snapshot> {
-    let refreshed = super::refresh(config, &snapshot).await?;
+    let refreshed = super::refresh(config, &snapshot, connection).await?;
     // What the server was just seen to hold is recorded: users in doubt that were read, and
     // users that drifted, so the snapshot agrees with the server before anything is sent.
     let mut seen = refreshed.resolved.clone();

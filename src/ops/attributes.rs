@@ -127,7 +127,7 @@ pub async fn attributes_push(ctx: &Globals, auto_approve: bool) -> Result<String
         stdout.flush()?;
     }
     if !auto_approve {
-        require_terminal()?;
+        require_terminal("register attribute names", "re-run with --auto-approve")?;
         if ask(APPLY_QUESTION, &stop).await? != Answer::Yes {
             return Ok("Cancelled: nothing was registered.\n".to_owned());
         }

@@ -22,7 +22,8 @@ pub async fn import(ctx: &Globals, users: &[String]) -> Result<String> {
             .collect::<Result<_>>()?
     };
     let store = open_for_writing(&config, "import", OnOtherTarget::Adopt, ctx.lock_timeout).await?;
-    let (live, calls) = super::read_live(settings, &users).await?;
+    let connection = super::connect_checked(settings).await?;
+    let (live, calls) = super::read_live(&connection, settings, &users).await?;
     let now = crate::clock::unix_seconds();
     let with_attrs = live.attrs.iter().filter(|(_, a)| !a.is_empty()).count();
     let mut out = String::new();

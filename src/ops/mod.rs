@@ -145,15 +145,21 @@ pub async fn read_snapshot(config: &Config, command: &str) -> Result<Snapshot> {
     }
 }
 
-/// Connects to the configured server and reads the live attributes of `users`; returns them
-/// with the number of calls made.
+/// Connects to the configured server and checks it (`get_attr_name` with quick retries, and
+/// the attribute names): a wrong endpoint fails in a second, naming it, before anything else.
+async fn connect_checked(settings: &Settings) -> Result<crate::link::Connection> {
+    let connection = crate::link::connect(settings).await?;
+    crate::link::preflight(&connection, settings).await?;
+    Ok(connection)
+}
+
+/// Reads the live attributes of `users` through `connection`; returns them with the number of
+/// calls made.
 async fn read_live(
+    connection: &crate::link::Connection,
     settings: &Settings,
     users: &[crate::model::UserId],
 ) -> Result<(crate::apply::Live, usize)> {
-    let connection = crate::link::connect(settings).await?;
-    // A wrong endpoint fails in a second here rather than after every read's retries.
-    crate::link::preflight(&connection, settings).await?;
     let stats = crate::apply::CallStats::default();
     let live = crate::apply::read_live(
         &connection.client,
@@ -279,16 +285,18 @@ pub fn read_named_file(path: &Path) -> Result<String> {
     String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }
 
-/// Refuses to ask without a terminal: an apply needs `--auto-approve` or a saved plan then.
-fn require_terminal() -> Result<()> {
+/// Refuses to ask without a terminal: `refusing to {doing} without confirmation: stdin is not
+/// a terminal; {way_out}`.
+fn require_terminal(doing: &str, way_out: &str) -> Result<()> {
     if !std::io::stdin().is_terminal() {
-        bail!(
-            "refusing to apply without confirmation: stdin is not a terminal; re-run with --auto-approve, \
-             or save a plan with `attrsync plan --out FILE` and apply it with `attrsync apply FILE`"
-        );
+        bail!("refusing to {doing} without confirmation: stdin is not a terminal; {way_out}");
     }
     Ok(())
 }
+
+/// How to apply without a prompt.
+const APPLY_WAY_OUT: &str = "re-run with --auto-approve, or save a plan with `attrsync plan --out \
+     FILE` and apply it with `attrsync apply FILE`";
 
 /// What the person at the terminal answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

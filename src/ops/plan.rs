@@ -113,7 +113,8 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
     plan::check_empty_desired(&config.desired, &snapshot, guards)?;
     let refreshed = match request.refresh {
         true => {
-            let refreshed = refresh(&config, &snapshot).await?;
+            let connection = super::connect_checked(&config.settings).await?;
+            let refreshed = refresh(&config, &snapshot, &connection).await?;
             if let (Some(store), false) = (&store, refreshed.resolved.is_empty()) {
                 let resolved = refreshed.resolved.clone();
                 store.commit(resolved.clone()).await?;
@@ -254,14 +255,19 @@ pub struct Refreshed {
     pub calls: usize,
 }
 
-/// Reads the live attributes of every user in desired ∪ snapshot ∪ in doubt.
-pub async fn refresh(config: &Config, snapshot: &Snapshot) -> Result<Refreshed> {
+/// Reads the live attributes of every user in desired ∪ snapshot ∪ in doubt, through
+/// `connection`.
+pub async fn refresh(
+    config: &Config,
+    snapshot: &Snapshot,
+    connection: &crate::link::Connection,
+) -> Result<Refreshed> {
     let mut users: Vec<UserId> = config.desired.iter().map(|(u, _)| u.clone()).collect();
     users.extend(snapshot.users.iter().map(|(u, _)| u.clone()));
     users.extend(snapshot.in_doubt.iter().map(|(u, _)| u.clone()));
     users.sort();
     users.dedup();
-    let (live, calls) = super::read_live(&config.settings, &users).await?;
+    let (live, calls) = super::read_live(connection, &config.settings, &users).await?;
     let resolved = Commit {
         record: live
             .attrs

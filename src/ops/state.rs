@@ -1,7 +1,7 @@
 //! `attrsync state list | show | export | import | rm | unlock | migrate`: the snapshot, read,
 //! replaced, trimmed and moved.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
@@ -171,12 +171,10 @@ pub async fn state_rm(ctx: &Globals, users: &[String], auto_approve: bool) -> Re
         .map(|u| crate::text::quote_user(u.as_str()))
         .collect();
     if !auto_approve {
-        if !std::io::stdin().is_terminal() {
-            anyhow::bail!(
-                "refusing to remove users from the snapshot without confirmation: stdin is not a terminal; \
-                 re-run with --auto-approve"
-            );
-        }
+        super::require_terminal(
+            "remove users from the snapshot",
+            "re-run with --auto-approve",
+        )?;
         let question = format!(
             "attrsync will forget {} in the snapshot (the server keeps their attributes; a user still \
              declared is then planned as a create): {}\nDo you want to remove {}? Only 'yes' will be accepted: ",
@@ -218,11 +216,7 @@ pub async fn state_unlock(ctx: &Globals, lock_id: &str, force: bool) -> Result<S
         );
     };
     if !force {
-        if !std::io::stdin().is_terminal() {
-            anyhow::bail!(
-                "refusing to unlock without confirmation: stdin is not a terminal; re-run with --force"
-            );
-        }
+        super::require_terminal("unlock", "re-run with --force")?;
         let question = format!(
             "Force-unlocking ends the holder's database session; if it is still running, its next \
              write is refused and its users in flight stay in doubt.\nDo you really want to \

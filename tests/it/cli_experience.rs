@@ -229,20 +229,16 @@ mod prompt {
         let typed = Instant::now();
         child.stdin.as_mut().unwrap().write_all(keys).unwrap();
         child.stdin.as_mut().unwrap().flush().unwrap();
-        let deadline = typed + common::TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "apply did not end after the keys were typed:\n{}",
-                    String::from_utf8_lossy(&seen)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let mut status = None;
+        crate::watch_support::wait_until_within(
+            "apply ends after the keys were typed",
+            common::TIMEOUT,
+            || {
+                status = child.try_wait().unwrap();
+                status.is_some()
+            },
+        );
+        let status = status.expect("the wait ended when it exited");
         let took = typed.elapsed();
         while let Ok(chunk) = received.recv_timeout(Duration::from_secs(1)) {
             seen.extend(chunk);
