@@ -270,9 +270,11 @@ pub fn load(
     if let (Some(names), Some(disk)) = (&attributes, &disk) {
         save_disk_cache(dir, names, disk, &files, &parsed, cache.last_parsed);
     }
+    // The cache file's bytes are decoded: free them before the users are merged.
+    drop(disk);
     tracing::debug!(files = files.len(), parsed = cache.last_parsed, elapsed = ?started.elapsed(), "parsed the user files");
-    let mut declared: Vec<(DeclaredUser, u32)> = Vec::new();
-    for (index, (path, result)) in files.iter().zip(parsed).enumerate() {
+    let mut runs: Vec<Vec<DeclaredUser>> = Vec::with_capacity(files.len());
+    for (path, result) in files.iter().zip(parsed) {
         let shown = display_path(dir, path);
         match result.map(|parsed| parsed.file) {
             Ok(file) => {
@@ -282,48 +284,40 @@ pub fn load(
                         .cloned()
                         .map(|p| Diagnostic::at(&shown, p)),
                 );
-                match Arc::try_unwrap(file) {
-                    Ok(owned) => {
-                        declared.extend(owned.users.into_iter().map(|u| (u, index as u32)))
-                    }
-                    Err(shared) => {
-                        declared.extend(shared.users.iter().cloned().map(|u| (u, index as u32)))
-                    }
-                }
+                runs.push(
+                    Arc::try_unwrap(file)
+                        .map_or_else(|shared| shared.users.clone(), |owned| owned.users),
+                );
             }
-            Err(diagnostic) => diagnostics.push(diagnostic.into_diagnostic(&shown)),
+            Err(diagnostic) => {
+                diagnostics.push(diagnostic.into_diagnostic(&shown));
+                runs.push(Vec::new());
+            }
         }
     }
-    // Each file's users are sorted already; the stable sort merges the runs.
-    declared.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-    tracing::debug!(users = declared.len(), elapsed = ?started.elapsed(), "merged the user files");
-    for pair in declared.windows(2) {
-        let ((first, first_file), (second, second_file)) = (&pair[0], &pair[1]);
-        if first.id == second.id {
-            let first_path = display_path(dir, &files[*first_file as usize]);
-            let second_path = display_path(dir, &files[*second_file as usize]);
-            diagnostics.push(Diagnostic::at(
-                &second_path,
-                Problem::new(
-                    second.pos,
-                    format!("user `{}` is declared twice", second.id),
-                )
-                .hint(format!(
-                    "it is also declared at {}:{}:{}; keep one declaration",
-                    first_path.display(),
-                    first.pos.line,
-                    first.pos.column
-                )),
-            ));
-        }
-    }
+    let entries = merge_files(runs, |(first, first_file), (second, second_file)| {
+        let first_path = display_path(dir, &files[first_file]);
+        let second_path = display_path(dir, &files[second_file]);
+        diagnostics.push(Diagnostic::at(
+            &second_path,
+            Problem::new(
+                second.pos,
+                format!("user `{}` is declared twice", second.id),
+            )
+            .hint(format!(
+                "it is also declared at {}:{}:{}; keep one declaration",
+                first_path.display(),
+                first.line,
+                first.column
+            )),
+        ));
+    });
+    tracing::debug!(users = entries.len(), elapsed = ?started.elapsed(), "merged the user files");
     if !diagnostics.is_empty() {
         diagnostics.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
         return Err(Diagnostics(diagnostics));
     }
     let settings = settings.expect("no diagnostics means the settings parsed");
-    let entries: Vec<(UserId, Attrs)> =
-        declared.into_iter().map(|(u, _)| (u.id, u.attrs)).collect();
     let desired = UserMap::from_sorted(entries).expect("sorted and checked for duplicates above");
     let mut settings = settings;
     if let Some(state) = state_override {
@@ -335,6 +329,80 @@ pub fn load(
         desired,
         files: files.len(),
     })
+}
+
+/// Merges each file's users (sorted by id, `runs[i]` from file `i`) into the desired
+/// state's entries, sorted by id. A user declared twice is kept once and reported to
+/// `declared_twice` with where it was declared before (position, file) and the repeat;
+/// a third declaration is reported against the second, and so on.
+///
+/// A k-way merge rather than a concatenation and a sort: the result is built at its final
+/// size, never beside a second copy of every user with its position.
+fn merge_files(
+    runs: Vec<Vec<DeclaredUser>>,
+    mut declared_twice: impl FnMut((Pos, usize), (&DeclaredUser, usize)),
+) -> Vec<(UserId, Attrs)> {
+    /// A file's next user; the heap's smallest is the next user in id order, the earlier
+    /// file first among equal ids.
+    struct Head {
+        user: DeclaredUser,
+        file: usize,
+    }
+    impl PartialEq for Head {
+        fn eq(&self, other: &Self) -> bool {
+            self.cmp(other) == std::cmp::Ordering::Equal
+        }
+    }
+    impl Eq for Head {}
+    impl PartialOrd for Head {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Head {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            (&other.user.id, other.file).cmp(&(&self.user.id, self.file))
+        }
+    }
+
+    let total = runs.iter().map(Vec::len).sum();
+    let mut entries: Vec<(UserId, Attrs)> = Vec::with_capacity(total);
+    let mut runs: Vec<std::vec::IntoIter<DeclaredUser>> =
+        runs.into_iter().map(Vec::into_iter).collect();
+    let mut heap: std::collections::BinaryHeap<Head> = runs
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(file, run)| {
+            Some(Head {
+                user: run.next()?,
+                file,
+            })
+        })
+        .collect();
+    // Where the last user taken was declared, to name it when the next one repeats it.
+    let mut last: Option<(Pos, usize)> = None;
+    while let Some(mut top) = heap.peek_mut() {
+        let file = top.file;
+        // Replacing the head in place costs one sift; a file whose ids come in a block (the
+        // usual layout) is then read off in a row.
+        let user = match runs[file].next() {
+            Some(next) => std::mem::replace(&mut top.user, next),
+            None => {
+                // Free the file's users now, not after the merge: when files hold blocks of
+                // ids, the merge's memory stays near one copy of the users.
+                runs[file] = Vec::new().into_iter();
+                std::collections::binary_heap::PeekMut::pop(top).user
+            }
+        };
+        match (last, entries.last()) {
+            (Some(first), Some((id, _))) if *id == user.id => {
+                declared_twice(first, (&user, file));
+            }
+            _ => entries.push((user.id, user.attrs)),
+        }
+        last = Some((user.pos, file));
+    }
+    entries
 }
 
 /// The most attrsync reads of one config file: far above any real one (a million users in

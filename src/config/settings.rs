@@ -505,7 +505,7 @@ fn check_presence(written: &Written, problems: &mut Vec<Problem>) {
 
 fn read_setting<'a>(
     r: &mut Reader<'a>,
-    key: Scalar<'a>,
+    key: &Scalar<'a>,
     written: &mut Written,
 ) -> Result<(), super::yaml::Fatal> {
     let Some(setting) = setting(&key.text) else {

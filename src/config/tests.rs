@@ -309,6 +309,29 @@ users:
     }
 
     #[test]
+    fn duplicates_are_found_in_mappings_longer_than_the_short_key_list() {
+        // Past 16 keys the reader moves from a list to a hash map: repeats on both sides.
+        let mut text = String::from("users:\n  erin:\n");
+        for i in 0..20 {
+            text.push_str(&format!("    a{i}: v\n"));
+        }
+        text.push_str("    a3: again\n    a19: again\n");
+        let file = users::parse(&text, None);
+        assert_eq!(
+            located(&file.problems),
+            [
+                "23:5 duplicate key `a3` in user `erin`",
+                "24:5 duplicate key `a19` in user `erin`"
+            ]
+        );
+        assert_eq!(
+            file.problems[0].hint.as_deref(),
+            Some("it is first set at line 6; keep one of the two")
+        );
+        assert_eq!(file.users[0].attrs.len(), 20);
+    }
+
+    #[test]
     fn a_key_twice_in_defaults_or_at_the_top_is_a_duplicate_key() {
         let file = user_file("defaults: {tier: a, tier: b}\nusers: {}\nusers: {}\n");
         assert_eq!(
@@ -1103,5 +1126,80 @@ mod never_panics {
         fn settings_files(text in yamlish()) {
             let _ = settings::parse(&text, Path::new("/repo"));
         }
+    }
+}
+
+mod merging_files {
+    use super::*;
+    use crate::config::merge_files;
+
+    /// The users of one file, at the lines given: `(id, line)`.
+    fn run(users: &[(&str, u32)]) -> Vec<users::DeclaredUser> {
+        let mut declared: Vec<users::DeclaredUser> = users
+            .iter()
+            .map(|&(id, line)| users::DeclaredUser {
+                id: crate::model::UserId::new(id).unwrap(),
+                attrs: crate::model::Attrs::parse(&[("city", id)]).unwrap(),
+                pos: Pos { line, column: 3 },
+            })
+            .collect();
+        declared.sort_by(|a, b| a.id.cmp(&b.id));
+        declared
+    }
+
+    #[test]
+    fn interleaved_files_merge_into_id_order_with_each_users_own_attributes() {
+        let runs = vec![
+            run(&[("a", 1), ("d", 2), ("g", 3)]),
+            run(&[]),
+            run(&[("b", 1), ("c", 2), ("h", 3)]),
+            run(&[("e", 1), ("f", 2)]),
+        ];
+        let merged = merge_files(runs, |_, (user, _)| {
+            panic!("{} is not declared twice", user.id)
+        });
+        let ids: Vec<&str> = merged.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c", "d", "e", "f", "g", "h"]);
+        for (id, attrs) in &merged {
+            assert_eq!(attrs.get("city").unwrap().as_str(), id.as_str());
+        }
+    }
+
+    #[test]
+    fn a_user_declared_three_times_is_reported_against_the_declaration_before_it() {
+        let runs = vec![
+            run(&[("a", 1), ("x", 5)]),
+            run(&[("x", 7), ("y", 8)]),
+            run(&[("x", 9)]),
+        ];
+        let mut twice = Vec::new();
+        let merged = merge_files(runs, |(first, first_file), (second, second_file)| {
+            twice.push((
+                first_file,
+                first.line,
+                second_file,
+                second.pos.line,
+                second.id.to_string(),
+            ));
+        });
+        assert_eq!(
+            twice,
+            [(0, 5, 1, 7, "x".to_owned()), (1, 7, 2, 9, "x".to_owned())]
+        );
+        let ids: Vec<&str> = merged.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["a", "x", "y"]);
+    }
+
+    #[test]
+    fn a_user_repeated_inside_one_file_is_reported_too() {
+        let mut twice = Vec::new();
+        merge_files(
+            vec![run(&[("a", 1), ("a", 4)]), run(&[("a", 2)])],
+            |(first, first_file), (second, second_file)| {
+                twice.push((first_file, first.line, second_file, second.pos.line));
+            },
+        );
+        // File order first, then the order within a file: the stable order a sort would give.
+        assert_eq!(twice, [(0, 1, 0, 4), (0, 4, 1, 2)]);
     }
 }

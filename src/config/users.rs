@@ -29,23 +29,29 @@ pub struct ParsedFile {
 pub fn parse(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
     let mut reader = Reader::new(text);
     let mut defaults: Vec<(AttrName, AttrValue)> = Vec::new();
-    let mut users: Users = Vec::new();
+    let mut users = Users::default();
     let _ = read_file(&mut reader, attributes, &mut defaults, &mut users);
-    // Equal values share one allocation: a file repeats the same few cities and tiers.
+    // Equal values and equal sets share one allocation: a file repeats the same few cities
+    // and tiers. One buffer serves every user.
     let mut values = Interner::default();
-    let mut users: Vec<DeclaredUser> = users
+    let mut scratch: Vec<(AttrName, AttrValue)> = Vec::new();
+    let Users { declared, pairs } = users;
+    let mut pairs = pairs.into_iter();
+    let mut users: Vec<DeclaredUser> = declared
         .into_iter()
-        .map(|(id, own, pos)| {
-            // Defaults first, so the user's own value wins in `from_pairs`.
-            let mut pairs = Vec::with_capacity(defaults.len() + own.len());
-            pairs.extend(defaults.iter().cloned());
-            pairs.extend(
-                own.into_iter()
+        .map(|(id, count, pos)| {
+            // Defaults first, so the user's own value wins.
+            scratch.clear();
+            scratch.extend(defaults.iter().cloned());
+            scratch.extend(
+                pairs
+                    .by_ref()
+                    .take(count as usize)
                     .map(|(name, value)| (name, values.share(value))),
             );
             DeclaredUser {
                 id,
-                attrs: values.attrs(pairs),
+                attrs: values.attrs_of(&mut scratch),
                 pos,
             }
         })
@@ -57,7 +63,12 @@ pub fn parse(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
     }
 }
 
-type Users = Vec<(UserId, Vec<(AttrName, AttrValue)>, Pos)>;
+/// The users of a file as read: each with how many of `pairs` (in order) are its own.
+#[derive(Default)]
+struct Users {
+    declared: Vec<(UserId, u32, Pos)>,
+    pairs: Vec<(AttrName, AttrValue)>,
+}
 
 fn read_file<'a>(
     r: &mut Reader<'a>,
@@ -99,11 +110,11 @@ fn read_file<'a>(
 
 fn user<'a>(
     r: &mut Reader<'a>,
-    key: Scalar<'a>,
+    key: &Scalar<'a>,
     attributes: Option<&[AttrName]>,
     users: &mut Users,
 ) -> Result<(), Fatal> {
-    let id = match user_id(&key) {
+    let id = match user_id(key) {
         Ok(id) => Some(id),
         Err(problem) => {
             r.problems.push(problem);
@@ -111,15 +122,19 @@ fn user<'a>(
         }
     };
     let label = || format!("user `{}`", key.text);
-    let mut attrs = Vec::with_capacity(attributes.map_or(4, <[AttrName]>::len));
+    let first = users.pairs.len();
     r.mapping(&label, true, |r, name| {
         if let Some(pair) = attribute(r, name, attributes, &label)? {
-            attrs.push(pair);
+            users.pairs.push(pair);
         }
         Ok(())
     })?;
-    if let Some(id) = id {
-        users.push((id, attrs, key.pos));
+    match id {
+        Some(id) => {
+            let count = u32::try_from(users.pairs.len() - first).unwrap_or(u32::MAX);
+            users.declared.push((id, count, key.pos));
+        }
+        None => users.pairs.truncate(first),
     }
     Ok(())
 }
@@ -145,7 +160,7 @@ fn user_id(key: &Scalar<'_>) -> Result<UserId, Problem> {
 
 fn attribute<'a>(
     r: &mut Reader<'a>,
-    name: Scalar<'a>,
+    name: &Scalar<'a>,
     attributes: Option<&[AttrName]>,
     owner: &dyn Fn() -> String,
 ) -> Result<Option<(AttrName, AttrValue)>, Fatal> {

@@ -124,46 +124,54 @@ impl Resolved {
 }
 
 /// Floats, hex, octal, underscores and sexagesimal numbers of YAML 1.1 and 1.2.
+///
+/// Runs for every unquoted value and id, so it allocates nothing and turns most strings away
+/// at the first test (a number has a digit).
 fn looks_numeric(s: &str) -> bool {
-    let lower = s.to_ascii_lowercase();
-    if [".inf", ".nan"].contains(&lower.as_str()) {
+    if s.eq_ignore_ascii_case(".inf") || s.eq_ignore_ascii_case(".nan") {
         return true;
     }
-    if let Some(hex) = lower.strip_prefix("0x") {
-        return !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit() || b == b'_');
-    }
-    if let Some(oct) = lower
-        .strip_prefix("0o")
-        .or_else(|| lower.strip_prefix("0b"))
-    {
-        return !oct.is_empty() && oct.bytes().all(|b| b.is_ascii_digit() || b == b'_');
-    }
-    let bytes = lower.as_bytes();
+    let bytes = s.as_bytes();
     if !bytes.iter().any(u8::is_ascii_digit) {
         return false;
     }
+    if let [b'0', radix, rest @ ..] = bytes {
+        let digit: fn(&u8) -> bool = match radix.to_ascii_lowercase() {
+            b'x' => u8::is_ascii_hexdigit,
+            b'o' | b'b' => u8::is_ascii_digit,
+            _ => |_| false,
+        };
+        if matches!(radix.to_ascii_lowercase(), b'x' | b'o' | b'b') {
+            return !rest.is_empty() && rest.iter().all(|b| digit(b) || *b == b'_');
+        }
+    }
     // Sexagesimal (YAML 1.1): 1:30, 190:20:30.
     if bytes.contains(&b':') {
-        return lower.split(':').all(|part| {
+        return bytes.split(|&b| b == b':').all(|part| {
             !part.is_empty()
                 && part
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || b == b'_' || b == b'.')
+                    .iter()
+                    .all(|&b| b.is_ascii_digit() || b == b'_' || b == b'.')
         });
     }
     // [digits][.digits][e[+-]digits] with optional underscores.
-    let (mantissa, exponent) = match lower.split_once('e') {
-        Some((m, e)) => (m, Some(e.strip_prefix(['+', '-']).unwrap_or(e))),
-        None => (lower.as_str(), None),
+    let (mantissa, exponent) = match bytes.iter().position(|&b| b == b'e' || b == b'E') {
+        Some(at) => {
+            let e = &bytes[at + 1..];
+            (
+                &bytes[..at],
+                Some(e.strip_prefix(b"+").or(e.strip_prefix(b"-")).unwrap_or(e)),
+            )
+        }
+        None => (bytes, None),
     };
     let mantissa_ok = !mantissa.is_empty()
-        && mantissa.bytes().filter(|&b| b == b'.').count() <= 1
+        && mantissa.iter().filter(|&&b| b == b'.').count() <= 1
         && mantissa
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'_')
-        && mantissa.bytes().any(|b| b.is_ascii_digit());
-    let exponent_ok =
-        exponent.is_none_or(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()));
+            .iter()
+            .all(|&b| b.is_ascii_digit() || b == b'.' || b == b'_')
+        && mantissa.iter().any(u8::is_ascii_digit);
+    let exponent_ok = exponent.is_none_or(|e| !e.is_empty() && e.iter().all(u8::is_ascii_digit));
     mantissa_ok && exponent_ok
 }
 
@@ -187,6 +195,9 @@ pub struct Reader<'a> {
     source_chars: Option<usize>,
     peeked: Option<(Event<'a>, Span)>,
     last_pos: Pos,
+    /// Emptied key lists of finished mappings, for the next ones: a million user mappings
+    /// then cost no allocation each.
+    seen_pool: Vec<SeenKeys<'a>>,
     /// Problems found so far; reading goes on after most of them.
     pub problems: Vec<Problem>,
 }
@@ -206,6 +217,7 @@ impl<'a> Reader<'a> {
             source_chars: None,
             peeked: None,
             last_pos: Pos { line: 1, column: 1 },
+            seen_pool: Vec::new(),
             problems: Vec::new(),
         }
     }
@@ -316,7 +328,7 @@ impl<'a> Reader<'a> {
         &'r mut self,
         what: &dyn Fn() -> String,
         track_duplicates: bool,
-        mut on_entry: impl FnMut(&mut Self, Scalar<'a>) -> Step<()>,
+        mut on_entry: impl FnMut(&mut Self, &Scalar<'a>) -> Step<()>,
     ) -> Step<bool> {
         let (event, span) = self.next()?;
         if !matches!(event, Event::MappingStart(..)) {
@@ -326,13 +338,15 @@ impl<'a> Reader<'a> {
             self.skip_rest(&event)?;
             return Ok(false);
         }
-        // A hash map, not a list: a hostile file with 100,000 keys costs linear time.
-        let mut seen: std::collections::HashMap<Cow<'a, str>, Pos> =
-            std::collections::HashMap::new();
+        let mut seen = self.seen_pool.pop().unwrap_or_default();
         loop {
             let (event, span) = self.next()?;
             match event {
-                Event::MappingEnd => return Ok(true),
+                Event::MappingEnd => {
+                    seen.clear();
+                    self.seen_pool.push(seen);
+                    return Ok(true);
+                }
                 Event::Scalar(text, style, _, tag) => {
                     let key = Scalar {
                         text,
@@ -340,8 +354,7 @@ impl<'a> Reader<'a> {
                         plain: style == ScalarStyle::Plain && tag.is_none(),
                     };
                     if track_duplicates {
-                        if let Some(first) = seen.get(&*key.text) {
-                            let first = *first;
+                        if let Some(first) = seen.first(&key.text) {
                             self.problems.push(
                                 Problem::new(
                                     key.pos,
@@ -356,9 +369,11 @@ impl<'a> Reader<'a> {
                             self.skip_rest(&value)?;
                             continue;
                         }
-                        seen.insert(key.text.clone(), key.pos);
                     }
-                    on_entry(self, key)?;
+                    on_entry(self, &key)?;
+                    if track_duplicates {
+                        seen.insert(key.text, key.pos);
+                    }
                 }
                 other => {
                     let pos = Pos::of(&span);
@@ -516,6 +531,52 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The keys a mapping has had so far, to find duplicates.
+///
+/// A user's mapping has a handful of keys and there are a million of them, so they are
+/// compared in a short list that keeps the keys the reader already made (no copy, no hash
+/// map). A hostile file with 100,000 keys in one mapping moves to a hash map past
+/// [`SeenKeys::FEW`], so it still costs linear time.
+#[derive(Default)]
+struct SeenKeys<'a> {
+    few: Vec<(Cow<'a, str>, Pos)>,
+    many: Option<std::collections::HashMap<Cow<'a, str>, Pos>>,
+}
+
+impl<'a> SeenKeys<'a> {
+    /// Past this many keys the list becomes a hash map.
+    const FEW: usize = 16;
+
+    /// Where `text` was first seen, if it was.
+    fn first(&self, text: &str) -> Option<Pos> {
+        match &self.many {
+            Some(many) => many.get(text).copied(),
+            None => self
+                .few
+                .iter()
+                .find(|(seen, _)| seen == text)
+                .map(|(_, pos)| *pos),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.few.clear();
+        self.many = None;
+    }
+
+    fn insert(&mut self, text: Cow<'a, str>, pos: Pos) {
+        if self.many.is_none() && self.few.len() == Self::FEW {
+            self.many = Some(self.few.drain(..).collect());
+        }
+        match &mut self.many {
+            Some(many) => {
+                many.insert(text, pos);
+            }
+            None => self.few.push((text, pos)),
+        }
+    }
+}
+
 fn alias_problem(pos: Pos) -> Problem {
     Problem::new(pos, "YAML aliases (`*name`) are not supported")
         .hint("write the values out, or put shared attributes under `defaults:`")
@@ -534,7 +595,24 @@ mod tests {
             assert_eq!(Resolved::of_plain(s), Resolved::Null, "{s}");
         }
         for s in [
-            "1.0", "0123", "0x1F", "1e3", ".inf", "-.5", "1_000", "1:30", "+1", "0o17", "6.02E23",
+            "1.0",
+            "0123",
+            "0x1F",
+            "1e3",
+            ".inf",
+            "-.5",
+            "1_000",
+            "1:30",
+            "+1",
+            "0o17",
+            "6.02E23",
+            "0X1f",
+            "0B101",
+            "1E5",
+            ".NaN",
+            "0e5",
+            "1.5e-3",
+            "190:20:30",
         ] {
             assert_eq!(Resolved::of_plain(s), Resolved::Number, "{s}");
         }
@@ -542,7 +620,24 @@ mod tests {
             assert_eq!(Resolved::of_plain(s), Resolved::CanonicalInt, "{s}");
         }
         for s in [
-            "NewYork", "female", "v1.2.3", "1.2.3", "e5", "x1", "Norway", "12ab", "a:b", ".",
+            "NewYork",
+            "female",
+            "v1.2.3",
+            "1.2.3",
+            "e5",
+            "x1",
+            "Norway",
+            "12ab",
+            "a:b",
+            ".",
+            "0x",
+            "0b",
+            "0xg1",
+            "1e",
+            "1e5e5",
+            "1::2",
+            "user00000001",
+            "1.2.3e4",
         ] {
             assert_eq!(Resolved::of_plain(s), Resolved::Str, "{s}");
         }

@@ -35,8 +35,12 @@ const SERIAL_FILE: &str = "serial";
 pub const CHUNK_USERS: usize = 128;
 /// A chunk that grows past this is split.
 const CHUNK_SPLIT_ABOVE: usize = 2 * CHUNK_USERS;
+/// How many chunks [`SledDb::load`] reads before decoding them: 64k users, a few MB.
+const LOAD_BATCH_CHUNKS: usize = 512;
+/// The most users [`SledDb::load`] makes room for up front, whatever the recorded count says.
+const LOAD_PRESIZE_MAX: usize = 1 << 24;
 /// sled's default cache is 1 GiB; the snapshot is read once per run, so a small one is enough.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// What `attrsync import` does about a damaged snapshot, for every message that needs it.
 const REBUILD: &str = "move the directory aside and rebuild the snapshot from the server with \
                        `attrsync import` (the server is the truth; the snapshot is a record of it)";
@@ -606,35 +610,49 @@ impl SledDb {
 
     /// Reads the whole snapshot, checking every checksum and the user count.
     pub fn load(&self) -> Result<Snapshot, StateError> {
-        let chunks = self
-            .users()
-            .iter()
-            .values()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.err("read"))?;
-        // Decoding a million users is most of the work: split the chunks (sorted by key) into
-        // one contiguous run per core and join the runs in order.
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, chunks.len().max(1));
-        let per_worker = chunks.len().div_ceil(workers).max(1);
-        let runs: Vec<Result<Vec<(UserId, SnapshotEntry)>, String>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = chunks
-                .chunks(per_worker)
-                .map(|run| scope.spawn(move || decode_run(run)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("decoding does not panic"))
-                .collect()
-        });
-        let mut users = Vec::new();
-        for run in runs {
-            users.extend(run.map_err(|what| self.corrupt(&what))?);
+        let expected = self.meta_u64(KEY_USER_COUNT)?;
+        // Sized once from the recorded count (bounded: the count is checked only after
+        // reading); grown by doubling, the copy would be the read's peak of memory.
+        let mut users = Vec::with_capacity(
+            expected.map_or(0, |n| usize::try_from(n).unwrap_or(0).min(LOAD_PRESIZE_MAX)),
+        );
+        // Decoding a million users is most of the work: the chunks (sorted by key) are read a
+        // batch at a time, each batch split into one contiguous run per core and the runs
+        // joined in order. A batch, not the whole snapshot: its bytes are freed as it goes.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut chunks = self.users().iter().values();
+        let mut batch = Vec::with_capacity(LOAD_BATCH_CHUNKS);
+        loop {
+            batch.clear();
+            for chunk in chunks.by_ref().take(LOAD_BATCH_CHUNKS) {
+                batch.push(chunk.map_err(self.err("read"))?);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let per_worker = batch.len().div_ceil(workers).max(1);
+            let runs: Vec<Result<Vec<(UserId, SnapshotEntry)>, String>> =
+                std::thread::scope(|scope| {
+                    let mut runs = batch.chunks(per_worker);
+                    let own = runs.next().unwrap_or_default();
+                    let handles: Vec<_> = runs
+                        .map(|run| scope.spawn(move || decode_run(run)))
+                        .collect();
+                    std::iter::once(decode_run(own))
+                        .chain(
+                            handles
+                                .into_iter()
+                                .map(|h| h.join().expect("decoding does not panic")),
+                        )
+                        .collect()
+                });
+            for run in runs {
+                users.extend(run.map_err(|what| self.corrupt(&what))?);
+            }
         }
         let users = UserMap::from_sorted(users).ok_or_else(|| self.corrupt("user order"))?;
         let mut names = Decoder::default();
-        if let Some(count) = self.meta_u64(KEY_USER_COUNT)? {
+        if let Some(count) = expected {
             if count != users.len() as u64 {
                 return Err(self.corrupt(&format!(
                     "it should hold {count} users but {} were found",
