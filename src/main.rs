@@ -546,7 +546,12 @@ fn run(command: Command, ctx: &Globals) -> anyhow::Result<ExitCode> {
             for warning in &outcome.warnings {
                 eprintln!("warning: {warning}");
             }
-            emit(&outcome.output)?;
+            {
+                use std::io::Write as _;
+                let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+                outcome.write_output(&mut stdout)?;
+                stdout.flush()?;
+            }
             let changes = outcome.plan.summary.has_writes();
             ops::drop_in_background(outcome);
             Ok(if detailed_exitcode && changes {

@@ -9,7 +9,7 @@ use crate::apply::FailedUser;
 use crate::config::Config;
 use crate::files::write_private;
 use crate::model::{Attrs, Drift, Plan, Snapshot, UserId, UserMap};
-use crate::plan::{self, Guards, PlanOptions};
+use crate::plan::{self, Guards, PlanOptions, TextStyle};
 use crate::state::{Access, Commit, StateError};
 
 /// Output formats of `plan`.
@@ -45,10 +45,58 @@ pub struct PlanRequest {
 pub struct PlanOutcome {
     /// The plan.
     pub plan: Plan,
-    /// The rendering for stdout.
-    pub output: String,
     /// Warnings for stderr (e.g. the mass-delete guard will refuse this plan).
     pub warnings: Vec<String>,
+    /// How the plan is shown on stdout, written by [`PlanOutcome::write_output`].
+    output: Output,
+}
+
+/// The rendering of a plan for stdout. Text and JSON are written as they render: the text
+/// of a million creates is a few hundred MB that would otherwise be held beside the plan.
+#[derive(Debug)]
+enum Output {
+    /// Rendered already: Markdown (capped in size), and JSON with a `--refresh` drift list.
+    Rendered(String),
+    /// The text rendering, after `head` (the endpoint header and any drift).
+    Text { head: String, style: TextStyle },
+    /// The plan JSON.
+    Json,
+}
+
+impl PlanOutcome {
+    /// Writes the plan in the requested format to `out`.
+    pub fn write_output(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        match &self.output {
+            Output::Rendered(text) => out.write_all(text.as_bytes()),
+            Output::Json => plan::write_json(&self.plan, out),
+            Output::Text { head, style } => {
+                out.write_all(head.as_bytes())?;
+                let mut adapter = IoText { out, failed: None };
+                match plan::write_text(&self.plan, *style, &mut adapter) {
+                    Ok(()) => Ok(()),
+                    Err(std::fmt::Error) => Err(adapter.failed.unwrap_or_else(|| {
+                        std::io::Error::other("the plan could not be rendered")
+                    })),
+                }
+            }
+        }
+    }
+}
+
+/// Text rendered through `fmt::Write` into an `io::Write`, keeping the I/O error (a closed
+/// pipe) that `fmt::Error` cannot carry.
+struct IoText<'a, W> {
+    out: &'a mut W,
+    failed: Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> std::fmt::Write for IoText<'_, W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.out.write_all(s.as_bytes()).map_err(|err| {
+            self.failed = Some(err);
+            std::fmt::Error
+        })
+    }
 }
 
 /// `attrsync plan`: diffs the config against the snapshot (or, with `--refresh`, the server).
@@ -167,26 +215,26 @@ pub async fn plan(ctx: &Globals, request: &PlanRequest) -> Result<PlanOutcome> {
     }
     let drift = refreshed.as_ref().map(|r| r.drift.as_slice());
     let output = match (request.format, drift) {
-        (PlanFormat::Text, None) => plan::render_text(&plan, ctx.text_style()),
-        (PlanFormat::Text, Some(drift)) => {
-            plan::render_drift_text(drift, ctx.text_style())
-                + &plan::render_text(&plan, ctx.text_style())
-        }
-        (PlanFormat::Json, None) => plan::to_json(&plan),
-        (PlanFormat::Json, Some(drift)) => plan::to_json_with_drift(&plan, drift),
-        (PlanFormat::Markdown, drift) => {
-            plan::render_markdown(&plan, drift, &super::endpoint_header(&plan, true))
-        }
-    };
-    let output = match request.format {
-        PlanFormat::Text => super::endpoint_header(&plan, false) + &output,
-        PlanFormat::Json | PlanFormat::Markdown => output,
+        (PlanFormat::Text, drift) => Output::Text {
+            head: super::endpoint_header(&plan, false)
+                + &drift.map_or_else(String::new, |drift| {
+                    plan::render_drift_text(drift, ctx.text_style())
+                }),
+            style: ctx.text_style(),
+        },
+        (PlanFormat::Json, None) => Output::Json,
+        (PlanFormat::Json, Some(drift)) => Output::Rendered(plan::to_json_with_drift(&plan, drift)),
+        (PlanFormat::Markdown, drift) => Output::Rendered(plan::render_markdown(
+            &plan,
+            drift,
+            &super::endpoint_header(&plan, true),
+        )),
     };
     super::drop_in_background((config, snapshot, refreshed));
     Ok(PlanOutcome {
         plan,
-        output,
         warnings,
+        output,
     })
 }
 
@@ -285,4 +333,107 @@ pub async fn refresh(
         unread: live.errors,
         calls,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plan of `n` creates, to render.
+    fn creates(n: usize) -> Plan {
+        let desired = UserMap::from_sorted(
+            (0..n)
+                .map(|i| {
+                    let id = UserId::new(&format!("user{i:05}")).unwrap();
+                    (id, Attrs::parse(&[("city", "Lima")]).unwrap())
+                })
+                .collect(),
+        )
+        .unwrap();
+        plan::plan(
+            &desired,
+            &Snapshot::default(),
+            PlanOptions {
+                sdkappid: 1,
+                prune: false,
+                endpoint: "embedded".to_owned(),
+                previous_endpoint: None,
+                targets: Vec::new(),
+            },
+        )
+    }
+
+    /// Takes `room` bytes, then fails as a closed pipe does.
+    struct ClosedAfter {
+        room: usize,
+        taken: Vec<u8>,
+    }
+
+    impl std::io::Write for ClosedAfter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.taken.len() + buf.len() > self.room {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            self.taken.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn outcome(plan: Plan, output: Output) -> PlanOutcome {
+        PlanOutcome {
+            plan,
+            warnings: Vec::new(),
+            output,
+        }
+    }
+
+    #[test]
+    fn streamed_text_and_json_are_the_renderings() {
+        let text = outcome(
+            creates(30),
+            Output::Text {
+                head: "head\n".to_owned(),
+                style: TextStyle::Plain,
+            },
+        );
+        let mut written = Vec::new();
+        text.write_output(&mut written).unwrap();
+        let expected = "head\n".to_owned() + &plan::render_text(&text.plan, TextStyle::Plain);
+        assert_eq!(String::from_utf8(written).unwrap(), expected);
+
+        let json = outcome(creates(30), Output::Json);
+        let mut written = Vec::new();
+        json.write_output(&mut written).unwrap();
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            plan::to_json(&json.plan)
+        );
+    }
+
+    #[test]
+    fn a_closed_pipe_is_reported_as_the_io_error_it_is() {
+        for output in [
+            Output::Json,
+            Output::Text {
+                head: String::new(),
+                style: TextStyle::Plain,
+            },
+        ] {
+            let outcome = outcome(creates(30), output);
+            let mut closed = ClosedAfter {
+                room: 200,
+                taken: Vec::new(),
+            };
+            let err = outcome.write_output(&mut closed).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::BrokenPipe,
+                "{:?}",
+                outcome.output
+            );
+        }
+    }
 }

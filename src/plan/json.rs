@@ -81,10 +81,25 @@ struct AttrDoc {
 }
 
 /// Serialises a plan as pretty JSON, exactly as README.md ("Plan JSON") describes.
+pub fn to_json(plan: &Plan) -> String {
+    // About 100 bytes of pretty JSON per attribute change.
+    let mut json = Vec::with_capacity(
+        512 + plan
+            .changes
+            .iter()
+            .map(|c| 80 + 100 * c.attrs.len())
+            .sum::<usize>(),
+    );
+    write_json(plan, &mut json).expect("a Vec takes every write");
+    String::from_utf8(json).expect("serde_json writes UTF-8")
+}
+
+/// [`to_json`] written to `out` as it serialises: a million-change plan goes to stdout
+/// without ever being held whole in memory.
 ///
 /// Serialises straight from the plan, borrowing every string: a million-change plan would
 /// otherwise be copied into owned documents first.
-pub fn to_json(plan: &Plan) -> String {
+pub fn write_json(plan: &Plan, out: &mut impl std::io::Write) -> std::io::Result<()> {
     let doc = PlanOut {
         format_version: FORMAT_VERSION,
         sdkappid: plan.sdkappid,
@@ -111,17 +126,8 @@ pub fn to_json(plan: &Plan) -> String {
         },
         changes: ChangesOut(&plan.changes),
     };
-    // About 100 bytes of pretty JSON per attribute change.
-    let mut json = Vec::with_capacity(
-        512 + plan
-            .changes
-            .iter()
-            .map(|c| 80 + 100 * c.attrs.len())
-            .sum::<usize>(),
-    );
-    serde_json::to_writer_pretty(&mut json, &doc).expect("plan JSON serialises");
-    json.push(b'\n');
-    String::from_utf8(json).expect("serde_json writes UTF-8")
+    serde_json::to_writer_pretty(&mut *out, &doc).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")
 }
 
 #[derive(Serialize)]

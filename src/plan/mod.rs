@@ -8,9 +8,9 @@ mod markdown;
 mod text;
 
 pub use crate::text::plural;
-pub use json::{from_json, to_json, to_json_with_drift, PlanFileError};
+pub use json::{from_json, to_json, to_json_with_drift, write_json, PlanFileError};
 pub use markdown::{render_markdown, MARKDOWN_LIMIT};
-pub use text::{render_drift_text, render_text, TextStyle};
+pub use text::{render_drift_text, render_text, write_text, TextStyle};
 
 use sha2::{Digest, Sha256};
 

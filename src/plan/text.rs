@@ -42,42 +42,53 @@ fn color(c: AnsiColor) -> Style {
 /// Renders a plan for a person: one block per user, `attr: "before" → "after"` per attribute,
 /// the summary line last.
 pub fn render_text(plan: &Plan, style: TextStyle) -> String {
+    let mut out = String::new();
+    write_text(plan, style, &mut out).expect("a String takes every write");
+    out
+}
+
+/// [`render_text`] written to `out` as it renders: a million-change plan goes to stdout
+/// without ever being held whole in memory.
+pub fn write_text(
+    plan: &Plan,
+    style: TextStyle,
+    out: &mut impl std::fmt::Write,
+) -> std::fmt::Result {
     let painter = Painter {
         on: style == TextStyle::Color,
     };
-    let mut out = String::new();
     let s = &plan.summary;
     if !plan.targets.is_empty() {
-        let _ = writeln!(
+        writeln!(
             out,
             "{}\n",
             painter.paint(Style::new().bold(), &super::partial_note(plan))
-        );
+        )?;
     }
     if plan.changes.is_empty() {
-        let _ = writeln!(
+        writeln!(
             out,
             "The snapshot matches the config: {} users, nothing to apply.\n",
             s.unchanged
-        );
-        out.push_str(&painter.paint(Style::new().bold(), "No changes."));
-        out.push('\n');
-        return out;
+        )?;
+        out.write_str(&painter.paint(Style::new().bold(), "No changes."))?;
+        out.write_char('\n')?;
+        return Ok(());
     }
     if plan.changes.len() > SUMMARY_FIRST_ABOVE {
-        let _ = writeln!(
+        writeln!(
             out,
             "{}",
             painter.paint(Style::new().bold(), &summary_line(s))
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "  {} create, {} update, {} delete, {} re-send, {} orphaned, {} unchanged ({} in doubt)\n",
             s.create, s.update, s.delete, s.resend, s.orphaned, s.unchanged, s.in_doubt
-        );
+        )?;
     }
     if s.has_writes() {
-        out.push_str("attrsync will perform the following changes:\n\n");
+        out.write_str("attrsync will perform the following changes:\n\n")?;
     }
     let mut orphan_note_written = false;
     for change in &plan.changes {
@@ -89,13 +100,13 @@ pub fn render_text(plan: &Plan, style: TextStyle) -> String {
             Action::Resend => ("!", AnsiColor::Magenta, "is in doubt"),
         };
         if change.action == Action::Orphaned && !orphan_note_written {
-            out.push_str(
+            out.write_str(
                 "Orphaned users were removed from the config; their attributes stay on the \
                  server until you prune (prune: true or --prune):\n\n",
-            );
+            )?;
             orphan_note_written = true;
         }
-        let _ = write!(
+        write!(
             out,
             "  {} {} {verb}",
             painter.paint(color(colour), sign),
@@ -103,37 +114,37 @@ pub fn render_text(plan: &Plan, style: TextStyle) -> String {
                 Style::new().bold(),
                 &crate::text::quote_user(change.user.as_str())
             )
-        );
+        )?;
         match (&change.in_doubt, change.action) {
-            (None, _) => out.push('\n'),
+            (None, _) => out.write_char('\n')?,
             (Some(note), Action::Resend) => {
-                let _ = writeln!(
+                writeln!(
                     out,
                     ": {}; its full desired state will be re-sent",
                     doubt_text(note)
-                );
+                )?;
             }
             (Some(note), Action::Orphaned) => {
-                let _ = writeln!(
+                writeln!(
                     out,
                     " and in doubt: {}; `attrsync plan --refresh` or `attrsync import` reads \
                      what the server holds",
                     doubt_text(note)
-                );
+                )?;
             }
             (Some(note), _) => {
-                let _ = writeln!(out, " (in doubt: {})", doubt_text(note));
+                writeln!(out, " (in doubt: {})", doubt_text(note))?;
             }
         }
         for attr in &change.attrs {
-            out.push_str("      ");
-            out.push_str(&attr_line(attr, change.action, &painter));
-            out.push('\n');
+            out.write_str("      ")?;
+            out.write_str(&attr_line(attr, change.action, &painter))?;
+            out.write_char('\n')?;
         }
-        out.push('\n');
+        out.write_char('\n')?;
     }
     if s.in_doubt > 0 {
-        let _ = writeln!(
+        writeln!(
             out,
             "{} in doubt: attrsync does not know what the server holds for {}, so {} compared \
              with the snapshot.",
@@ -144,18 +155,17 @@ pub fn render_text(plan: &Plan, style: TextStyle) -> String {
             } else {
                 "they are not"
             },
-        );
+        )?;
     }
     if s.orphaned > 0 {
-        let _ = writeln!(
+        writeln!(
             out,
             "{} orphaned (left on the server; prune to remove).",
             plural(s.orphaned, "user")
-        );
+        )?;
     }
-    out.push_str(&painter.paint(Style::new().bold(), &summary_line(s)));
-    out.push('\n');
-    out
+    out.write_str(&painter.paint(Style::new().bold(), &summary_line(s)))?;
+    out.write_char('\n')
 }
 
 /// Renders users changed outside attrsync (`plan --refresh`), before the plan itself.
