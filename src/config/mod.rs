@@ -4,6 +4,7 @@
 mod disk_cache;
 pub mod schema;
 mod settings;
+mod simple;
 mod users;
 pub mod yaml;
 

@@ -26,11 +26,34 @@ pub struct ParsedFile {
 
 /// Reads a user file. `attributes` is the configured list, or `None` when `attrsync.yaml`
 /// itself is broken (names are then not checked).
+///
+/// A file in the plain shape nearly every user file has is read by [`super::simple`]; any
+/// other file, and any file with a problem, goes through the YAML parser. Both give the same
+/// result for the files the first one reads.
 pub fn parse(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
+    if let Some(names) = attributes {
+        if let Some((defaults, users)) = super::simple::read(text, names) {
+            return finish(defaults, users, Vec::new());
+        }
+    }
+    parse_yaml(text, attributes)
+}
+
+/// [`parse`] through the YAML parser, whatever the file's shape.
+pub(super) fn parse_yaml(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
     let mut reader = Reader::new(text);
     let mut defaults: Vec<(AttrName, AttrValue)> = Vec::new();
     let mut users = Users::default();
     let _ = read_file(&mut reader, attributes, &mut defaults, &mut users);
+    finish(defaults, users, reader.problems)
+}
+
+/// The file's users with the defaults merged in, sorted by id.
+fn finish(
+    defaults: Vec<(AttrName, AttrValue)>,
+    users: Users,
+    problems: Vec<Problem>,
+) -> ParsedFile {
     // Equal values and equal sets share one allocation: a file repeats the same few cities
     // and tiers. One buffer serves every user.
     let mut values = Interner::default();
@@ -57,17 +80,16 @@ pub fn parse(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
         })
         .collect();
     users.sort_by(|a, b| a.id.cmp(&b.id));
-    ParsedFile {
-        users,
-        problems: reader.problems,
-    }
+    ParsedFile { users, problems }
 }
 
 /// The users of a file as read: each with how many of `pairs` (in order) are its own.
 #[derive(Default)]
-struct Users {
-    declared: Vec<(UserId, u32, Pos)>,
-    pairs: Vec<(AttrName, AttrValue)>,
+pub(super) struct Users {
+    /// Each user: its id, how many pairs are its own, where the id is written.
+    pub declared: Vec<(UserId, u32, Pos)>,
+    /// The users' own pairs, in file order.
+    pub pairs: Vec<(AttrName, AttrValue)>,
 }
 
 fn read_file<'a>(
