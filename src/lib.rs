@@ -29,8 +29,9 @@
 //! - [`ops`]: one function per command, wiring the shells to the core; `main.rs` only
 //!   parses arguments and maps results to exit codes.
 //! - [`shutdown`]: SIGINT/SIGTERM the same way for every long-running command.
-//! - [`clock`], [`text`], [`sync`] and [`files`]: the wall clock, plurals, the one lock policy
-//!   and safe file reads and writes, leaves that import nothing.
+//! - [`clock`], [`text`], [`sync`], [`files`] and [`memory`]: the wall clock, plurals, the one
+//!   lock policy, safe file reads and writes, and giving freed memory back: leaves that import
+//!   nothing.
 //!
 //! Imports point inward: `model` imports nothing from the crate; `plan` and `config` only
 //! `model` (and the `text` leaf); `state` and `api` the core; `apply` uses `api` and `state`;
@@ -45,6 +46,7 @@ pub mod config;
 pub mod emulator;
 pub mod files;
 pub mod link;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod plan;

@@ -274,7 +274,7 @@ pub fn load(
     // The cache file's bytes are decoded: free them before the users are merged.
     drop(disk);
     tracing::debug!(files = files.len(), parsed = cache.last_parsed, elapsed = ?started.elapsed(), "parsed the user files");
-    let mut runs: Vec<Vec<DeclaredUser>> = Vec::with_capacity(files.len());
+    let mut runs: Vec<Run> = Vec::with_capacity(files.len());
     for (path, result) in files.iter().zip(parsed) {
         let shown = display_path(dir, path);
         match result.map(|parsed| parsed.file) {
@@ -285,14 +285,17 @@ pub fn load(
                         .cloned()
                         .map(|p| Diagnostic::at(&shown, p)),
                 );
-                runs.push(
-                    Arc::try_unwrap(file)
-                        .map_or_else(|shared| shared.users.clone(), |owned| owned.users),
-                );
+                runs.push(match Arc::try_unwrap(file) {
+                    Ok(owned) => Run::from(owned.users),
+                    Err(shared) => Run::Shared {
+                        file: shared,
+                        at: 0,
+                    },
+                });
             }
             Err(diagnostic) => {
                 diagnostics.push(diagnostic.into_diagnostic(&shown));
-                runs.push(Vec::new());
+                runs.push(Run::from(Vec::new()));
             }
         }
     }
@@ -332,6 +335,46 @@ pub fn load(
     })
 }
 
+/// One file's users for [`merge_files`], sorted by id.
+enum Run {
+    /// Users this load owns, moved into the desired state.
+    Owned(std::vec::IntoIter<DeclaredUser>),
+    /// A parse the daemon's cache keeps for the next load: its users are copied one at a
+    /// time into the desired state, with no copy of the whole file first.
+    Shared {
+        /// The parse.
+        file: Arc<ParsedFile>,
+        /// The next user's index.
+        at: usize,
+    },
+}
+
+impl From<Vec<DeclaredUser>> for Run {
+    fn from(users: Vec<DeclaredUser>) -> Self {
+        Run::Owned(users.into_iter())
+    }
+}
+
+impl Run {
+    fn len(&self) -> usize {
+        match self {
+            Run::Owned(users) => users.len(),
+            Run::Shared { file, at } => file.users.len() - at,
+        }
+    }
+
+    fn next(&mut self) -> Option<DeclaredUser> {
+        match self {
+            Run::Owned(users) => users.next(),
+            Run::Shared { file, at } => {
+                let user = file.users.get(*at)?.clone();
+                *at += 1;
+                Some(user)
+            }
+        }
+    }
+}
+
 /// Merges each file's users (sorted by id, `runs[i]` from file `i`) into the desired
 /// state's entries, sorted by id. A user declared twice is kept once and reported to
 /// `declared_twice` with where it was declared before (position, file) and the repeat;
@@ -340,7 +383,7 @@ pub fn load(
 /// A k-way merge rather than a concatenation and a sort: the result is built at its final
 /// size, never beside a second copy of every user with its position.
 fn merge_files(
-    runs: Vec<Vec<DeclaredUser>>,
+    runs: Vec<impl Into<Run>>,
     mut declared_twice: impl FnMut((Pos, usize), (&DeclaredUser, usize)),
 ) -> Vec<(UserId, Attrs)> {
     /// A file's next user; the heap's smallest is the next user in id order, the earlier
@@ -366,10 +409,9 @@ fn merge_files(
         }
     }
 
-    let total = runs.iter().map(Vec::len).sum();
+    let mut runs: Vec<Run> = runs.into_iter().map(Into::into).collect();
+    let total = runs.iter().map(Run::len).sum();
     let mut entries: Vec<(UserId, Attrs)> = Vec::with_capacity(total);
-    let mut runs: Vec<std::vec::IntoIter<DeclaredUser>> =
-        runs.into_iter().map(Vec::into_iter).collect();
     let mut heap: std::collections::BinaryHeap<Head> = runs
         .iter_mut()
         .enumerate()
@@ -391,7 +433,7 @@ fn merge_files(
             None => {
                 // Free the file's users now, not after the merge: when files hold blocks of
                 // ids, the merge's memory stays near one copy of the users.
-                runs[file] = Vec::new().into_iter();
+                runs[file] = Run::from(Vec::new());
                 std::collections::binary_heap::PeekMut::pop(top).user
             }
         };

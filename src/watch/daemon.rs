@@ -16,7 +16,7 @@ use super::{
 use crate::apply::{Report, StopSignal};
 use crate::config::{Diagnostics, ParseCache, Settings, Target};
 use crate::link::Connection;
-use crate::model::{AttrName, StateLocation, Summary};
+use crate::model::{AttrName, Snapshot, StateLocation, Summary};
 use crate::plan;
 use crate::state::{Holder, SnapshotStore, StateError};
 
@@ -26,6 +26,12 @@ pub(super) struct OpenStore {
     pub(super) sdkappid: u64,
     pub(super) target: Target,
     pub(super) store: Arc<dyn SnapshotStore>,
+    /// The snapshot as this daemon last read it: a pass plans against it without reading a
+    /// million users again while the store's serial says it is still what the store holds.
+    pub(super) known: Option<Arc<Snapshot>>,
+    /// The read of the snapshot started in the background after a pass wrote, so that the
+    /// next pass (an edit) finds it read.
+    pub(super) refreshing: Option<tokio::task::JoinHandle<Result<Snapshot, StateError>>>,
 }
 
 /// The connection to the server and what it was made for.
@@ -253,6 +259,10 @@ impl Daemon {
             }
         };
         let retry = self.finish(trigger, &pass, result, started.elapsed());
+        // What the pass freed (a million users' parse and plan) goes back to the system
+        // rather than staying with an idle daemon.
+        drop(pass);
+        crate::memory::release_free_memory();
         // Exiting says more than retrying for ever: a supervisor shows the failed unit.
         if self.fatal.is_some() {
             return None;

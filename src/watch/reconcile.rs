@@ -50,7 +50,11 @@ impl Daemon {
             config: Arc::clone(&config),
             store: Arc::clone(&store),
         });
-        let planned = plan_pass(&config, store.as_ref()).await?;
+        let known = self.known_snapshot().await;
+        let planned = plan_pass(&config, store.as_ref(), known).await?;
+        if let Some(open) = &mut self.store {
+            open.known = Some(Arc::clone(&planned.snapshot));
+        }
         let writes = planned.plan.summary.writes();
         pass.summary = Some(planned.plan.summary);
         self.shared.metrics.planned(config.desired.len(), writes);
@@ -76,6 +80,9 @@ impl Daemon {
             &|p| progress.update(p),
         )
         .await;
+        // The batches were committed: read the new snapshot while the daemon waits for the
+        // next edit, not when it comes.
+        self.refresh_snapshot_in_background();
         self.shared.metrics.applied(&report);
         self.shared.metrics.planned(
             config.desired.len(),
@@ -87,6 +94,32 @@ impl Daemon {
         }
         pass.report = Some(report);
         outcome
+    }
+
+    /// The snapshot this daemon last read, once any background read has finished; `None`
+    /// before the first read or when that read failed (the pass then reads it itself).
+    async fn known_snapshot(&mut self) -> Option<Arc<Snapshot>> {
+        let open = self.store.as_mut()?;
+        if let Some(refreshing) = open.refreshing.take() {
+            if let Ok(Ok(snapshot)) = refreshing.await {
+                open.known = Some(Arc::new(snapshot));
+            }
+        }
+        open.known.clone()
+    }
+
+    /// Starts reading the snapshot again, after a pass wrote to it.
+    fn refresh_snapshot_in_background(&mut self) {
+        let Some(open) = &mut self.store else {
+            return;
+        };
+        open.known = None;
+        let store = Arc::clone(&open.store);
+        open.refreshing = Some(tokio::spawn(async move {
+            let snapshot = store.load().await;
+            crate::memory::release_free_memory();
+            snapshot
+        }));
     }
 
     /// Reloads the config, re-parsing only the files whose content changed.
@@ -168,8 +201,11 @@ impl Daemon {
             }
             tracing::info!(state = %settings.state, "the snapshot's location, the app or the server changed: reopening the snapshot");
         }
-        // sled lets one handle at a time open a directory: close the old one first.
-        self.store = None;
+        // sled lets one handle at a time open a directory: close the old one first (after
+        // its background read, which holds it too).
+        if let Some(refreshing) = self.store.take().and_then(|open| open.refreshing) {
+            let _ = refreshing.await;
+        }
         self.drift = None;
         self.shared.status().current = None;
         if let Some(dir) = settings.state.dir() {
@@ -201,6 +237,8 @@ impl Daemon {
             sdkappid: settings.sdkappid,
             target: settings.target.clone(),
             store: Arc::clone(&store),
+            known: None,
+            refreshing: None,
         });
         Ok(store)
     }
@@ -274,19 +312,26 @@ fn daemon_guards(settings: &Settings) -> Guards {
 /// A plan and the snapshot it was computed against.
 #[derive(Debug)]
 pub(crate) struct Planned {
-    /// The snapshot as read for this pass.
-    pub snapshot: Snapshot,
+    /// The snapshot as read for this pass (or kept from the last one).
+    pub snapshot: Arc<Snapshot>,
     /// The plan against it.
     pub plan: Plan,
 }
 
 /// The planning half of a pass: reads the snapshot and plans the config against it, refusing
 /// an empty desired state that would delete everything.
+///
+/// `known` is a snapshot read earlier: it is used when the store's serial shows nothing was
+/// committed since (every commit moves the serial), and the store is read otherwise.
 pub(crate) async fn plan_pass(
     config: &Arc<Config>,
     store: &dyn SnapshotStore,
+    known: Option<Arc<Snapshot>>,
 ) -> Result<Planned, ReconcileError> {
-    let snapshot = store.load().await?;
+    let snapshot = match known {
+        Some(known) if store.serial().await? == known.serial => known,
+        _ => Arc::new(store.load().await?),
+    };
     let previous_endpoint = store.previous_target();
     let config = Arc::clone(config);
     // Planning a large config takes a while: keep it off the async workers.
@@ -498,7 +543,7 @@ mod tests {
             mode: FailMode::Drop,
             endpoints: vec![crate::api::Endpoint::SetAttr],
         });
-        let planned = plan_pass(&config, &store).await.unwrap();
+        let planned = plan_pass(&config, &store, None).await.unwrap();
         assert_eq!(planned.plan.summary.create, 250);
         let report = apply_pass(&config, &planned, &api, &store, &stop, &|_| {}).await;
         assert!(matches!(
@@ -512,7 +557,7 @@ mod tests {
 
         // The next pass re-sends them in full and records them.
         api.set_faults(Faults::default());
-        let planned = plan_pass(&config, &store).await.unwrap();
+        let planned = plan_pass(&config, &store, None).await.unwrap();
         assert_eq!(planned.plan.summary.resend, 250);
         let report = apply_pass(&config, &planned, &api, &store, &stop, &|_| {}).await;
         pass_outcome(&report).unwrap();
@@ -520,8 +565,26 @@ mod tests {
         assert_eq!((snapshot.users.len(), snapshot.in_doubt.len()), (250, 0));
 
         // Converged: the pass after plans nothing.
-        let planned = plan_pass(&config, &store).await.unwrap();
+        let planned = plan_pass(&config, &store, None).await.unwrap();
         assert_eq!(planned.plan.summary.writes(), 0);
+
+        // A snapshot kept from an earlier pass is used only while the store's serial is its
+        // own: one from before the last commit is read again, so it never hides a write.
+        let kept = Arc::clone(&planned.snapshot);
+        let again = plan_pass(&config, &store, Some(Arc::clone(&kept)))
+            .await
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&again.snapshot, &kept),
+            "the serial did not move"
+        );
+        let stale = Arc::new(Snapshot {
+            serial: kept.serial - 1,
+            ..Snapshot::default()
+        });
+        let reread = plan_pass(&config, &store, Some(stale)).await.unwrap();
+        assert_eq!(reread.snapshot.users.len(), 250);
+        assert_eq!(reread.plan.summary.writes(), 0);
     }
 
     #[test]
