@@ -156,7 +156,7 @@ pub struct Interner {
     // Fx, not SipHash: the keys are the app's own short names and values, looked up a few
     // million times per load; a hostile file cannot make more distinct keys than it has bytes.
     values: rustc_hash::FxHashSet<Arc<str>>,
-    sets: rustc_hash::FxHashMap<Box<[(AttrName, AttrValue)]>, Attrs>,
+    sets: rustc_hash::FxHashSet<Attrs>,
 }
 
 impl Interner {
@@ -194,9 +194,8 @@ impl Interner {
         if let Some(seen) = self.sets.get(scratch.as_slice()) {
             return seen.clone();
         }
-        let set = Attrs(Arc::new(scratch.clone().into_boxed_slice()));
-        self.sets
-            .insert(scratch.clone().into_boxed_slice(), set.clone());
+        let set = Attrs(Arc::new(scratch.as_slice().into()));
+        self.sets.insert(set.clone());
         set
     }
 }
@@ -241,6 +240,14 @@ impl InvalidValue {
 /// snapshot holds one, and the set behind it is shared.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Attrs(Arc<Box<[(AttrName, AttrValue)]>>);
+
+/// Looks a set up by its pairs (the interner's sets): `Attrs` hashes and compares as its
+/// slice of pairs does.
+impl std::borrow::Borrow<[(AttrName, AttrValue)]> for Attrs {
+    fn borrow(&self) -> &[(AttrName, AttrValue)] {
+        &self.0
+    }
+}
 
 impl Default for Attrs {
     fn default() -> Self {

@@ -73,9 +73,15 @@ impl DiskCache {
         (crc32fast::hash(body).to_le_bytes() == crc).then_some(entry)
     }
 
-    /// The parsed file for `key`, if the cache holds a sound entry for it.
-    pub fn get(&self, key: &[u8; 32], attributes: &[AttrName]) -> Option<ParsedFile> {
-        decode(&self.raw(key)?[4..], attributes)
+    /// The parsed file for `key`, if the cache holds a sound entry for it. Its values and
+    /// sets are shared through `shared` (one per thread, across the files it decodes).
+    pub fn get(
+        &self,
+        key: &[u8; 32],
+        attributes: &[AttrName],
+        shared: &mut Interner,
+    ) -> Option<ParsedFile> {
+        decode(&self.raw(key)?[4..], attributes, shared)
     }
 }
 
@@ -200,9 +206,8 @@ pub fn encode(file: &ParsedFile, attributes: &[AttrName]) -> Option<Vec<u8>> {
 }
 
 /// An entry's body back into a parsed file, every id and value validated again.
-fn decode(body: &[u8], attributes: &[AttrName]) -> Option<ParsedFile> {
+fn decode(body: &[u8], attributes: &[AttrName], shared: &mut Interner) -> Option<ParsedFile> {
     let mut r = Reader { bytes: body, at: 0 };
-    let mut shared = Interner::default();
     let count = r.u32()? as usize;
     let mut sets = Vec::with_capacity(count.min(body.len()));
     for _ in 0..count {
@@ -318,7 +323,7 @@ mod tests {
         ] {
             let file = parsed(text, &attributes);
             let entry = encode(&file, &attributes).expect("encodable");
-            assert_eq!(decode(&entry[4..], &attributes).as_ref(), Some(&file), "{text}");
+            assert_eq!(decode(&entry[4..], &attributes, &mut Interner::default()).as_ref(), Some(&file), "{text}");
         }
     }
 
@@ -332,7 +337,7 @@ mod tests {
         write(dir.path(), &attributes, &[(key, &entry)]).unwrap();
         let path = cache_path(dir.path());
         assert_eq!(
-            DiskCache::read(&path, &attributes).get(&key, &attributes),
+            DiskCache::read(&path, &attributes).get(&key, &attributes, &mut Interner::default()),
             Some(file)
         );
         // Other attributes: another meaning.
@@ -344,7 +349,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let cache = DiskCache::read(&path, &attributes);
         assert_eq!(cache.len(), 1);
-        assert_eq!(cache.get(&key, &attributes), None);
+        assert_eq!(cache.get(&key, &attributes, &mut Interner::default()), None);
         // Cut short, or not a cache at all.
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         assert_eq!(DiskCache::read(&path, &attributes).len(), 0);
@@ -366,6 +371,6 @@ mod tests {
         let at = entry.windows(4).position(|w| w == b"Oslo").unwrap();
         entry[at + 2] = b'\n';
         let body = entry[4..].to_vec();
-        assert_eq!(decode(&body, &attributes), None);
+        assert_eq!(decode(&body, &attributes, &mut Interner::default()), None);
     }
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{AttrName, Attrs, Desired, UserId, UserMap};
+use crate::model::{AttrName, Attrs, Desired, Interner, UserId, UserMap};
 use yaml::{Pos, Problem};
 
 /// One problem in one file.
@@ -594,29 +594,36 @@ fn parse_files(
     let cached = &*cache;
     std::thread::scope(|scope| {
         for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(path) = files.get(i) else { break };
-                let outcome = read_bytes(path).and_then(|bytes| {
-                    let key: [u8; 32] = Sha256::digest(&bytes).into();
-                    if let Some(file) = cached.get(&key) {
-                        return Ok((Parsed { file, key }, false));
-                    }
-                    let on_disk = disk.zip(attributes).and_then(|(d, a)| d.get(&key, a));
-                    if let Some(file) = on_disk {
-                        return Ok((
-                            Parsed {
-                                file: Arc::new(file),
-                                key,
-                            },
-                            false,
-                        ));
-                    }
-                    let text = to_text(bytes)?;
-                    let file = Arc::new(users::parse(&text, attributes));
-                    Ok((Parsed { file, key }, true))
-                });
-                *crate::sync::lock(&slots[i]) = Some(outcome);
+            // One interner per thread, across its files: 10,000 small files share their
+            // values and attribute sets instead of each building its own.
+            scope.spawn(|| {
+                let mut shared = Interner::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(path) = files.get(i) else { break };
+                    let outcome = read_bytes(path).and_then(|bytes| {
+                        let key: [u8; 32] = Sha256::digest(&bytes).into();
+                        if let Some(file) = cached.get(&key) {
+                            return Ok((Parsed { file, key }, false));
+                        }
+                        let on_disk = disk
+                            .zip(attributes)
+                            .and_then(|(d, a)| d.get(&key, a, &mut shared));
+                        if let Some(file) = on_disk {
+                            return Ok((
+                                Parsed {
+                                    file: Arc::new(file),
+                                    key,
+                                },
+                                false,
+                            ));
+                        }
+                        let text = to_text(bytes)?;
+                        let file = Arc::new(users::parse_sharing(&text, attributes, &mut shared));
+                        Ok((Parsed { file, key }, true))
+                    });
+                    *crate::sync::lock(&slots[i]) = Some(outcome);
+                }
             });
         }
     });

@@ -24,28 +24,50 @@ pub struct ParsedFile {
     pub problems: Vec<Problem>,
 }
 
+/// [`parse_sharing`] with an interner of its own.
+#[cfg(test)]
+pub fn parse(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
+    parse_sharing(text, attributes, &mut Interner::default())
+}
+
 /// Reads a user file. `attributes` is the configured list, or `None` when `attrsync.yaml`
-/// itself is broken (names are then not checked).
+/// itself is broken (names are then not checked). Values and attribute sets are shared with
+/// other files through `shared`.
 ///
 /// A file in the plain shape nearly every user file has is read by [`super::simple`]; any
 /// other file, and any file with a problem, goes through the YAML parser. Both give the same
 /// result for the files the first one reads.
-pub fn parse(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
+pub fn parse_sharing(
+    text: &str,
+    attributes: Option<&[AttrName]>,
+    shared: &mut Interner,
+) -> ParsedFile {
     if let Some(names) = attributes {
         if let Some((defaults, users)) = super::simple::read(text, names) {
-            return finish(defaults, users, Vec::new());
+            return finish(defaults, users, Vec::new(), shared);
         }
     }
-    parse_yaml(text, attributes)
+    let (defaults, users, problems) = read_yaml(text, attributes);
+    finish(defaults, users, problems, shared)
 }
 
-/// [`parse`] through the YAML parser, whatever the file's shape.
-pub(super) fn parse_yaml(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
+/// The defaults, users and problems of `text` through the YAML parser.
+fn read_yaml(
+    text: &str,
+    attributes: Option<&[AttrName]>,
+) -> (Vec<(AttrName, AttrValue)>, Users, Vec<Problem>) {
     let mut reader = Reader::new(text);
     let mut defaults: Vec<(AttrName, AttrValue)> = Vec::new();
     let mut users = Users::default();
     let _ = read_file(&mut reader, attributes, &mut defaults, &mut users);
-    finish(defaults, users, reader.problems)
+    (defaults, users, reader.problems)
+}
+
+/// [`parse_sharing`] through the YAML parser, whatever the file's shape.
+#[cfg(test)]
+pub(super) fn parse_yaml(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
+    let (defaults, users, problems) = read_yaml(text, attributes);
+    finish(defaults, users, problems, &mut Interner::default())
 }
 
 /// The file's users with the defaults merged in, sorted by id.
@@ -53,10 +75,10 @@ fn finish(
     defaults: Vec<(AttrName, AttrValue)>,
     users: Users,
     problems: Vec<Problem>,
+    values: &mut Interner,
 ) -> ParsedFile {
     // Equal values and equal sets share one allocation: a file repeats the same few cities
     // and tiers. One buffer serves every user.
-    let mut values = Interner::default();
     let mut scratch: Vec<(AttrName, AttrValue)> = Vec::new();
     let Users { declared, pairs } = users;
     let mut pairs = pairs.into_iter();
