@@ -118,22 +118,8 @@ fn names_line(attributes: &[AttrName]) -> String {
         .join("\n")
 }
 
-/// Writes the cache for `attributes` with `entries` (key and encoded entry, CRC first), through
-/// a private temporary file renamed into place. Creates [`CACHE_DIR`] with a `.gitignore`
-/// that keeps it out of the repository.
-pub fn write(
-    root: &Path,
-    attributes: &[AttrName],
-    entries: &[([u8; 32], &[u8])],
-) -> std::io::Result<()> {
-    let dir = root.join(CACHE_DIR);
-    if !dir.is_dir() {
-        crate::files::create_private_dir(&dir)?;
-        crate::files::write_private(
-            &dir.join(".gitignore"),
-            b"# attrsync's parse cache: safe to delete.\n*\n",
-        )?;
-    }
+/// The cache file for `attributes` with `entries` (key and encoded entry, CRC first).
+pub fn serialize(attributes: &[AttrName], entries: &[([u8; 32], &[u8])]) -> Vec<u8> {
     let size: usize = entries.iter().map(|(_, e)| 36 + e.len()).sum();
     let mut out = Vec::with_capacity(64 + size);
     out.extend_from_slice(MAGIC);
@@ -146,7 +132,21 @@ pub fn write(
         out.extend_from_slice(&(entry.len() as u32).to_le_bytes());
         out.extend_from_slice(entry);
     }
-    crate::files::write_private(&dir.join(CACHE_FILE), &out)
+    out
+}
+
+/// Writes a [`serialize`]d cache through a private temporary file renamed into place.
+/// Creates [`CACHE_DIR`] with a `.gitignore` that keeps it out of the repository.
+pub fn store(root: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = root.join(CACHE_DIR);
+    if !dir.is_dir() {
+        crate::files::create_private_dir(&dir)?;
+        crate::files::write_private(
+            &dir.join(".gitignore"),
+            b"# attrsync's parse cache: safe to delete.\n*\n",
+        )?;
+    }
+    crate::files::write_private(&dir.join(CACHE_FILE), bytes)
 }
 
 /// `file` as a cache entry (CRC-32, then the body), or `None` when it holds something the
@@ -334,7 +334,7 @@ mod tests {
         let file = parsed("users:\n  Mary: {sex: female}\n", &attributes);
         let entry = encode(&file, &attributes).unwrap();
         let key = [7u8; 32];
-        write(dir.path(), &attributes, &[(key, &entry)]).unwrap();
+        store(dir.path(), &serialize(&attributes, &[(key, &entry)])).unwrap();
         let path = cache_path(dir.path());
         assert_eq!(
             DiskCache::read(&path, &attributes).get(&key, &attributes, &mut Interner::default()),

@@ -691,7 +691,8 @@ fn save_disk_cache(
             Some((*key, entry))
         })
         .collect();
-    match disk_cache::write(root, attributes, &entries) {
+    let written = disk_cache::store(root, &disk_cache::serialize(attributes, &entries));
+    match written {
         Ok(()) => {
             tracing::debug!(files = files.len(), entries = entries.len(), elapsed = ?started.elapsed(), "wrote the parse cache")
         }

@@ -18,9 +18,12 @@ use super::yaml::{Pos, Resolved};
 
 /// The defaults and users of `text`, or `None` when the file is not in the plain shape or
 /// has a problem (the YAML reader then reads it and reports what is wrong).
+///
+/// Values are interned in `shared` (the loading thread's interner).
 pub(super) fn read(
     text: &str,
     attributes: &[AttrName],
+    shared: &mut Interner,
 ) -> Option<(Vec<(AttrName, AttrValue)>, Users)> {
     // Printable ASCII and `\n` only: columns are counted in characters, which are then
     // bytes, and YAML's other line break (`\r`), tabs and control characters are left to
@@ -33,7 +36,7 @@ pub(super) fn read(
     }
     let mut reader = Simple {
         attributes,
-        values: Interner::default(),
+        values: shared,
         defaults: None,
         users: None,
     };
@@ -79,7 +82,7 @@ type Lines<'t, I> = std::iter::Peekable<I>;
 
 struct Simple<'a> {
     attributes: &'a [AttrName],
-    values: Interner,
+    values: &'a mut Interner,
     defaults: Option<Vec<(AttrName, AttrValue)>>,
     users: Option<Users>,
 }
@@ -194,7 +197,12 @@ impl Simple<'_> {
 
     /// A configured attribute and a value that is a string as YAML reads it.
     fn pair(&mut self, name: &str, value: &[u8]) -> Option<(AttrName, AttrValue)> {
-        let name = self.attributes.iter().find(|a| a.as_str() == name)?.clone();
+        // Names are a few bytes: compared inline rather than through a `memcmp` call each.
+        let name = self
+            .attributes
+            .iter()
+            .find(|a| a.as_str().bytes().eq(name.bytes()))?
+            .clone();
         let value = std::str::from_utf8(value).ok()?;
         if Resolved::of_plain(value) != Resolved::Str {
             return None;

@@ -43,11 +43,11 @@ pub fn parse_sharing(
     shared: &mut Interner,
 ) -> ParsedFile {
     if let Some(names) = attributes {
-        if let Some((defaults, users)) = super::simple::read(text, names) {
+        if let Some((defaults, users)) = super::simple::read(text, names, shared) {
             return finish(defaults, users, Vec::new(), shared);
         }
     }
-    let (defaults, users, problems) = read_yaml(text, attributes);
+    let (defaults, users, problems) = read_yaml(text, attributes, shared);
     finish(defaults, users, problems, shared)
 }
 
@@ -55,30 +55,38 @@ pub fn parse_sharing(
 fn read_yaml(
     text: &str,
     attributes: Option<&[AttrName]>,
+    shared: &mut Interner,
 ) -> (Vec<(AttrName, AttrValue)>, Users, Vec<Problem>) {
     let mut reader = Reader::new(text);
     let mut defaults: Vec<(AttrName, AttrValue)> = Vec::new();
     let mut users = Users::default();
     let _ = read_file(&mut reader, attributes, &mut defaults, &mut users);
+    // Equal values share one allocation: a file repeats the same few cities and tiers.
+    users.pairs = users
+        .pairs
+        .into_iter()
+        .map(|(name, value)| (name, shared.share(value)))
+        .collect();
     (defaults, users, reader.problems)
 }
 
 /// [`parse_sharing`] through the YAML parser, whatever the file's shape.
 #[cfg(test)]
 pub(super) fn parse_yaml(text: &str, attributes: Option<&[AttrName]>) -> ParsedFile {
-    let (defaults, users, problems) = read_yaml(text, attributes);
-    finish(defaults, users, problems, &mut Interner::default())
+    let mut shared = Interner::default();
+    let (defaults, users, problems) = read_yaml(text, attributes, &mut shared);
+    finish(defaults, users, problems, &mut shared)
 }
 
-/// The file's users with the defaults merged in, sorted by id.
+/// The file's users with the defaults merged in, sorted by id; equal attribute sets share
+/// one allocation through `values` (whose values the pairs already share).
 fn finish(
     defaults: Vec<(AttrName, AttrValue)>,
     users: Users,
     problems: Vec<Problem>,
     values: &mut Interner,
 ) -> ParsedFile {
-    // Equal values and equal sets share one allocation: a file repeats the same few cities
-    // and tiers. One buffer serves every user.
+    // One buffer serves every user.
     let mut scratch: Vec<(AttrName, AttrValue)> = Vec::new();
     let Users { declared, pairs } = users;
     let mut pairs = pairs.into_iter();
@@ -88,12 +96,7 @@ fn finish(
             // Defaults first, so the user's own value wins.
             scratch.clear();
             scratch.extend(defaults.iter().cloned());
-            scratch.extend(
-                pairs
-                    .by_ref()
-                    .take(count as usize)
-                    .map(|(name, value)| (name, values.share(value))),
-            );
+            scratch.extend(pairs.by_ref().take(count as usize));
             DeclaredUser {
                 id,
                 attrs: values.attrs_of(&mut scratch),

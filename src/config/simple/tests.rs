@@ -14,7 +14,7 @@ fn names() -> Vec<AttrName> {
 fn both(text: &str) -> Option<ParsedFile> {
     let names = names();
     let yaml = users::parse_yaml(text, Some(&names));
-    let fast = super::read(text, &names)?;
+    let fast = super::read(text, &names, &mut crate::model::Interner::default())?;
     let parsed = users::parse(text, Some(&names));
     assert!(
         parsed == yaml,
@@ -181,7 +181,10 @@ fn it_gives_up_on_what_the_yaml_reader_reports() {
         "users:\n\ta: {city: x}\n",
         "users:\n  a: {city: x}\r\n",
     ] {
-        assert!(super::read(text, &names).is_none(), "read fast: {text:?}");
+        assert!(
+            super::read(text, &names, &mut crate::model::Interner::default()).is_none(),
+            "read fast: {text:?}"
+        );
     }
 }
 
