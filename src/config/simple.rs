@@ -5,11 +5,11 @@
 //! user's attributes in a one-line flow mapping (`alice: {sex: female, city: Paris}`) or as
 //! lines indented under the id, every id, name and value a plain token of letters, digits and
 //! `_ . @ / -`, whole-line comments and blank lines. Anything else (quotes, inline comments,
-//! tabs, `\r`, control characters, non-ASCII text, anchors, another indentation) and anything the YAML reader would
-//! report a problem for (an unknown attribute, a duplicate key, `NO` or `1.0` unquoted, a
-//! value too long) makes it give up, and the file goes to the YAML reader. So for every file
-//! it reads, the result is what the YAML reader gives: the tests compare the two on generated
-//! and mutated files.
+//! tabs, `\r`, control characters, non-ASCII text, anchors, another indentation) and anything
+//! the YAML reader would report a problem for (an unknown attribute, a duplicate key, `NO` or
+//! `1.0` unquoted, a value too long) makes it give up, and the file goes to the YAML reader.
+//! So for every file it reads, the result is what the YAML reader gives: the tests compare the
+//! two on generated and mutated files.
 
 use crate::model::{AttrName, AttrValue, Interner, UserId};
 
@@ -78,7 +78,8 @@ fn skipped(line: &str) -> bool {
     trimmed.is_empty() || trimmed.starts_with('#')
 }
 
-type Lines<'t, I> = std::iter::Peekable<I>;
+/// The file's lines still to read, numbered from 1, blank and comment lines left out.
+type Lines<I> = std::iter::Peekable<I>;
 
 struct Simple<'a> {
     attributes: &'a [AttrName],
@@ -92,7 +93,7 @@ impl Simple<'_> {
     /// or a block of attributes under it.
     fn users_block<'t>(
         &mut self,
-        lines: &mut Lines<'t, impl Iterator<Item = (u32, &'t str)>>,
+        lines: &mut Lines<impl Iterator<Item = (u32, &'t str)>>,
     ) -> Option<Users> {
         let mut users = Users::default();
         let mut indent = None;
@@ -138,7 +139,7 @@ impl Simple<'_> {
     /// one (an empty block is null, which the YAML reader reports).
     fn block<'t>(
         &mut self,
-        lines: &mut Lines<'t, impl Iterator<Item = (u32, &'t str)>>,
+        lines: &mut Lines<impl Iterator<Item = (u32, &'t str)>>,
         parent: usize,
         into: &mut Vec<(AttrName, AttrValue)>,
     ) -> Option<()> {
