@@ -153,10 +153,9 @@ impl AttrValue {
 /// and a good part of the time. A value is validated once, when first seen.
 #[derive(Debug, Default)]
 pub struct Interner {
-    // Fx, not SipHash: the keys are the app's own short names and values, looked up a few
-    // million times per load; a hostile file cannot make more distinct keys than it has bytes.
-    values: rustc_hash::FxHashSet<Arc<str>>,
-    sets: rustc_hash::FxHashSet<Attrs>,
+    // The standard, randomly keyed hasher: a hostile config cannot pick values that collide.
+    values: std::collections::HashSet<Arc<str>>,
+    sets: std::collections::HashSet<Attrs>,
 }
 
 impl Interner {

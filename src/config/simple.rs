@@ -118,9 +118,6 @@ impl Simple<'_> {
             } else {
                 self.flow(spaces_then(inline)?, &mut users.pairs)?;
             }
-            if has_repeat(&users.pairs[first..]) {
-                return None;
-            }
             let count = u32::try_from(users.pairs.len() - first).ok()?;
             let column = u32::try_from(own + 1).ok()?;
             users.declared.push((
@@ -161,9 +158,9 @@ impl Simple<'_> {
             if token_end(value, 0)? != value.len() {
                 return None;
             }
-            into.push(self.pair(&line[own..name_end], value)?);
+            push_new(into, first, self.pair(&line[own..name_end], value)?)?;
         }
-        (into.len() > first && !has_repeat(&into[first..])).then_some(())
+        (into.len() > first).then_some(())
     }
 
     /// `{name: value, ...}` (nothing after it but spaces).
@@ -185,7 +182,11 @@ impl Simple<'_> {
             at = skip_spaces(inner, at + 1);
             let value_end = token_end(inner, at)?;
             let value = &inner[at..value_end];
-            into.push(self.pair(std::str::from_utf8(name).ok()?, value)?);
+            push_new(
+                into,
+                first,
+                self.pair(std::str::from_utf8(name).ok()?, value)?,
+            )?;
             at = skip_spaces(inner, value_end);
             match inner.get(at) {
                 None => break,
@@ -193,7 +194,7 @@ impl Simple<'_> {
                 Some(_) => return None,
             }
         }
-        (!has_repeat(&into[first..])).then_some(())
+        Some(())
     }
 
     /// A configured attribute and a value that is a string as YAML reads it.
@@ -220,12 +221,20 @@ fn user_id(text: &str) -> Option<UserId> {
     }
 }
 
-/// Whether a name is set twice (a duplicate key).
-fn has_repeat(pairs: &[(AttrName, AttrValue)]) -> bool {
-    pairs
-        .iter()
-        .enumerate()
-        .any(|(i, (name, _))| pairs[..i].iter().any(|(seen, _)| seen == name))
+/// Adds `pair` to the mapping that starts at `into[first]`; `None` when its name is there
+/// already (a duplicate key). Checked at each pair, so a mapping is never longer than the
+/// `attributes` list when this looks through it: a hostile line of 100,000 pairs costs
+/// linear time.
+fn push_new(
+    into: &mut Vec<(AttrName, AttrValue)>,
+    first: usize,
+    pair: (AttrName, AttrValue),
+) -> Option<()> {
+    if into[first..].iter().any(|(seen, _)| *seen == pair.0) {
+        return None;
+    }
+    into.push(pair);
+    Some(())
 }
 
 /// How many spaces a line starts with.

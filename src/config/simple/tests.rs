@@ -198,3 +198,11 @@ fn positions_are_those_of_the_ids() {
         .collect();
     assert_eq!(at, [("amy", 5, 3), ("bob", 3, 3)]);
 }
+
+#[test]
+fn a_hostile_line_of_repeated_pairs_is_given_up_at_the_first_repeat() {
+    // 100,000 pairs on one line: looked through pair by pair, this would be 10^10 steps.
+    let pairs = vec!["city: x"; 100_000].join(", ");
+    let text = format!("users:\n  a: {{{pairs}}}\n");
+    assert!(super::read(&text, &names(), &mut crate::model::Interner::default()).is_none());
+}
