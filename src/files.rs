@@ -47,6 +47,14 @@ pub fn kind(meta: &std::fs::Metadata) -> &'static str {
 
 /// Reads `path` (following symlinks) if it is a regular file of at most `limit` bytes.
 pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadFileError> {
+    read_regular_with_metadata(path, limit).map(|(bytes, _)| bytes)
+}
+
+/// [`read_regular`], with the metadata of the file read, taken before its bytes were.
+pub fn read_regular_with_metadata(
+    path: &Path,
+    limit: u64,
+) -> Result<(Vec<u8>, std::fs::Metadata), ReadFileError> {
     let io = |err: std::io::Error| match err.kind() {
         std::io::ErrorKind::NotFound => ReadFileError::NotFound,
         _ => ReadFileError::Io(err),
@@ -70,7 +78,7 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadFileError> {
     if bytes.len() as u64 > limit {
         return Err(ReadFileError::TooLarge { limit });
     }
-    Ok(bytes)
+    Ok((bytes, meta))
 }
 
 /// Writes `bytes` to `path`, mode 0600, atomically (see the module documentation).

@@ -2,6 +2,7 @@
 //! [`Settings`] and a [`Desired`] state, with every problem reported as `file:line:column`.
 
 mod disk_cache;
+mod retained;
 pub mod schema;
 mod settings;
 mod simple;
@@ -22,7 +23,8 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{AttrName, Attrs, Desired, Interner, UserId, UserMap};
+use crate::model::{AttrName, Desired, Interner, UserMap};
+use retained::Entries;
 use yaml::{Pos, Problem};
 
 /// One problem in one file.
@@ -104,8 +106,9 @@ pub struct Config {
     pub root: PathBuf,
     /// The settings.
     pub settings: Settings,
-    /// The desired state declared by the user files.
-    pub desired: Desired,
+    /// The desired state declared by the user files (shared with the daemon's
+    /// [`ParseCache`], which patches it at the next load).
+    pub desired: Arc<Desired>,
     /// How many user files were read.
     pub files: usize,
 }
@@ -134,19 +137,24 @@ impl Config {
     }
 }
 
-/// Remembers parsed user files by content, so a reload re-parses only files that changed.
+/// What one load keeps for the next, so that it reads and parses only what changed.
 ///
-/// The daemon keeps one across reconciles; a one-shot command can pass a fresh one.
+/// A one-shot command passes [`ParseCache::persistent`] (or a default one); the daemon keeps
+/// one [`ParseCache::retaining`] across reconciles.
 #[derive(Default)]
 pub struct ParseCache {
-    /// Keep parsed files for the next load (the daemon); a one-shot command does not, so the
-    /// parsed users can be moved into the desired state instead of copied.
+    /// Keep the last valid load for the next (the daemon): files whose metadata or content
+    /// is unchanged are then not parsed, and the desired state is patched, not rebuilt.
     retain: bool,
     /// Read and write the parse cache on disk (`.attrsync-cache/` beside `attrsync.yaml`).
     persist: bool,
-    attributes: Vec<AttrName>,
-    files: HashMap<[u8; 32], Arc<ParsedFile>>,
-    /// Files parsed (not found in the cache) by the last load.
+    /// The last valid load, with `retain`.
+    retained: Option<retained::Retained>,
+    /// The next load reads every file, whatever its metadata says.
+    check_every_file: bool,
+    /// Files read (not vouched for by their metadata) by the last load.
+    pub last_read: usize,
+    /// Files parsed (not found in a cache) by the last load.
     pub last_parsed: usize,
 }
 
@@ -160,7 +168,7 @@ impl ParseCache {
         }
     }
 
-    /// A cache that keeps parsed files across loads.
+    /// A cache that keeps the last valid load for the next one.
     pub fn retaining() -> Self {
         Self {
             retain: true,
@@ -168,8 +176,11 @@ impl ParseCache {
         }
     }
 
-    fn get(&self, key: &[u8; 32]) -> Option<Arc<ParsedFile>> {
-        self.files.get(key).cloned()
+    /// Makes the next load read and hash every file, even those whose metadata is unchanged:
+    /// for a periodic pass, in case a file changed without its metadata showing it (a clock
+    /// set back, a filesystem with coarse timestamps).
+    pub fn check_every_file(&mut self) {
+        self.check_every_file = true;
     }
 }
 
@@ -194,6 +205,17 @@ pub fn load(
     dir: &Path,
     state_override: Option<&str>,
     cache: &mut ParseCache,
+) -> Result<Config, Diagnostics> {
+    load_at(dir, state_override, cache, retained::now_nanos())
+}
+
+/// [`load`], started at `now` (nanoseconds since the epoch): the clock that decides which
+/// files have settled.
+fn load_at(
+    dir: &Path,
+    state_override: Option<&str>,
+    cache: &mut ParseCache,
+    now: i128,
 ) -> Result<Config, Diagnostics> {
     let settings_path = dir.join(SETTINGS_FILE);
     let shown_settings = display_path(dir, &settings_path);
@@ -228,7 +250,7 @@ pub fn load(
             )]));
         }
         Err(err) => {
-            diagnostics.push(err.into_diagnostic(&shown_settings));
+            diagnostics.push(err.to_diagnostic(&shown_settings));
             None
         }
     };
@@ -245,7 +267,7 @@ pub fn load(
             &mut diagnostics,
             dir,
         );
-        files.sort();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
     } else if settings.is_some() {
         diagnostics.push(Diagnostic::whole(
             &display_path(dir, &users_dir),
@@ -254,10 +276,12 @@ pub fn load(
         ));
     }
 
-    if cache.attributes != attributes.clone().unwrap_or_default() {
-        cache.files.clear();
-        cache.attributes = attributes.clone().unwrap_or_default();
-    }
+    // A retained load is patched only when it was validated against the same attributes.
+    let retained = cache.retained.take();
+    let base = retained
+        .as_ref()
+        .filter(|base| cache.retain && attributes.as_ref() == Some(&base.attributes));
+    let check_every_file = std::mem::take(&mut cache.check_every_file);
     let started = std::time::Instant::now();
     // The disk cache needs the attributes: without valid settings every file is parsed.
     let disk = match (&attributes, cache.persist) {
@@ -267,63 +291,133 @@ pub fn load(
         )),
         _ => None,
     };
-    let parsed = parse_files(&files, attributes.as_deref(), cache, disk.as_ref());
+    let todo: Vec<Todo> = files
+        .iter()
+        .map(|file| {
+            let Some(base) = base else {
+                return Todo::Read { known: None };
+            };
+            match base.file(&file.path) {
+                Some(known) => {
+                    let seen = base.files[known].seen;
+                    if seen.settled && seen.stamp == file.stamp && !check_every_file {
+                        Todo::Keep { known, seen }
+                    } else {
+                        Todo::Read {
+                            known: Some((known, seen.key)),
+                        }
+                    }
+                }
+                None => Todo::Read { known: None },
+            }
+        })
+        .collect();
+    let reader = Reader {
+        attributes: attributes.as_deref(),
+        disk: disk.as_ref(),
+        load_started: now,
+    };
+    let mut loads = reader.read(&files, &todo);
+    cache.last_read = todo
+        .iter()
+        .filter(|t| matches!(t, Todo::Read { .. }))
+        .count();
+    let patched = base.and_then(|base| patch_retained(base, &loads));
+    if patched.is_none()
+        && loads
+            .iter()
+            .any(|load| matches!(load, FileLoad::Same { .. }))
+    {
+        // A user is declared twice: read every file, so that the error names both
+        // declarations (the retained state keeps no positions).
+        let every_file: Vec<Todo> = files.iter().map(|_| Todo::Read { known: None }).collect();
+        loads = reader.read(&files, &every_file);
+        cache.last_read = files.len();
+    }
+    cache.last_parsed = loads
+        .iter()
+        .filter(|load| matches!(load, FileLoad::Parsed(parsed) if parsed.fresh))
+        .count();
     if let (Some(names), Some(disk)) = (&attributes, &disk) {
-        save_disk_cache(dir, names, disk, &files, &parsed, cache.last_parsed);
+        save_disk_cache(dir, names, disk, &loads, cache.last_parsed);
     }
     // The cache file's bytes are decoded: free them before the users are merged.
     drop(disk);
-    tracing::debug!(files = files.len(), parsed = cache.last_parsed, elapsed = ?started.elapsed(), "parsed the user files");
-    let mut runs: Vec<Run> = Vec::with_capacity(files.len());
-    for (path, result) in files.iter().zip(parsed) {
-        let shown = display_path(dir, path);
-        match result.map(|parsed| parsed.file) {
-            Ok(file) => {
-                diagnostics.extend(
-                    file.problems
-                        .iter()
-                        .cloned()
-                        .map(|p| Diagnostic::at(&shown, p)),
-                );
-                runs.push(match Arc::try_unwrap(file) {
-                    Ok(owned) => Run::from(owned.users),
-                    Err(shared) => Run::Shared {
-                        file: shared,
-                        at: 0,
-                    },
-                });
-            }
-            Err(diagnostic) => {
-                diagnostics.push(diagnostic.into_diagnostic(&shown));
-                runs.push(Run::from(Vec::new()));
-            }
+    tracing::debug!(files = files.len(), read = cache.last_read, parsed = cache.last_parsed, elapsed = ?started.elapsed(), "read the user files");
+
+    for (file, load) in files.iter().zip(&loads) {
+        let shown = display_path(dir, &file.path);
+        match load {
+            FileLoad::Parsed(parsed) => diagnostics.extend(
+                parsed
+                    .file
+                    .problems
+                    .iter()
+                    .cloned()
+                    .map(|p| Diagnostic::at(&shown, p)),
+            ),
+            FileLoad::Failed(error) => diagnostics.push(error.to_diagnostic(&shown)),
+            FileLoad::Same { .. } => {}
         }
     }
-    let entries = merge_files(runs, |(first, first_file), (second, second_file)| {
-        let first_path = display_path(dir, &files[first_file]);
-        let second_path = display_path(dir, &files[second_file]);
-        diagnostics.push(Diagnostic::at(
-            &second_path,
-            Problem::new(
-                second.pos,
-                format!("user `{}` is declared twice", second.id),
-            )
-            .hint(format!(
-                "it is also declared at {}:{}:{}; keep one declaration",
-                first_path.display(),
-                first.line,
-                first.column
-            )),
-        ));
-    });
-    tracing::debug!(users = entries.len(), elapsed = ?started.elapsed(), "merged the user files");
+    let seen: Vec<Option<retained::Seen>> = loads.iter().map(FileLoad::seen).collect();
+    let entries = match patched {
+        Some(entries) => entries,
+        None => {
+            let runs = loads
+                .into_iter()
+                .map(|load| match load {
+                    FileLoad::Parsed(parsed) => parsed.file.users,
+                    FileLoad::Failed(_) => Vec::new(),
+                    FileLoad::Same { .. } => unreachable!("unchanged files were read again"),
+                })
+                .collect();
+            merge_files(runs, |(first, first_file), (second, second_file)| {
+                let first_path = display_path(dir, &files[first_file].path);
+                let second_path = display_path(dir, &files[second_file].path);
+                diagnostics.push(Diagnostic::at(
+                    &second_path,
+                    Problem::new(
+                        second.pos,
+                        format!("user `{}` is declared twice", second.id),
+                    )
+                    .hint(format!(
+                        "it is also declared at {}:{}:{}; keep one declaration",
+                        first_path.display(),
+                        first.line,
+                        first.column
+                    )),
+                ));
+            })
+        }
+    };
+    tracing::debug!(users = entries.users.len(), elapsed = ?started.elapsed(), "merged the user files");
     if !diagnostics.is_empty() {
         diagnostics.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+        // The last valid load stays the base for the next: only the files changed since
+        // are read again once this one is fixed.
+        cache.retained = retained;
         return Err(Diagnostics(diagnostics));
     }
-    let settings = settings.expect("no diagnostics means the settings parsed");
-    let desired = UserMap::from_sorted(entries).expect("sorted and checked for duplicates above");
-    let mut settings = settings;
+    let mut settings = settings.expect("no diagnostics means the settings parsed");
+    let desired = Arc::new(
+        UserMap::from_sorted(entries.users).expect("sorted and checked for duplicates above"),
+    );
+    if cache.retain {
+        cache.retained = Some(retained::Retained {
+            attributes: attributes.unwrap_or_default(),
+            files: files
+                .iter()
+                .zip(seen)
+                .map(|(file, seen)| retained::KnownFile {
+                    path: file.path.clone(),
+                    seen: seen.expect("no diagnostics means every file was read"),
+                })
+                .collect(),
+            desired: Arc::clone(&desired),
+            origins: entries.origins,
+        });
+    }
     if let Some(state) = state_override {
         settings.state = crate::model::StateLocation::parse(state, Path::new(""));
     }
@@ -335,44 +429,64 @@ pub fn load(
     })
 }
 
-/// One file's users for [`merge_files`], sorted by id.
-enum Run {
-    /// Users this load owns, moved into the desired state.
-    Owned(std::vec::IntoIter<DeclaredUser>),
-    /// A parse the daemon's cache keeps for the next load: its users are copied one at a
-    /// time into the desired state, with no copy of the whole file first.
-    Shared {
-        /// The parse.
-        file: Arc<ParsedFile>,
-        /// The next user's index.
-        at: usize,
-    },
+/// A user file found under the users directory.
+struct UserFile {
+    path: PathBuf,
+    /// Its metadata when the directory was listed.
+    stamp: retained::Stamp,
 }
 
-impl From<Vec<DeclaredUser>> for Run {
-    fn from(users: Vec<DeclaredUser>) -> Self {
-        Run::Owned(users.into_iter())
+/// What a load does with one file.
+enum Todo {
+    /// Nothing: its metadata vouches that it is the file the retained load read.
+    Keep { known: usize, seen: retained::Seen },
+    /// Read it; if its content is that of `known` (a retained file's index and key), it is
+    /// not parsed.
+    Read { known: Option<(usize, [u8; 32])> },
+}
+
+/// What a load found in one file.
+enum FileLoad {
+    /// The content the retained load read, as file `known` of that load.
+    Same { known: usize, seen: retained::Seen },
+    /// New content, parsed (or found in the disk cache).
+    Parsed(Parsed),
+    /// It could not be read.
+    Failed(ReadError),
+}
+
+impl FileLoad {
+    fn seen(&self) -> Option<retained::Seen> {
+        match self {
+            FileLoad::Same { seen, .. } => Some(*seen),
+            FileLoad::Parsed(parsed) => Some(parsed.seen),
+            FileLoad::Failed(_) => None,
+        }
     }
 }
 
-impl Run {
-    fn len(&self) -> usize {
-        match self {
-            Run::Owned(users) => users.len(),
-            Run::Shared { file, at } => file.users.len() - at,
-        }
-    }
+/// A user file's parse, and how the file looked when read.
+struct Parsed {
+    file: ParsedFile,
+    seen: retained::Seen,
+    /// Parsed now, not found in the disk cache.
+    fresh: bool,
+}
 
-    fn next(&mut self) -> Option<DeclaredUser> {
-        match self {
-            Run::Owned(users) => users.next(),
-            Run::Shared { file, at } => {
-                let user = file.users.get(*at)?.clone();
-                *at += 1;
-                Some(user)
-            }
+/// The retained desired state patched with the files of `loads` that changed, or `None`
+/// when a full merge is needed (see [`retained::patch`]).
+fn patch_retained(retained: &retained::Retained, loads: &[FileLoad]) -> Option<Entries> {
+    let mut renumbered = vec![None; retained.files.len()];
+    let mut changed = Vec::new();
+    for (index, load) in loads.iter().enumerate() {
+        let index = u32::try_from(index).ok()?;
+        match load {
+            FileLoad::Same { known, .. } => renumbered[*known] = Some(index),
+            FileLoad::Parsed(parsed) => changed.push((index, parsed.file.users.as_slice())),
+            FileLoad::Failed(_) => {}
         }
     }
+    retained::patch(retained, &renumbered, &changed)
 }
 
 /// Merges each file's users (sorted by id, `runs[i]` from file `i`) into the desired
@@ -383,9 +497,9 @@ impl Run {
 /// A k-way merge rather than a concatenation and a sort: the result is built at its final
 /// size, never beside a second copy of every user with its position.
 fn merge_files(
-    runs: Vec<impl Into<Run>>,
+    runs: Vec<Vec<DeclaredUser>>,
     mut declared_twice: impl FnMut((Pos, usize), (&DeclaredUser, usize)),
-) -> Vec<(UserId, Attrs)> {
+) -> Entries {
     /// A file's next user; the heap's smallest is the next user in id order, the earlier
     /// file first among equal ids.
     struct Head {
@@ -409,9 +523,10 @@ fn merge_files(
         }
     }
 
-    let mut runs: Vec<Run> = runs.into_iter().map(Into::into).collect();
-    let total = runs.iter().map(Run::len).sum();
-    let mut entries: Vec<(UserId, Attrs)> = Vec::with_capacity(total);
+    let total = runs.iter().map(Vec::len).sum();
+    let mut runs: Vec<std::vec::IntoIter<DeclaredUser>> =
+        runs.into_iter().map(Vec::into_iter).collect();
+    let mut entries = Entries::with_capacity(total);
     let mut heap: std::collections::BinaryHeap<Head> = runs
         .iter_mut()
         .enumerate()
@@ -433,15 +548,15 @@ fn merge_files(
             None => {
                 // Free the file's users now, not after the merge: when files hold blocks of
                 // ids, the merge's memory stays near one copy of the users.
-                runs[file] = Run::from(Vec::new());
+                runs[file] = Vec::new().into_iter();
                 std::collections::binary_heap::PeekMut::pop(top).user
             }
         };
-        match (last, entries.last()) {
+        match (last, entries.users.last()) {
             (Some(first), Some((id, _))) if *id == user.id => {
                 declared_twice(first, (&user, file));
             }
-            _ => entries.push((user.id, user.attrs)),
+            _ => entries.push(user.id, user.attrs, file as u32),
         }
         last = Some((user.pos, file));
     }
@@ -461,7 +576,7 @@ enum ReadError {
 }
 
 impl ReadError {
-    fn into_diagnostic(self, shown: &Path) -> Diagnostic {
+    fn to_diagnostic(&self, shown: &Path) -> Diagnostic {
         match self {
             ReadError::Missing => Diagnostic::whole(
                 shown,
@@ -488,16 +603,27 @@ impl ReadError {
             ),
             ReadError::NotUtf8 { line, column } => Diagnostic::at(
                 shown,
-                Problem::new(Pos { line, column }, "the file is not valid UTF-8")
-                    .hint("save it as UTF-8"),
+                Problem::new(
+                    Pos {
+                        line: *line,
+                        column: *column,
+                    },
+                    "the file is not valid UTF-8",
+                )
+                .hint("save it as UTF-8"),
             ),
         }
     }
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>, ReadError> {
-    use crate::files::{read_regular, ReadFileError};
-    read_regular(path, MAX_FILE_BYTES).map_err(|err| match err {
+    read_with_metadata(path).map(|(bytes, _)| bytes)
+}
+
+/// The bytes of `path`, and its metadata taken before they were read.
+fn read_with_metadata(path: &Path) -> Result<(Vec<u8>, std::fs::Metadata), ReadError> {
+    use crate::files::{read_regular_with_metadata, ReadFileError};
+    read_regular_with_metadata(path, MAX_FILE_BYTES).map_err(|err| match err {
         ReadFileError::NotFound => ReadError::Missing,
         ReadFileError::NotRegular(kind) => ReadError::NotRegular(kind),
         ReadFileError::TooLarge { limit } => ReadError::TooLarge(limit),
@@ -529,7 +655,7 @@ fn to_text(bytes: Vec<u8>) -> Result<String, ReadError> {
 /// and directories already visited (a symlink loop ends here).
 fn collect_files(
     dir: &Path,
-    out: &mut Vec<PathBuf>,
+    out: &mut Vec<UserFile>,
     visited: &mut HashSet<(u64, u64)>,
     diagnostics: &mut Vec<Diagnostic>,
     root: &Path,
@@ -569,91 +695,110 @@ fn collect_files(
         if meta.is_dir() {
             collect_files(&path, out, visited, diagnostics, root);
         } else if yaml && meta.is_file() {
-            out.push(path);
+            out.push(UserFile {
+                path,
+                stamp: retained::Stamp::of(&meta),
+            });
         } else if yaml {
             // A FIFO would block the reader, a device never end: say so instead of skipping.
             let error = ReadError::NotRegular(crate::files::kind(&meta));
-            diagnostics.push(error.into_diagnostic(&display_path(root, &path)));
+            diagnostics.push(error.to_diagnostic(&display_path(root, &path)));
         }
     }
 }
 
-/// Parses files on every core, reusing cached results for unchanged content.
-fn parse_files(
-    files: &[PathBuf],
-    attributes: Option<&[AttrName]>,
-    cache: &mut ParseCache,
-    disk: Option<&disk_cache::DiskCache>,
-) -> Vec<Result<Parsed, ReadError>> {
-    type Slot = Mutex<Option<Result<(Parsed, bool), ReadError>>>;
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(files.len().max(1));
-    let next = AtomicUsize::new(0);
-    let slots: Vec<Slot> = files.iter().map(|_| Mutex::new(None)).collect();
-    let cached = &*cache;
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            // One interner per thread, across its files: 10,000 small files share their
-            // values and attribute sets instead of each building its own.
-            scope.spawn(|| {
-                let mut shared = Interner::default();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(path) = files.get(i) else { break };
-                    let outcome = read_bytes(path).and_then(|bytes| {
-                        let key: [u8; 32] = Sha256::digest(&bytes).into();
-                        if let Some(file) = cached.get(&key) {
-                            return Ok((Parsed { file, key }, false));
-                        }
-                        let on_disk = disk
-                            .zip(attributes)
-                            .and_then(|(d, a)| d.get(&key, a, &mut shared));
-                        if let Some(file) = on_disk {
-                            return Ok((
-                                Parsed {
-                                    file: Arc::new(file),
-                                    key,
-                                },
-                                false,
-                            ));
-                        }
-                        let text = to_text(bytes)?;
-                        let file = Arc::new(users::parse_sharing(&text, attributes, &mut shared));
-                        Ok((Parsed { file, key }, true))
-                    });
-                    *crate::sync::lock(&slots[i]) = Some(outcome);
-                }
-            });
-        }
-    });
-    // The cache keeps exactly what the current files hold, so it never outgrows the repository.
-    let mut current = HashMap::with_capacity(files.len());
-    cache.last_parsed = 0;
-    let results = slots
-        .into_iter()
-        .map(|slot| {
-            let outcome = slot
-                .into_inner()
-                .expect("no worker panics")
-                .expect("every file was visited");
-            outcome.map(|(parsed, fresh)| {
-                cache.last_parsed += usize::from(fresh);
-                current.insert(parsed.key, Arc::clone(&parsed.file));
-                parsed
+/// Reads user files, on every core.
+struct Reader<'a> {
+    /// The `attributes` list, when the settings are valid.
+    attributes: Option<&'a [AttrName]>,
+    /// The parse cache on disk, for a one-shot command.
+    disk: Option<&'a disk_cache::DiskCache>,
+    /// When the load started (see [`retained::Stamp::settled`]).
+    load_started: i128,
+}
+
+impl Reader<'_> {
+    /// Does `todo[i]` for each of `files`: the files to read are read, hashed and parsed
+    /// unless their content is the one named (or found in the disk cache).
+    fn read(&self, files: &[UserFile], todo: &[Todo]) -> Vec<FileLoad> {
+        type Slot = Mutex<Option<FileLoad>>;
+        let reads: Vec<usize> = (0..files.len())
+            .filter(|&i| matches!(todo[i], Todo::Read { .. }))
+            .collect();
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(reads.len());
+        let next = AtomicUsize::new(0);
+        let slots: Vec<Slot> = files.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                // One interner per thread, across its files: 10,000 small files share their
+                // values and attribute sets instead of each building its own.
+                scope.spawn(|| {
+                    let mut shared = Interner::default();
+                    while let Some(&i) = reads.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let Todo::Read { known } = todo[i] else {
+                            unreachable!("only files to read are listed")
+                        };
+                        let load = self
+                            .read_one(&files[i].path, known, &mut shared)
+                            .unwrap_or_else(FileLoad::Failed);
+                        *crate::sync::lock(&slots[i]) = Some(load);
+                    }
+                });
+            }
+        });
+        slots
+            .into_iter()
+            .zip(todo)
+            .map(|(slot, todo)| match todo {
+                Todo::Keep { known, seen } => FileLoad::Same {
+                    known: *known,
+                    seen: *seen,
+                },
+                Todo::Read { .. } => slot
+                    .into_inner()
+                    .expect("no worker panics")
+                    .expect("every file to read was read"),
             })
-        })
-        .collect();
-    if cache.retain {
-        cache.files = current;
+            .collect()
     }
-    results
-}
 
-/// A user file's parse, and the SHA-256 of its content that keys it in the caches.
-struct Parsed {
-    file: Arc<ParsedFile>,
-    key: [u8; 32],
+    fn read_one(
+        &self,
+        path: &Path,
+        known: Option<(usize, [u8; 32])>,
+        shared: &mut Interner,
+    ) -> Result<FileLoad, ReadError> {
+        let (bytes, meta) = read_with_metadata(path)?;
+        let stamp = retained::Stamp::of(&meta);
+        let seen = retained::Seen {
+            key: Sha256::digest(&bytes).into(),
+            stamp,
+            settled: stamp.settled(self.load_started),
+        };
+        if let Some((known, _)) = known.filter(|(_, key)| *key == seen.key) {
+            return Ok(FileLoad::Same { known, seen });
+        }
+        let on_disk = self
+            .disk
+            .zip(self.attributes)
+            .and_then(|(disk, names)| disk.get(&seen.key, names, shared));
+        if let Some(file) = on_disk {
+            return Ok(FileLoad::Parsed(Parsed {
+                file,
+                seen,
+                fresh: false,
+            }));
+        }
+        let text = to_text(bytes)?;
+        let file = users::parse_sharing(&text, self.attributes, shared);
+        Ok(FileLoad::Parsed(Parsed {
+            file,
+            seen,
+            fresh: true,
+        }))
+    }
 }
 
 /// Writes the disk cache again when it no longer holds exactly the current files: some were
@@ -663,11 +808,16 @@ fn save_disk_cache(
     root: &Path,
     attributes: &[AttrName],
     disk: &disk_cache::DiskCache,
-    files: &[PathBuf],
-    parsed: &[Result<Parsed, ReadError>],
+    loads: &[FileLoad],
     fresh: usize,
 ) {
-    let mut keys: Vec<[u8; 32]> = parsed.iter().flatten().map(|p| p.key).collect();
+    let parsed = || {
+        loads.iter().filter_map(|load| match load {
+            FileLoad::Parsed(parsed) => Some(parsed),
+            _ => None,
+        })
+    };
+    let mut keys: Vec<[u8; 32]> = parsed().map(|p| p.seen.key).collect();
     keys.sort_unstable();
     keys.dedup();
     if fresh == 0 && keys.len() == disk.len() {
@@ -675,10 +825,11 @@ fn save_disk_cache(
     }
     let started = std::time::Instant::now();
     let mut encoded: HashMap<[u8; 32], Vec<u8>> = HashMap::new();
-    for parsed in parsed.iter().flatten() {
-        if disk.raw(&parsed.key).is_none() && !encoded.contains_key(&parsed.key) {
+    for parsed in parsed() {
+        let key = parsed.seen.key;
+        if disk.raw(&key).is_none() && !encoded.contains_key(&key) {
             if let Some(entry) = disk_cache::encode(&parsed.file, attributes) {
-                encoded.insert(parsed.key, entry);
+                encoded.insert(key, entry);
             }
         }
     }
@@ -694,7 +845,7 @@ fn save_disk_cache(
     let written = disk_cache::store(root, &disk_cache::serialize(attributes, &entries));
     match written {
         Ok(()) => {
-            tracing::debug!(files = files.len(), entries = entries.len(), elapsed = ?started.elapsed(), "wrote the parse cache")
+            tracing::debug!(files = loads.len(), entries = entries.len(), elapsed = ?started.elapsed(), "wrote the parse cache")
         }
         Err(error) => {
             tracing::debug!(%error, "cannot write the parse cache; the next run parses again")
@@ -722,3 +873,6 @@ pub(crate) fn closest<'a>(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod reload_tests;

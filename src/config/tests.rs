@@ -1158,11 +1158,13 @@ mod merging_files {
         let merged = merge_files(runs, |_, (user, _)| {
             panic!("{} is not declared twice", user.id)
         });
-        let ids: Vec<&str> = merged.iter().map(|(id, _)| id.as_str()).collect();
+        let ids: Vec<&str> = merged.users.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c", "d", "e", "f", "g", "h"]);
-        for (id, attrs) in &merged {
+        for (id, attrs) in &merged.users {
             assert_eq!(attrs.get("city").unwrap().as_str(), id.as_str());
         }
+        // Each user's file: a from 0, b and c from 2, d from 0, e and f from 3, g 0, h 2.
+        assert_eq!(merged.origins, [0, 2, 2, 0, 3, 3, 0, 2]);
     }
 
     #[test]
@@ -1186,8 +1188,9 @@ mod merging_files {
             twice,
             [(0, 5, 1, 7, "x".to_owned()), (1, 7, 2, 9, "x".to_owned())]
         );
-        let ids: Vec<&str> = merged.iter().map(|(id, _)| id.as_str()).collect();
+        let ids: Vec<&str> = merged.users.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids, ["a", "x", "y"]);
+        assert_eq!(merged.origins, [0, 0, 1], "the first declaration is kept");
     }
 
     #[test]

@@ -101,6 +101,13 @@ pub fn plan(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Pla
     })
 }
 
+/// [`plan`] without the desired-state digest (`desired_digest` is left empty): for a plan
+/// that is applied at once and never saved or compared (the daemon's pass), which then does
+/// not read the whole desired state a second time.
+pub fn plan_undigested(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Plan {
+    merge_plan(desired, snapshot, options)
+}
+
 /// [`plan`] without its digest.
 fn merge_plan(desired: &Desired, snapshot: &Snapshot, options: PlanOptions) -> Plan {
     let mut summary = Summary::default();

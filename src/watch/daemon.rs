@@ -99,8 +99,8 @@ pub(super) struct Daemon {
     /// The problems last logged, so that an unchanged invalid config is not logged again at
     /// every retry.
     pub(super) last_diagnostics: Option<Diagnostics>,
-    /// `(digest, serial, summary)` of the plan last logged in `--plan-only` mode.
-    pub(super) last_logged_plan: Option<(String, u64, Summary)>,
+    /// The snapshot serial and the text of the plan last logged in `--plan-only` mode.
+    pub(super) last_logged_plan: Option<(u64, String)>,
     /// Whether any reconcile has connected to the server since the daemon started.
     pub(super) connected_once: bool,
     /// Why the daemon must exit: a problem no edit of the config can fix while it runs.
@@ -237,6 +237,11 @@ impl Daemon {
     ) -> Option<Option<Duration>> {
         let started = Instant::now();
         let mut pass = Pass::default();
+        if matches!(trigger, Trigger::Interval | Trigger::Hangup | Trigger::Http) {
+            // A resync asked for by the clock or a person reads every file, trusting no
+            // metadata: a change that left it as it was is picked up here at the latest.
+            self.cache.check_every_file();
+        }
         let result = {
             let reconcile = self.reconcile(&mut pass);
             tokio::pin!(reconcile);

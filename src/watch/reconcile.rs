@@ -274,28 +274,28 @@ impl Daemon {
 
     /// `--plan-only`: logs the plan when it differs from the one logged last.
     pub(super) fn log_plan(&mut self, plan: &Plan) {
-        let key = (
-            plan.desired_digest.clone(),
-            plan.snapshot_serial,
-            plan.summary,
-        );
-        if self.last_logged_plan.as_ref() == Some(&key) {
-            return;
-        }
-        self.last_logged_plan = Some(key);
-        if plan.changes.len() > PLAN_LOG_LIMIT {
-            tracing::info!(
-                changes = plan.changes.len(),
+        let logged = if plan.changes.len() > PLAN_LOG_LIMIT {
+            format!(
                 "plan-only: {} ({} changes; GET /plan shows them all)",
                 plan::summary_line(&plan.summary),
                 plan.changes.len()
-            );
+            )
         } else {
-            tracing::info!(
+            format!(
                 "plan-only: the plan is\n{}",
                 plan::render_text(plan, TextStyle::Plain).trim_end()
-            );
+            )
+        };
+        let key = (plan.snapshot_serial, logged);
+        if self.last_logged_plan.as_ref() == Some(&key) {
+            return;
         }
+        if plan.changes.len() > PLAN_LOG_LIMIT {
+            tracing::info!(changes = plan.changes.len(), "{}", key.1);
+        } else {
+            tracing::info!("{}", key.1);
+        }
+        self.last_logged_plan = Some(key);
     }
 }
 
@@ -345,7 +345,8 @@ pub(crate) async fn plan_pass(
             previous_endpoint,
             targets: Vec::new(),
         };
-        let plan = plan::plan(&config.desired, &snapshot, options);
+        // The pass applies the plan at once and never saves it: no desired-state digest.
+        let plan = plan::plan_undigested(&config.desired, &snapshot, options);
         if let (Some(previous), true) = (&plan.previous_endpoint, plan.summary.has_writes()) {
             tracing::warn!(
                 from = %previous,

@@ -1,7 +1,8 @@
-//! The parse cache on disk never changes what a load says: random edits to a real config
-//! repository (change a value, move a user to another file, rename a file, declare a user
-//! twice, change `attributes`), each loaded with the cache of the previous loads and without
-//! any cache, must give the same desired state and the same problems at the same places.
+//! The caches never change what a load says: random edits to a real config repository (change
+//! a value, move a user to another file, rename a file, declare a user twice, change
+//! `attributes`), each loaded with the disk cache of the previous loads, with the daemon's
+//! retained load, and without any cache, must give the same desired state and the same
+//! problems at the same places.
 
 use std::collections::BTreeMap;
 
@@ -163,14 +164,18 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let mut model = Model::new();
         model.write(dir.path());
-        // Warm the cache on disk.
+        // Warm the cache on disk, and the daemon's.
         outcome(dir.path(), &mut ParseCache::persistent()).unwrap();
+        let mut daemon = ParseCache::retaining();
+        outcome(dir.path(), &mut daemon).unwrap();
         for edit in &edits {
             model.apply(edit);
             model.write(dir.path());
             let cached = outcome(dir.path(), &mut ParseCache::persistent());
             let uncached = outcome(dir.path(), &mut ParseCache::default());
             prop_assert_eq!(&cached, &uncached, "after {:?}", edit);
+            // The daemon's load patches the last valid desired state with the changed files.
+            prop_assert_eq!(&outcome(dir.path(), &mut daemon), &uncached, "daemon, after {:?}", edit);
             // A second cached load, every file now from the disk cache, says the same.
             let mut again = ParseCache::persistent();
             prop_assert_eq!(&outcome(dir.path(), &mut again), &uncached);
