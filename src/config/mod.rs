@@ -372,23 +372,27 @@ fn load_at(
                     FileLoad::Same { .. } => unreachable!("unchanged files were read again"),
                 })
                 .collect();
-            merge_files(runs, |(first, first_file), (second, second_file)| {
-                let first_path = display_path(dir, &files[first_file].path);
-                let second_path = display_path(dir, &files[second_file].path);
-                diagnostics.push(Diagnostic::at(
-                    &second_path,
-                    Problem::new(
-                        second.pos,
-                        format!("user `{}` is declared twice", second.id),
-                    )
-                    .hint(format!(
-                        "it is also declared at {}:{}:{}; keep one declaration",
-                        first_path.display(),
-                        first.line,
-                        first.column
-                    )),
-                ));
-            })
+            merge_files(
+                runs,
+                cache.retain,
+                |(first, first_file), (second, second_file)| {
+                    let first_path = display_path(dir, &files[first_file].path);
+                    let second_path = display_path(dir, &files[second_file].path);
+                    diagnostics.push(Diagnostic::at(
+                        &second_path,
+                        Problem::new(
+                            second.pos,
+                            format!("user `{}` is declared twice", second.id),
+                        )
+                        .hint(format!(
+                            "it is also declared at {}:{}:{}; keep one declaration",
+                            first_path.display(),
+                            first.line,
+                            first.column
+                        )),
+                    ));
+                },
+            )
         }
     };
     tracing::debug!(users = entries.users.len(), elapsed = ?started.elapsed(), "merged the user files");
@@ -490,7 +494,7 @@ fn patch_retained(retained: &retained::Retained, loads: &[FileLoad]) -> Option<E
 }
 
 /// Merges each file's users (sorted by id, `runs[i]` from file `i`) into the desired
-/// state's entries, sorted by id. A user declared twice is kept once and reported to
+/// state's entries, sorted by id, with each one's file when `track_origins`. A user declared twice is kept once and reported to
 /// `declared_twice` with where it was declared before (position, file) and the repeat;
 /// a third declaration is reported against the second, and so on.
 ///
@@ -498,6 +502,7 @@ fn patch_retained(retained: &retained::Retained, loads: &[FileLoad]) -> Option<E
 /// size, never beside a second copy of every user with its position.
 fn merge_files(
     runs: Vec<Vec<DeclaredUser>>,
+    track_origins: bool,
     mut declared_twice: impl FnMut((Pos, usize), (&DeclaredUser, usize)),
 ) -> Entries {
     /// A file's next user; the heap's smallest is the next user in id order, the earlier
@@ -526,7 +531,7 @@ fn merge_files(
     let total = runs.iter().map(Vec::len).sum();
     let mut runs: Vec<std::vec::IntoIter<DeclaredUser>> =
         runs.into_iter().map(Vec::into_iter).collect();
-    let mut entries = Entries::with_capacity(total);
+    let mut entries = Entries::with_capacity(total, track_origins);
     let mut heap: std::collections::BinaryHeap<Head> = runs
         .iter_mut()
         .enumerate()

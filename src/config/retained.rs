@@ -107,21 +107,27 @@ impl Retained {
 pub(super) struct Entries {
     /// The users.
     pub users: Vec<(UserId, Attrs)>,
-    /// For each user, the index of its file.
+    /// For each user, the index of its file; empty unless origins are tracked.
     pub origins: Vec<u32>,
+    /// Whether `origins` is filled: only a load that is retained needs it.
+    track_origins: bool,
 }
 
 impl Entries {
-    pub(super) fn with_capacity(capacity: usize) -> Self {
+    /// Room for `capacity` users, and their origins when `track_origins`.
+    pub(super) fn with_capacity(capacity: usize, track_origins: bool) -> Self {
         Self {
             users: Vec::with_capacity(capacity),
-            origins: Vec::with_capacity(capacity),
+            origins: Vec::with_capacity(if track_origins { capacity } else { 0 }),
+            track_origins,
         }
     }
 
     pub(super) fn push(&mut self, id: UserId, attrs: Attrs, origin: u32) {
         self.users.push((id, attrs));
-        self.origins.push(origin);
+        if self.track_origins {
+            self.origins.push(origin);
+        }
     }
 }
 
@@ -150,7 +156,7 @@ pub(super) fn patch(
         .iter()
         .zip(&retained.origins)
         .filter_map(|((id, attrs), &origin)| Some((id, attrs, renumbered[origin as usize]?)));
-    let mut entries = Entries::with_capacity(retained.desired.len() + fresh.len());
+    let mut entries = Entries::with_capacity(retained.desired.len() + fresh.len(), true);
     let mut fresh = fresh.into_iter().peekable();
     for (id, attrs, origin) in kept {
         while let Some((user, file)) = fresh.next_if(|(user, _)| user.id < *id) {

@@ -1155,7 +1155,7 @@ mod merging_files {
             run(&[("b", 1), ("c", 2), ("h", 3)]),
             run(&[("e", 1), ("f", 2)]),
         ];
-        let merged = merge_files(runs, |_, (user, _)| {
+        let merged = merge_files(runs, true, |_, (user, _)| {
             panic!("{} is not declared twice", user.id)
         });
         let ids: Vec<&str> = merged.users.iter().map(|(id, _)| id.as_str()).collect();
@@ -1175,7 +1175,7 @@ mod merging_files {
             run(&[("x", 9)]),
         ];
         let mut twice = Vec::new();
-        let merged = merge_files(runs, |(first, first_file), (second, second_file)| {
+        let merged = merge_files(runs, true, |(first, first_file), (second, second_file)| {
             twice.push((
                 first_file,
                 first.line,
@@ -1198,6 +1198,7 @@ mod merging_files {
         let mut twice = Vec::new();
         merge_files(
             vec![run(&[("a", 1), ("a", 4)]), run(&[("a", 2)])],
+            false,
             |(first, first_file), (second, second_file)| {
                 twice.push((first_file, first.line, second_file, second.pos.line));
             },

@@ -366,6 +366,7 @@ pub async fn run(
             })
     };
     let root = absolute(dir)?;
+    crate::memory::tune_for_long_running();
     // A directory is made absolute now, so a later change of working directory is harmless.
     let state_override = match state {
         Some(url) if PostgresUrl::is_url(url) => Some(url.to_owned()),
