@@ -399,8 +399,9 @@ fn load_at(
     if !diagnostics.is_empty() {
         diagnostics.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
         // The last valid load stays the base for the next: only the files changed since
-        // are read again once this one is fixed.
+        // are read again once this one is fixed. A check of every file still owed is owed.
         cache.retained = retained;
+        cache.check_every_file |= check_every_file;
         return Err(Diagnostics(diagnostics));
     }
     let mut settings = settings.expect("no diagnostics means the settings parsed");
