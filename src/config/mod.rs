@@ -291,27 +291,7 @@ fn load_at(
         )),
         _ => None,
     };
-    let todo: Vec<Todo> = files
-        .iter()
-        .map(|file| {
-            let Some(base) = base else {
-                return Todo::Read { known: None };
-            };
-            match base.file(&file.path) {
-                Some(known) => {
-                    let seen = base.files[known].seen;
-                    if seen.settled && seen.stamp == file.stamp && !check_every_file {
-                        Todo::Keep { known, seen }
-                    } else {
-                        Todo::Read {
-                            known: Some((known, seen.key)),
-                        }
-                    }
-                }
-                None => Todo::Read { known: None },
-            }
-        })
-        .collect();
+    let todo = what_to_read(&files, base, check_every_file);
     let reader = Reader {
         attributes: attributes.as_deref(),
         disk: disk.as_ref(),
@@ -399,7 +379,8 @@ fn load_at(
     if !diagnostics.is_empty() {
         diagnostics.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
         // The last valid load stays the base for the next: only the files changed since
-        // are read again once this one is fixed. A check of every file still owed is owed.
+        // are read again once this one is fixed. A check of every file asked for is done
+        // by the next load instead.
         cache.retained = retained;
         cache.check_every_file |= check_every_file;
         return Err(Diagnostics(diagnostics));
@@ -450,6 +431,32 @@ enum Todo {
     Read { known: Option<(usize, [u8; 32])> },
 }
 
+/// What to do with each of `files`, given the last valid load (`base`): a file it read whose
+/// settled stamp is unchanged is kept, unless `check_every_file`; every other is read.
+fn what_to_read(
+    files: &[UserFile],
+    base: Option<&retained::Retained>,
+    check_every_file: bool,
+) -> Vec<Todo> {
+    files
+        .iter()
+        .map(|file| {
+            let Some((base, known)) = base.and_then(|base| Some((base, base.file(&file.path)?)))
+            else {
+                return Todo::Read { known: None };
+            };
+            let seen = base.files[known].seen;
+            if seen.settled && seen.stamp == file.stamp && !check_every_file {
+                Todo::Keep { known, seen }
+            } else {
+                Todo::Read {
+                    known: Some((known, seen.key)),
+                }
+            }
+        })
+        .collect()
+}
+
 /// What a load found in one file.
 enum FileLoad {
     /// The content the retained load read, as file `known` of that load.
@@ -495,9 +502,10 @@ fn patch_retained(retained: &retained::Retained, loads: &[FileLoad]) -> Option<E
 }
 
 /// Merges each file's users (sorted by id, `runs[i]` from file `i`) into the desired
-/// state's entries, sorted by id, with each one's file when `track_origins`. A user declared twice is kept once and reported to
-/// `declared_twice` with where it was declared before (position, file) and the repeat;
-/// a third declaration is reported against the second, and so on.
+/// state's entries, sorted by id, with each one's file when `track_origins`. A user declared
+/// twice is kept once and reported to `declared_twice` with where it was declared before
+/// (position, file) and the repeat; a third declaration is reported against the second, and
+/// so on.
 ///
 /// A k-way merge rather than a concatenation and a sort: the result is built at its final
 /// size, never beside a second copy of every user with its position.
@@ -770,6 +778,7 @@ impl Reader<'_> {
             .collect()
     }
 
+    /// Reads one file: [`FileLoad::Same`] when its content is that of `known`.
     fn read_one(
         &self,
         path: &Path,
